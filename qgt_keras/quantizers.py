@@ -22,6 +22,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from qgt_keras.serialization import register
+
 SCALE_METHODS = ("max", "mse")
 # Scale of a 1-bit channel that is all zero: binary has no zero level, so make +-s negligible.
 _ZERO_CHANNEL_SCALE_1BIT = 1e-8
@@ -167,7 +169,7 @@ def relative_error(w, bits, method="mse", channel_axes=-1):
     return tf.where(power > 0, err / tf.maximum(power, 1e-30), 0.0)
 
 
-@keras.saving.register_keras_serializable(package="qgt_keras")
+@register
 class WeightQuantizer:
     """b-bit per-channel STE fake quantizer for kernels: ``WeightQuantizer(bits=2)(kernel)``."""
 
@@ -197,7 +199,7 @@ class WeightQuantizer:
         return cls(**config)
 
 
-@keras.saving.register_keras_serializable(package="qgt_keras")
+@register
 class ActivationQuantizer(keras.layers.Layer):
     """8-bit asymmetric fake quantization of activations, as TFLite int8 quantizes them.
 

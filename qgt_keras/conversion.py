@@ -1,0 +1,196 @@
+"""One-call model conversion: ``quantize_model`` (float -> QGT) and ``strip_quantization`` (QGT -> float).
+
+The user's model code stays as it is: they build a tf_keras model, call ``quantize_model(model, policy)``
+and compile/fit the result with their own code.
+"""
+
+import dataclasses
+
+import tensorflow as tf
+import tf_keras as keras
+
+from qgt_keras import quantizers
+from qgt_keras.layers import QUANTIZED_COUNTERPART, QUANTIZED_LAYERS, quantized_kernels
+from qgt_keras.regularizers import QGTRegularizer
+
+# Layers with weights that QGT passes through unchanged (BatchNormalization is folded into the preceding
+# kernel at export; a per-channel grid survives folding).
+PASS_THROUGH_WITH_WEIGHTS = (keras.layers.BatchNormalization,)
+LAYER_TYPE_NAMES = {cls.__name__: cls for cls in QUANTIZED_COUNTERPART}
+
+
+@dataclasses.dataclass
+class QuantizationPolicy:
+    """Which bit width each Conv2D / DepthwiseConv2D / Dense layer gets, and the QGT term's settings.
+
+    Bits of a layer, first match wins: ``overrides[layer name]``; ``edge_bits`` for the first and the last
+    quantizable layer (None: no special case); ``overrides[layer type name]`` ("Conv2D", "DepthwiseConv2D",
+    "Dense"); ``bits``. Layers named in ``skip`` stay float.
+    """
+
+    bits: int = 2
+    overrides: dict = dataclasses.field(default_factory=dict)
+    edge_bits: object = 8
+    strength: float = 1.0
+    outlier_weight: float = 1.0
+    scale: str = "mse"
+    skip: tuple = ()
+
+    def __post_init__(self):
+        quantizers.check_bits(self.bits, "policy bits")
+        if self.edge_bits is not None:
+            quantizers.check_bits(self.edge_bits, "policy edge_bits")
+        for key, value in self.overrides.items():
+            quantizers.check_bits(value, f"policy override bits for {key!r}")
+        if self.scale not in quantizers.SCALE_METHODS:
+            raise ValueError(f"policy scale must be one of {quantizers.SCALE_METHODS}, got {self.scale!r}")
+
+    def resolve(self, model):
+        """{layer name: bits} for the quantizable layers of ``model`` (checked against the model)."""
+        layers = _quantizable_layers(model)
+        names = {layer.name for layer in model.layers}
+        for key in list(self.overrides) + list(self.skip):
+            if key not in names and key not in LAYER_TYPE_NAMES:
+                raise ValueError(
+                    f"policy names {key!r}, which is neither a layer of model {model.name!r} nor one of "
+                    f"{sorted(LAYER_TYPE_NAMES)}; quantizable layers: {[layer.name for layer in layers]}")
+            if key in names and key not in {layer.name for layer in layers}:
+                raise ValueError(
+                    f"policy names layer {key!r} ({type(model.get_layer(key)).__name__}), which has no kernel "
+                    f"to quantize; quantizable layers: {[layer.name for layer in layers]}")
+        kept = [layer for layer in layers if layer.name not in self.skip]
+        edges = {kept[0].name, kept[-1].name} if kept and self.edge_bits is not None else set()
+        resolved = {}
+        for layer in kept:
+            if layer.name in self.overrides:
+                resolved[layer.name] = int(self.overrides[layer.name])
+            elif layer.name in edges:
+                resolved[layer.name] = int(self.edge_bits)
+            else:
+                resolved[layer.name] = int(self.overrides.get(type(layer).__name__, self.bits))
+        return resolved
+
+
+def check_tf_keras_model(model):
+    """Raises a TypeError with the fix when ``model`` is not a tf_keras Sequential/Functional model."""
+    if isinstance(model, keras.Model):
+        if not (isinstance(model, keras.Sequential) or model._is_graph_network):
+            raise TypeError(
+                f"model {model.name!r} is a subclassed Model; build it with the Sequential or Functional API")
+        return
+    module = type(model).__module__
+    if module.startswith("keras"):
+        raise TypeError(
+            f"model {getattr(model, 'name', model)!r} is a Keras 3 model ({type(model).__name__} from {module}); "
+            "build it with tf_keras (`import tf_keras as keras`): QAT tools need the Keras 2 API")
+    raise TypeError(f"expected a tf_keras Model, got {type(model).__name__}")
+
+
+def _quantizable_layers(model):
+    """Layers QGT quantizes, in order; raises for layers with weights it does not support."""
+    quantizable = []
+    for layer in model.layers:
+        if type(layer) in QUANTIZED_COUNTERPART:
+            quantizable.append(layer)
+        elif isinstance(layer, QUANTIZED_LAYERS):
+            raise ValueError(f"layer {layer.name!r} is already quantized; pass the float model")
+        elif isinstance(layer, keras.Model):
+            raise ValueError(f"layer {layer.name!r} is a nested model; flatten it into one Functional model")
+        elif layer.weights and not isinstance(layer, PASS_THROUGH_WITH_WEIGHTS):
+            raise ValueError(
+                f"layer {layer.name!r} of type {type(layer).__name__} is not supported by QGT (supported: "
+                f"{sorted(LAYER_TYPE_NAMES)}, BatchNormalization and layers without weights)")
+    return quantizable
+
+
+def quantize_model(model, policy=None, **policy_kwargs):
+    """Returns a copy of ``model`` in which every quantizable layer is its quantized counterpart with a
+    ``QGTRegularizer``, weights copied, in the QGT phase (float forward pass).
+
+    ``policy`` is a QuantizationPolicy; or pass its fields as keyword arguments:
+    ``quantize_model(model, bits=2, overrides={"conv1": 8})``. Compile and fit the result as usual.
+    """
+    check_tf_keras_model(model)
+    if policy is None:
+        policy = QuantizationPolicy(**policy_kwargs)
+    elif policy_kwargs:
+        raise ValueError("pass either a policy or policy fields, not both")
+    bits_by_layer = policy.resolve(model)
+
+    def clone(layer):
+        config = layer.get_config()
+        if layer.name not in bits_by_layer:
+            return layer.__class__.from_config(config)
+        quantized_class = QUANTIZED_COUNTERPART[type(layer)]
+        bits = bits_by_layer[layer.name]
+        base = config.get(quantized_class.regularizer_argument)
+        config[quantized_class.regularizer_argument] = QGTRegularizer(
+            bits, policy.strength, policy.outlier_weight, policy.scale, quantized_class.channel_axes, base=base)
+        return quantized_class.from_config({**config, "bits": bits, "scale": policy.scale})
+
+    quantized = keras.models.clone_model(model, clone_function=clone)
+    for original in model.layers:
+        copy = quantized.get_layer(original.name)
+        weights = original.get_weights()
+        if isinstance(copy, QUANTIZED_LAYERS):
+            weights.append(0.0)  # the quantize gate: start in the QGT phase
+        copy.set_weights(weights)
+    return quantized
+
+
+def set_hard_quantization(model, enabled=True):
+    """Switches every quantized layer of ``model`` to (or from) the hard-quantization phase."""
+    for layer in model.layers:
+        if isinstance(layer, QUANTIZED_LAYERS):
+            layer.set_hard_quantization(enabled)
+
+
+def layer_bits(model):
+    """{layer name: bits} of every quantized kernel of ``model``."""
+    return {entry.name: entry.bits for entry in quantized_kernels(model)}
+
+
+def strip_quantization(model, snap=True):
+    """A plain tf_keras copy of a QGT ``model`` (Conv2D/DepthwiseConv2D/Dense, no QGT regularizers), with
+    each quantized kernel replaced by its grid values when ``snap``. Use ``layer_bits(model)`` for the bits.
+    This is what the exporter converts."""
+    check_tf_keras_model(model)
+    plain_types = {quantized: plain for plain, quantized in QUANTIZED_COUNTERPART.items()}
+
+    def clone(layer):
+        config = layer.get_config()
+        plain = plain_types.get(type(layer))
+        if plain is None:
+            regularizers = [key for key in ("kernel_regularizer", "depthwise_regularizer") if key in config]
+            for key in regularizers:
+                config[key] = _without_qgt(config[key])
+            return layer.__class__.from_config(config)
+        config.pop("bits")
+        config.pop("scale")
+        config[layer.regularizer_argument] = _without_qgt(config[layer.regularizer_argument])
+        return plain.from_config(config)
+
+    plain_model = keras.models.clone_model(model, clone_function=clone)
+    snapped = {entry.name: entry.snapped() for entry in quantized_kernels(model)} if snap else {}
+    for layer in model.layers:
+        weights = layer.get_weights()
+        if isinstance(layer, QUANTIZED_LAYERS):
+            weights = weights[:-1]  # drop the quantize gate
+        if layer.name in snapped:
+            weights[0] = snapped[layer.name].numpy()
+        plain_model.get_layer(layer.name).set_weights(weights)
+    return plain_model
+
+
+def _without_qgt(regularizer_config):
+    """The serialized regularizer with the QGT term removed (its base regularizer, or None)."""
+    regularizer = keras.regularizers.get(regularizer_config)
+    if isinstance(regularizer, QGTRegularizer):
+        regularizer = regularizer.base
+    return keras.regularizers.serialize(regularizer) if regularizer is not None else None
+
+
+def snap_weights(model):
+    """Replaces every quantized kernel of ``model`` by its grid values, in place."""
+    for entry in quantized_kernels(model):
+        entry.kernel.assign(tf.cast(entry.snapped(), entry.kernel.dtype))

@@ -1,0 +1,96 @@
+"""The QGT regularizer: a loss term that pulls each kernel onto its b-bit per-channel grid.
+
+For a kernel W with output channels c = 1..C, N_c weights per channel, grid scale s_c and codes
+q = Q_b(w / s_c) (``quantizers.quantize``):
+
+    R(W) = strength * [ D(W) + outlier_weight * O(W) ]
+
+    D(W) = 1/C sum_c 1/N_c sum_i ((w_ci - s_c q_ci) / s_c)^2            distance to the grid, in steps
+    O(W) = 1/C sum_c 1/N_c sum_i relu(|w_ci| / s_c - r_b)^2              distance beyond the grid's range
+
+with r_b the largest code magnitude (|qmin|), s_c the MSE-optimal scale of the current weights and both s_c
+and q held constant in the gradient (straight-through), so dR/dw = 2 strength (w - s q) / (s^2 C N_c) plus
+the outlier part. Measuring the distance in grid steps makes R scale-free: a layer's term does not depend on
+how large its weights are, only on how far they are from their grid, so one strength fits every layer and
+BatchNorm's per-channel rescaling cannot hide or inflate it.
+
+Why the outlier term: a weight outside the grid's range has an unbounded error while a weight inside has at
+most half a step. The MSE scale trades the two off, so a few outliers force a larger step on the whole
+channel. O pulls outliers in harder than D alone, which lets the MSE scale shrink onto the bulk of the
+channel: the distribution that results is a few tight clusters on a fine grid instead of a coarse grid
+stretched to fit the tails.
+"""
+
+import tensorflow as tf
+import tf_keras as keras
+
+from qgt_keras import quantizers
+from qgt_keras.serialization import register
+
+
+@register
+class QGTRegularizer(keras.regularizers.Regularizer):
+    """``kernel_regularizer=QGTRegularizer(bits=2, strength=1.0)``.
+
+    Args:
+      bits: grid width, 1..8.
+      strength: the multiplier of the term; a callback may change it while training (it is a variable).
+      outlier_weight: weight of the beyond-range term O relative to the grid term D.
+      scale: "mse" (default) or "max", how s_c is derived from the weights.
+      channel_axes: the kernel's output-channel axes; -1 for Conv2D/Dense, (2, 3) for DepthwiseConv2D
+        (``quantize_model`` sets it for you).
+      base: an optional regularizer (e.g. the model's own L2) added to the QGT term.
+    """
+
+    def __init__(self, bits=2, strength=1.0, outlier_weight=1.0, scale="mse", channel_axes=-1, base=None):
+        self.bits = quantizers.check_bits(bits)
+        if strength < 0 or outlier_weight < 0:
+            raise ValueError(
+                f"strength and outlier_weight must be >= 0, got {strength!r} and {outlier_weight!r}")
+        if scale not in quantizers.SCALE_METHODS:
+            raise ValueError(f"scale must be one of {quantizers.SCALE_METHODS}, got {scale!r}")
+        self.outlier_weight = float(outlier_weight)
+        self.scale = scale
+        self.channel_axes = tuple(channel_axes) if isinstance(channel_axes, (list, tuple)) else channel_axes
+        self.base = keras.regularizers.get(base)
+        self._strength = tf.Variable(float(strength), trainable=False, dtype=tf.float32, name="qgt_strength")
+
+    @property
+    def strength(self):
+        return float(self._strength.numpy())
+
+    @strength.setter
+    def strength(self, value):
+        self._strength.assign(float(value))
+
+    def terms(self, kernel):
+        """(D, O): the grid and outlier terms of ``kernel``, without strength."""
+        w2d = quantizers.channels_last_2d(tf.cast(kernel, tf.float32), self.channel_axes)
+        scale = tf.stop_gradient(quantizers.estimate_scale(w2d, self.bits, self.scale, channel_axes=-1))
+        steps = w2d / scale
+        codes = tf.stop_gradient(quantizers.quantize(w2d, self.bits, scale=scale)[0])
+        grid = tf.reduce_mean(tf.square(steps - codes))
+        reach = float(-quantizers.code_range(self.bits)[0])
+        outlier = tf.reduce_mean(tf.square(tf.nn.relu(tf.abs(steps) - reach)))
+        return grid, outlier
+
+    def qgt_term(self, kernel):
+        """The QGT part of the loss for ``kernel``: strength * (D + outlier_weight * O)."""
+        grid, outlier = self.terms(kernel)
+        return self._strength * (grid + self.outlier_weight * outlier)
+
+    def __call__(self, kernel):
+        term = self.qgt_term(kernel)
+        if self.base is not None:
+            term += tf.cast(self.base(kernel), term.dtype)
+        return term
+
+    def get_config(self):
+        return {
+            "bits": self.bits,
+            "strength": self.strength,
+            "outlier_weight": self.outlier_weight,
+            "scale": self.scale,
+            "channel_axes": self.channel_axes,
+            "base": keras.regularizers.serialize(self.base) if self.base is not None else None,
+        }
