@@ -4,6 +4,7 @@ The user's model code stays as it is: they build a tf_keras model, call ``quanti
 and compile/fit the result with their own code.
 """
 
+import contextlib
 import dataclasses
 
 import tensorflow as tf
@@ -143,6 +144,20 @@ def set_hard_quantization(model, enabled=True):
     for layer in model.layers:
         if isinstance(layer, QUANTIZED_LAYERS):
             layer.set_hard_quantization(enabled)
+
+
+@contextlib.contextmanager
+def float_forward(model):
+    """Runs ``model``'s quantized layers in float inside the block, restoring each layer's phase after."""
+    layers = [layer for layer in model.layers if isinstance(layer, QUANTIZED_LAYERS)]
+    gates = [layer.quantize_gate.numpy() for layer in layers]
+    try:
+        for layer in layers:
+            layer.set_hard_quantization(False)
+        yield model
+    finally:
+        for layer, gate in zip(layers, gates):
+            layer.quantize_gate.assign(gate)
 
 
 def layer_bits(model):

@@ -123,6 +123,20 @@ class QuantizedKernel:
     def snapped(self):
         return quantizers.snap(self.kernel, self.bits, self.scale, self.channel_axes)
 
+    def squared_error(self):
+        """(||W - Q(W)||^2, ||W||^2) of the current kernel, as floats."""
+        error, power = quantizers.squared_error(self.kernel, self.bits, self.scale, self.channel_axes)
+        return float(error), float(power)
+
+    def relative_error(self):
+        """||W - Q(W)||^2 / ||W||^2 of the current kernel (0 for an all-zero kernel)."""
+        error, power = self.squared_error()
+        return error / power if power > 0 else 0.0
+
+    def qgt_term(self):
+        """What the layer's QGT regularizer adds to the loss now (0 without one)."""
+        return float(self.regularizer.qgt_term(self.kernel)) if self.regularizer is not None else 0.0
+
 
 def quantized_kernels(model):
     """The kernels of ``model`` that have a bit width: quantized layers, and plain Conv2D/DepthwiseConv2D/

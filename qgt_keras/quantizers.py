@@ -161,12 +161,10 @@ def fake_quantize(w, bits, method="mse", channel_axes=-1):
     return w + tf.stop_gradient(snapped - w)
 
 
-def relative_error(w, bits, method="mse", channel_axes=-1):
-    """||w - Q(w)||^2 / ||w||^2 over the whole tensor (0 for an all-zero tensor)."""
+def squared_error(w, bits, method="mse", channel_axes=-1):
+    """(||w - Q(w)||^2, ||w||^2) over the whole tensor: their ratio is the relative quantization error."""
     w = tf.convert_to_tensor(w, tf.float32)
-    err = tf.reduce_sum(tf.square(w - snap(w, bits, method, channel_axes)))
-    power = tf.reduce_sum(tf.square(w))
-    return tf.where(power > 0, err / tf.maximum(power, 1e-30), 0.0)
+    return tf.reduce_sum(tf.square(w - snap(w, bits, method, channel_axes))), tf.reduce_sum(tf.square(w))
 
 
 @register

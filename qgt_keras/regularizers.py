@@ -1,18 +1,20 @@
 """The QGT regularizer: a loss term that pulls each kernel onto its b-bit per-channel grid.
 
-For a kernel W with output channels c = 1..C, N_c weights per channel, grid scale s_c and codes
-q = Q_b(w / s_c) (``quantizers.quantize``):
+For a kernel W with output channels c, grid scale s_c and codes q = Q_b(w / s_c) (``quantizers.quantize``):
 
     R(W) = strength * [ D(W) + outlier_weight * O(W) ]
 
-    D(W) = 1/C sum_c 1/N_c sum_i ((w_ci - s_c q_ci) / s_c)^2            distance to the grid, in steps
-    O(W) = 1/C sum_c 1/N_c sum_i relu(|w_ci| / s_c - r_b)^2              distance beyond the grid's range
+    D(W) = sum_c sum_i ((w_ci - s_c q_ci) / s_c)^2        distance to the grid, in grid steps
+    O(W) = sum_c sum_i relu(|w_ci| / s_c - r_b)^2          distance beyond the grid's range, in steps
 
-with r_b the largest code magnitude (|qmin|), s_c the MSE-optimal scale of the current weights and both s_c
-and q held constant in the gradient (straight-through), so dR/dw = 2 strength (w - s q) / (s^2 C N_c) plus
-the outlier part. Measuring the distance in grid steps makes R scale-free: a layer's term does not depend on
-how large its weights are, only on how far they are from their grid, so one strength fits every layer and
-BatchNorm's per-channel rescaling cannot hide or inflate it.
+with r_b the largest code magnitude (|qmin|), s_c the MSE-optimal scale of the current weights, and s_c and
+q held constant in the gradient, so dD/dw_ci = 2 (w_ci - s_c q_ci) / s_c^2.
+
+Why steps: a BatchNorm after the layer makes the loss invariant to rescaling a channel by a, which scales
+the data-loss gradient of its weights by 1/a; measured in steps, the QGT gradient scales the same way, so
+one strength balances the two in every layer, whatever the size of its weights. Why a sum (like L2): each
+weight gets the same pull whatever the size of its layer; the per-layer terms then also add up to the
+model's total distance from its grid, which is what the bottleneck report compares.
 
 Why the outlier term: a weight outside the grid's range has an unbounded error while a weight inside has at
 most half a step. The MSE scale trades the two off, so a few outliers force a larger step on the whole
@@ -69,9 +71,9 @@ class QGTRegularizer(keras.regularizers.Regularizer):
         scale = tf.stop_gradient(quantizers.estimate_scale(w2d, self.bits, self.scale, channel_axes=-1))
         steps = w2d / scale
         codes = tf.stop_gradient(quantizers.quantize(w2d, self.bits, scale=scale)[0])
-        grid = tf.reduce_mean(tf.square(steps - codes))
+        grid = tf.reduce_sum(tf.square(steps - codes))
         reach = float(-quantizers.code_range(self.bits)[0])
-        outlier = tf.reduce_mean(tf.square(tf.nn.relu(tf.abs(steps) - reach)))
+        outlier = tf.reduce_sum(tf.square(tf.nn.relu(tf.abs(steps) - reach)))
         return grid, outlier
 
     def qgt_term(self, kernel):

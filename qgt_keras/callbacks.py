@@ -1,0 +1,112 @@
+"""Training callbacks: the QGT strength schedule with the hand-over to hard quantization, and the monitor
+that puts the QGT term (total and per layer) into the fit logs."""
+
+import math
+
+import tf_keras as keras
+from absl import logging
+
+from qgt_keras.layers import QUANTIZED_LAYERS, quantized_kernels
+
+
+class QGTScheduler(keras.callbacks.Callback):
+    """Sets the strength of every QGT regularizer of the model by training step, and switches the model to
+    hard quantization for its last epochs.
+
+    Strength at global step t (counted over all epochs of this fit):
+      0                                                  for t < warmup_steps
+      start * (end / start) ** ((t - warmup_steps) / ramp_steps)    during the ramp (geometric)
+      end                                                afterwards
+    The schedule is set in steps, not epochs: the pull a weight receives depends on how many updates it
+    sees, so a schedule in epochs would behave differently on a data set with more steps per epoch.
+
+    With ``hard_quantization_epochs = k``, the last k epochs run with the quantized layers' forward pass on
+    the grid (straight-through gradients); the regularizer keeps its strength to hold the float weights on
+    the grid.
+    """
+
+    def __init__(self, start_strength=10.0, end_strength=1e4, warmup_steps=0, ramp_steps=500,
+                 hard_quantization_epochs=0, verbose=0):
+        super().__init__()
+        if not 0 < start_strength <= end_strength:
+            raise ValueError(
+                f"need 0 < start_strength <= end_strength, got {start_strength!r} and {end_strength!r}")
+        if warmup_steps < 0 or ramp_steps < 0 or hard_quantization_epochs < 0:
+            raise ValueError("warmup_steps, ramp_steps and hard_quantization_epochs must be >= 0")
+        self.start_strength = float(start_strength)
+        self.end_strength = float(end_strength)
+        self.warmup_steps = int(warmup_steps)
+        self.ramp_steps = int(ramp_steps)
+        self.hard_quantization_epochs = int(hard_quantization_epochs)
+        self.verbose = verbose
+        self.step = 0
+        self._current = None
+
+    def strength_at(self, step):
+        if step < self.warmup_steps:
+            return 0.0
+        if self.ramp_steps == 0 or step >= self.warmup_steps + self.ramp_steps:
+            return self.end_strength
+        progress = (step - self.warmup_steps) / self.ramp_steps
+        return self.start_strength * math.exp(progress * math.log(self.end_strength / self.start_strength))
+
+    def _regularizers(self):
+        return [entry.regularizer for entry in quantized_kernels(self.model) if entry.regularizer is not None]
+
+    def on_train_begin(self, logs=None):
+        self.step = 0
+        self._current = None
+        self._targets = self._regularizers()
+        if not self._targets:
+            raise ValueError(
+                f"model {self.model.name!r} has no QGT regularizer to schedule; convert it with quantize_model")
+
+    def on_train_batch_begin(self, batch, logs=None):
+        strength = self.strength_at(self.step)
+        if strength != self._current:
+            for regularizer in self._targets:
+                regularizer.strength = strength
+            self._current = strength
+        self.step += 1
+
+    def on_epoch_begin(self, epoch, logs=None):
+        hard = epoch >= self.params["epochs"] - self.hard_quantization_epochs
+        for layer in self.model.layers:
+            if isinstance(layer, QUANTIZED_LAYERS):
+                layer.set_hard_quantization(hard)
+        if hard and self.verbose:
+            logging.info("epoch %d: hard quantization (forward pass on the grid)", epoch + 1)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["qgt_strength"] = self._current if self._current is not None else 0.0
+
+
+class QGTMonitor(keras.callbacks.Callback):
+    """Adds to the epoch logs (and so to History, CSVLogger, TensorBoard placed after it):
+
+      qgt_loss         the QGT term of the loss (sum over layers, with the current strengths)
+      qgt/<layer>      each layer's QGT term
+      qgt_error        relative quantization error ||W - Q(W)||^2 / ||W||^2 over all quantized kernels
+    and, with ``verbose``, prints a line with the layers that hold the largest shares of the term.
+    """
+
+    def __init__(self, verbose=0, top=5):
+        super().__init__()
+        self.verbose = verbose
+        self.top = top
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        entries = quantized_kernels(self.model)
+        terms = {entry.name: entry.qgt_term() for entry in entries}
+        total = sum(terms.values())
+        logs["qgt_loss"] = total
+        logs.update({f"qgt/{name}": term for name, term in terms.items()})
+        errors, powers = zip(*(entry.squared_error() for entry in entries)) if entries else ((), ())
+        logs["qgt_error"] = sum(errors) / sum(powers) if sum(powers) > 0 else 0.0
+        if self.verbose:
+            largest = sorted(terms.items(), key=lambda item: -item[1])[: self.top]
+            shares = ", ".join(f"{name} {term / total:.0%}" for name, term in largest) if total > 0 else "-"
+            print(f"epoch {epoch + 1}: qgt_loss {total:.4g}, qgt_error {logs['qgt_error']:.3g} "
+                  f"(largest: {shares})")

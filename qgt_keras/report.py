@@ -1,0 +1,242 @@
+"""The bottleneck report (``summary``) and automatic per-layer bit allocation (``allocate_bits``).
+
+Sensitivity of a layer = change in validation loss (and accuracy) when only that layer's kernel is
+snapped to its grid and every other layer stays float. A layer is flagged as a compression bottleneck when
+its loss change is at least ``bottleneck_factor`` times the mean over layers (without validation data:
+its relative quantization error against the mean error).
+"""
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from qgt_keras import quantizers
+from qgt_keras.conversion import QuantizationPolicy, check_tf_keras_model, float_forward
+from qgt_keras.layers import QUANTIZED_COUNTERPART, QuantizedKernel, quantized_kernels
+
+_EVAL_CHUNK = 64
+
+
+def packed_bytes(num_weights, bits):
+    """Bytes of ``num_weights`` b-bit codes packed back to back."""
+    return math.ceil(num_weights * bits / 8)
+
+
+@dataclasses.dataclass
+class LayerReport:
+    name: str
+    type: str
+    bits: int
+    params: int
+    packed_bytes: int
+    relative_error: float
+    qgt_share: float
+    delta_loss: float = None
+    delta_accuracy_pts: float = None
+    bottleneck: bool = False
+
+
+@dataclasses.dataclass
+class BottleneckReport:
+    layers: list
+    baseline_loss: float = None
+    baseline_accuracy: float = None
+
+    @property
+    def float_bytes(self):
+        return 4 * sum(row.params for row in self.layers)
+
+    @property
+    def packed_bytes(self):
+        return sum(row.packed_bytes for row in self.layers)
+
+    @property
+    def bottlenecks(self):
+        return [row.name for row in self.layers if row.bottleneck]
+
+    def to_dict(self):
+        return {
+            "layers": [dataclasses.asdict(row) for row in self.layers],
+            "baseline_loss": self.baseline_loss,
+            "baseline_accuracy": self.baseline_accuracy,
+            "float_bytes": self.float_bytes,
+            "packed_bytes": self.packed_bytes,
+            "bottlenecks": self.bottlenecks,
+        }
+
+    def to_json(self):
+        return json.dumps(self.to_dict(), indent=2)
+
+    def to_markdown(self):
+        header = ("| layer | type | bits | params | packed B | rel. error | QGT share | d loss | d acc (pts) | |\n"
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---|\n")
+        lines = [
+            f"| {row.name} | {row.type} | {row.bits} | {row.params:,} | {row.packed_bytes:,} | "
+            f"{row.relative_error:.2e} | {row.qgt_share:.1%} | {_fmt(row.delta_loss, '+.4f')} | "
+            f"{_fmt(row.delta_accuracy_pts, '+.1f')} | {'**bottleneck**' if row.bottleneck else ''} |"
+            for row in self.layers]
+        return header + "\n".join(lines) + "\n\n" + self._footer() + "\n"
+
+    def _footer(self):
+        ratio = self.float_bytes / self.packed_bytes if self.packed_bytes else float("nan")
+        text = (f"Quantized kernels: {sum(row.params for row in self.layers):,} weights, "
+                f"float {self.float_bytes:,} B -> packed {self.packed_bytes:,} B ({ratio:.1f}x smaller).")
+        if self.baseline_accuracy is not None:
+            text += (f" Validation batch, all float: loss {self.baseline_loss:.4f}, "
+                     f"accuracy {100 * self.baseline_accuracy:.1f}%.")
+        text += f" Bottlenecks: {', '.join(self.bottlenecks) or 'none'}."
+        return text
+
+    def __str__(self):
+        columns = ["layer", "type", "bits", "params", "packed B", "rel.err", "QGT %", "d loss", "d acc"]
+        cells = [[row.name, row.type, str(row.bits), f"{row.params:,}", f"{row.packed_bytes:,}",
+                  f"{row.relative_error:.1e}", f"{100 * row.qgt_share:.1f}", _fmt(row.delta_loss, "+.4f"),
+                  _fmt(row.delta_accuracy_pts, "+.1f") + (" <- bottleneck" if row.bottleneck else "")]
+                 for row in self.layers]
+        widths = [max(len(column), *(len(row[i]) for row in cells)) for i, column in enumerate(columns)]
+        rule = "-" * (sum(widths) + 2 * len(widths))
+        render = lambda row: "  ".join(cell.ljust(width) for cell, width in zip(row, widths))  # noqa: E731
+        return "\n".join([rule, render(columns), rule, *map(render, cells), rule, self._footer()])
+
+
+def _fmt(value, spec):
+    return "-" if value is None else format(value, spec)
+
+
+def _kernels(model, bits):
+    """The quantized kernels of ``model``; for a float model, its supported layers at ``bits`` (an int, a
+    {layer: bits} dict or a QuantizationPolicy)."""
+    check_tf_keras_model(model)
+    entries = quantized_kernels(model)
+    if entries or bits is None:
+        return entries
+    if isinstance(bits, int):
+        bits = QuantizationPolicy(bits=bits, edge_bits=None)
+    bits_by_layer = bits.resolve(model) if isinstance(bits, QuantizationPolicy) else dict(bits)
+    found = []
+    for name, layer_bits in bits_by_layer.items():
+        layer = model.get_layer(name)
+        counterpart = QUANTIZED_COUNTERPART.get(type(layer))
+        if counterpart is None:
+            raise ValueError(f"layer {name!r} of type {type(layer).__name__} has no kernel to quantize")
+        found.append(QuantizedKernel(
+            layer, getattr(layer, counterpart.kernel_attribute), quantizers.check_bits(layer_bits, name), None,
+            counterpart.channel_axes, "mse"))
+    return found
+
+
+def _loss_function(model, loss):
+    if loss is not None:
+        return keras.losses.get(loss)
+    if getattr(model, "loss", None) is not None:
+        return keras.losses.get(model.loss)
+    return keras.losses.SparseCategoricalCrossentropy()
+
+
+def evaluate_batch(model, x, y, loss_fn):
+    """(loss, accuracy) of ``model`` on arrays ``x``, ``y`` (integer or one-hot labels), inference mode."""
+    outputs = np.concatenate(
+        [model(x[i:i + _EVAL_CHUNK], training=False).numpy() for i in range(0, len(x), _EVAL_CHUNK)])
+    loss = float(tf.reduce_mean(loss_fn(y, outputs)))
+    labels = np.asarray(y)
+    labels = labels.argmax(-1) if labels.ndim == 2 and labels.shape[-1] > 1 else labels.reshape(-1)
+    predicted = outputs.argmax(-1) if outputs.shape[-1] > 1 else (outputs[:, 0] > 0.5).astype(int)
+    return loss, float(np.mean(predicted == labels))
+
+
+def _validation_arrays(validation_data):
+    if isinstance(validation_data, tf.data.Dataset):
+        xs, ys = zip(*((x.numpy(), y.numpy()) for x, y in validation_data))
+        return np.concatenate(xs), np.concatenate(ys)
+    x, y = validation_data
+    return np.asarray(x), np.asarray(y)
+
+
+def _sensitivity(model, entry, bits, x, y, loss_fn, baseline):
+    """(d loss, d accuracy in points) when only ``entry``'s kernel is snapped to ``bits``."""
+    original = entry.kernel.numpy()
+    snapped = quantizers.snap(original, bits, entry.scale, entry.channel_axes)
+    entry.kernel.assign(tf.cast(snapped, entry.kernel.dtype))
+    try:
+        loss, accuracy = evaluate_batch(model, x, y, loss_fn)
+    finally:
+        entry.kernel.assign(original)
+    return loss - baseline[0], 100 * (accuracy - baseline[1])
+
+
+def summary(model, validation_data=None, bits=None, loss=None, bottleneck_factor=2.0, print_fn=print):
+    """Per-layer bits, params, packed bytes, relative quantization error, share of the QGT term and (with
+    ``validation_data``: (x, y) arrays or a finite tf.data.Dataset of batches) sensitivity; flags the
+    compression bottlenecks. Prints the table with ``print_fn`` (None: silent) and returns the report.
+
+    A float model can be inspected at ``bits`` (an int, a {layer: bits} dict or a QuantizationPolicy).
+    """
+    entries = _kernels(model, bits)
+    if not entries:
+        raise ValueError(
+            f"model {model.name!r} has no quantized kernels; pass bits= to inspect a float model")
+    terms = {entry.name: entry.qgt_term() for entry in entries}
+    total_term = sum(terms.values())
+    rows = [LayerReport(
+        name=entry.name, type=type(entry.layer).__name__, bits=entry.bits,
+        params=int(np.prod(entry.kernel.shape)),
+        packed_bytes=packed_bytes(int(np.prod(entry.kernel.shape)), entry.bits),
+        relative_error=entry.relative_error(),
+        qgt_share=terms[entry.name] / total_term if total_term > 0 else 0.0) for entry in entries]
+    report = BottleneckReport(rows)
+    if validation_data is not None:
+        x, y = _validation_arrays(validation_data)
+        loss_fn = _loss_function(model, loss)
+        with float_forward(model):
+            baseline = evaluate_batch(model, x, y, loss_fn)
+            report.baseline_loss, report.baseline_accuracy = baseline
+            for row, entry in zip(rows, entries):
+                row.delta_loss, row.delta_accuracy_pts = _sensitivity(
+                    model, entry, entry.bits, x, y, loss_fn, baseline)
+    score = [row.delta_loss if validation_data is not None else row.relative_error for row in rows]
+    mean_score = float(np.mean(score))
+    for row, value in zip(rows, score):
+        row.bottleneck = value > 0 and value >= bottleneck_factor * mean_score
+    if print_fn is not None:
+        print_fn(str(report))
+    return report
+
+
+def allocate_bits(model, budget_bytes, validation_data, candidates=(8, 4, 2), loss=None, layers=None):
+    """Per-layer bit widths whose packed kernels fit ``budget_bytes`` with the least total sensitivity.
+
+    Measures each layer's loss change at each candidate width (only that layer quantized), starts every
+    layer at the widest candidate and, while over budget, narrows the layer whose next step costs the least
+    loss per byte saved. Returns {layer name: bits}: pass it as ``QuantizationPolicy(overrides=...,
+    edge_bits=None)``. ``layers`` limits the choice (and the budget) to those layers (default: all).
+    """
+    candidates = sorted({quantizers.check_bits(b, "candidate bits") for b in candidates}, reverse=True)
+    entries = _kernels(model, QuantizationPolicy(bits=candidates[0], edge_bits=None))
+    if layers is not None:
+        entries = [entry for entry in entries if entry.name in layers]
+    sizes = {entry.name: int(np.prod(entry.kernel.shape)) for entry in entries}
+    smallest = sum(packed_bytes(n, candidates[-1]) for n in sizes.values())
+    if smallest > budget_bytes:
+        raise ValueError(
+            f"budget of {budget_bytes:,} B is below the smallest reachable size, {smallest:,} B "
+            f"(every layer at {candidates[-1]} bits)")
+    x, y = _validation_arrays(validation_data)
+    loss_fn = _loss_function(model, loss)
+    with float_forward(model):
+        baseline = evaluate_batch(model, x, y, loss_fn)
+        cost = {entry.name: {b: max(_sensitivity(model, entry, b, x, y, loss_fn, baseline)[0], 0.0)
+                             for b in candidates} for entry in entries}
+    choice = {name: 0 for name in sizes}  # index into candidates
+    total = lambda: sum(packed_bytes(sizes[n], candidates[i]) for n, i in choice.items())  # noqa: E731
+    while total() > budget_bytes:
+        def price(name):
+            current, narrower = candidates[choice[name]], candidates[choice[name] + 1]
+            saved = packed_bytes(sizes[name], current) - packed_bytes(sizes[name], narrower)
+            return (cost[name][narrower] - cost[name][current]) / max(saved, 1)
+        name = min((n for n in choice if choice[n] + 1 < len(candidates)), key=price)
+        choice[name] += 1
+    return {name: candidates[index] for name, index in choice.items()}
