@@ -1,0 +1,410 @@
+"""tf.data readers for person detection (Visual Wake Words layouts) and Fashion-MNIST.
+
+Every reader returns ``(dataset, info)``:
+
+* ``dataset`` yields ``(images, labels)`` batches: float32 images in [0, 1] (pixels / 255, as the MLPerf
+  Tiny VWW reference reads them) of shape (batch, height, width, channels) and int32 class indices of
+  shape (batch,), for ``sparse_categorical_crossentropy``.
+* ``info`` is a :class:`DatasetInfo`: class names, image shape, how many examples were readable and which
+  were skipped as unreadable.
+
+Person detection labels follow the sorted class names: ``non_person`` = 0, ``person`` = 1.
+
+Unreadable images. With ``validate=True`` (the default) a reader first decodes every image once in a
+parallel tf.data pass, leaves the unreadable ones out, counts them in ``info.skipped`` and logs a warning
+naming them. The pipeline itself also drops any element whose decoding fails (``ignore_errors``), so a
+file that goes bad later costs one logged example, never an epoch. Validation decodes each image once:
+about 45 s for 115k 96x96 JPEGs on two cores, more for full-size COCO images; ``validate=False`` skips it
+(then ``info.num_examples`` is the number of files listed and ``info.skipped`` is None).
+
+Scale. The folder and COCO readers hold only the list of file names in memory and decode in parallel
+(``num_parallel_calls=AUTOTUNE``) after shuffling the names, so a 115k-image copy streams; the TFRecord
+reader interleaves the record files and shuffles through a bounded buffer. Every dataset ends with
+``prefetch(AUTOTUNE)``.
+
+Several devices. ``batch_size`` is the global batch: build the model and call ``model.fit(dataset)``
+inside ``tf.distribute.MirroredStrategy().scope()`` and Keras splits each batch across the replicas (or
+pass the dataset to ``strategy.experimental_distribute_dataset`` in a custom loop). The datasets set the
+auto-shard policy that fits their source, so a multi-worker strategy shards them without warnings.
+
+Augmentation (``augment=True``, meant for training) is the MLPerf Tiny VWW recipe: rotation up to 10
+degrees, shifts up to 5% of each side, zoom by 0.9-1.1 per axis, random horizontal flip, edges filled with
+the nearest pixel. It runs as one affine warp per batch with TF ops, seeded: a given ``seed`` gives the
+same sequence of epochs.
+"""
+
+import dataclasses
+import gzip
+import json
+import logging
+import os
+import pathlib
+
+import numpy as np
+import tensorflow as tf
+
+VWW_CLASS_NAMES = ("non_person", "person")
+FASHION_MNIST_CLASS_NAMES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+# Where Debian's dataset-fashion-mnist package installs the IDX files.
+DEFAULT_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+
+# MLPerf Tiny VWW training augmentation ranges.
+ROTATION_DEGREES = 10.0
+SHIFT_FRACTION = 0.05
+ZOOM_FRACTION = 0.1
+
+_AUTOTUNE = tf.data.AUTOTUNE
+_TFRECORD_FEATURES = {
+    "image/encoded": tf.io.FixedLenFeature([], tf.string),
+    "image/class/label": tf.io.FixedLenFeature([], tf.int64),
+}
+# Skipped examples named in one warning; the rest are only counted.
+_NAMED_IN_WARNING = 10
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What a reader read.
+
+    Attributes:
+        source: the folder, file pattern or annotation file that was read.
+        class_names: class name of each label index.
+        image_shape: (height, width, channels) of the images the dataset yields.
+        num_examples: readable examples in one epoch (before ``drop_remainder``); the number listed when
+            not validated.
+        skipped: unreadable files (or ``"file[record index]"`` for TFRecords) that were left out; None when
+            the reader did not validate.
+    """
+
+    source: str
+    class_names: tuple
+    image_shape: tuple
+    num_examples: int
+    skipped: tuple | None
+
+    @property
+    def num_classes(self):
+        return len(self.class_names)
+
+
+def bundled_person96_dir():
+    """The person96 data set shipped in this repository (``data/person96``, with train/ and test/)."""
+    path = pathlib.Path(__file__).resolve().parent.parent / "data" / "person96"
+    if not path.is_dir():
+        raise FileNotFoundError(f"bundled person96 data not found at {path}: use a source checkout of qgt")
+    return path
+
+
+def read_image_folder(data_dir, *, image_size=(96, 96), grayscale=False, batch_size=32, shuffle=False,
+                      augment=False, seed=0, validate=True, limit=None, drop_remainder=False):
+    """Reads the MLPerf Tiny layout: one subfolder per class (``person/``, ``non_person/``) of images.
+
+    Labels index the sorted subfolder names. Images of any size are resized to ``image_size``.
+
+    Args:
+        data_dir: folder holding the class folders, e.g. ``vw_coco2014_96`` or ``bundled_person96_dir() /
+            "train"``.
+        image_size: (height, width) of the images yielded.
+        grayscale: yield 1-channel luminance images instead of RGB.
+        batch_size: global batch size.
+        shuffle: reshuffle every epoch (seeded by ``seed``).
+        augment: apply the MLPerf augmentation (see the module docstring).
+        seed: seed of the shuffling, the augmentation and the ``limit`` subset.
+        validate: decode every image once first and leave out (and report) the unreadable ones.
+        limit: use only this many images, a random subset fixed by ``seed`` (for quick runs).
+        drop_remainder: drop the last partial batch.
+
+    Raises:
+        FileNotFoundError: ``data_dir`` does not exist.
+        ValueError: ``data_dir`` has no class folder, or a class folder has no image.
+    """
+    data_dir = pathlib.Path(data_dir)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"image folder {data_dir} does not exist")
+    class_dirs = sorted(p for p in data_dir.iterdir() if p.is_dir())
+    if not class_dirs:
+        raise ValueError(f"image folder {data_dir} has no class subfolders (expected e.g. person/, non_person/)")
+    paths, labels = [], []
+    for label, class_dir in enumerate(class_dirs):
+        files = _list_images(class_dir)
+        if not files:
+            raise ValueError(f"class folder {class_dir} has no images ({', '.join(IMAGE_EXTENSIONS)})")
+        paths += files
+        labels += [label] * len(files)
+    return _read_files(paths, labels, str(data_dir), tuple(p.name for p in class_dirs), image_size, grayscale,
+                       batch_size, shuffle, augment, seed, validate, limit, drop_remainder)
+
+
+def read_coco_vww(annotations_json, images_dir, *, image_size=(96, 96), grayscale=False, batch_size=32,
+                  shuffle=False, augment=False, seed=0, validate=True, limit=None, drop_remainder=False):
+    """Reads a COCO-format Visual Wake Words split (as pyvww writes ``instances_{train,val}.json``).
+
+    An image is ``person`` (1) when the annotation file has at least one annotation for it, else
+    ``non_person`` (0). Images are read from ``images_dir / file_name``; the other arguments are those of
+    :func:`read_image_folder`.
+
+    Raises:
+        FileNotFoundError: the annotation file or the image folder does not exist.
+        ValueError: the annotation file lists no image.
+    """
+    annotations_json, images_dir = pathlib.Path(annotations_json), pathlib.Path(images_dir)
+    if not annotations_json.is_file():
+        raise FileNotFoundError(f"COCO annotation file {annotations_json} does not exist")
+    if not images_dir.is_dir():
+        raise FileNotFoundError(f"COCO image folder {images_dir} does not exist")
+    with open(annotations_json) as f:
+        coco = json.load(f)
+    images = coco.get("images") or []
+    if not images:
+        raise ValueError(f"COCO annotation file {annotations_json} lists no images")
+    with_person = {a["image_id"] for a in coco.get("annotations", [])}
+    paths = [str(images_dir / im["file_name"]) for im in images]
+    labels = [int(im["id"] in with_person) for im in images]
+    return _read_files(paths, labels, str(annotations_json), VWW_CLASS_NAMES, image_size, grayscale, batch_size,
+                       shuffle, augment, seed, validate, limit, drop_remainder)
+
+
+def read_vww_tfrecords(file_pattern, *, image_size=(96, 96), grayscale=False, batch_size=32, shuffle=False,
+                       augment=False, seed=0, validate=True, limit=None, drop_remainder=False,
+                       shuffle_buffer=4096):
+    """Reads TF-slim Visual Wake Words TFRecords (``image/encoded``, ``image/class/label``: 0 or 1).
+
+    Args:
+        file_pattern: a glob such as ``.../train.record-?????-of-00100``, or a list of files.
+        limit: use only the first ``limit`` records (in file order).
+        shuffle_buffer: records held for shuffling (the record files are shuffled too).
+        validate: read every record once first to count the examples and the undecodable ones (the
+            pipeline skips those anyway; this only counts and names them).
+        The other arguments are those of :func:`read_image_folder`.
+
+    Raises:
+        FileNotFoundError: no file matches ``file_pattern``.
+    """
+    patterns = [file_pattern] if isinstance(file_pattern, (str, os.PathLike)) else list(file_pattern)
+    files = sorted({f for p in patterns for f in tf.io.gfile.glob(str(p))})
+    if not files:
+        raise FileNotFoundError(f"no TFRecord file matches {file_pattern}")
+    channels = 1 if grayscale else 3
+
+    def parse(record):
+        example = tf.io.parse_single_example(record, _TFRECORD_FEATURES)
+        image = _decode_image(example["image/encoded"], image_size, grayscale)
+        return image, tf.cast(example["image/class/label"], tf.int32)
+
+    if limit is not None:  # the first records in file order, the same ones every epoch
+        records = tf.data.TFRecordDataset(files).take(limit)
+    else:
+        records = tf.data.Dataset.from_tensor_slices(files)
+        if shuffle:
+            records = records.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+        records = records.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
+                                     num_parallel_calls=_AUTOTUNE)
+    if shuffle:
+        records = records.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    dataset = records.map(parse, num_parallel_calls=_AUTOTUNE).ignore_errors(log_warning=True)
+
+    if validate:
+        num_examples, skipped = _validate_records(files, parse, limit)
+        _report_skipped(skipped, str(file_pattern))
+    else:
+        num_examples, skipped = None, None
+    info = DatasetInfo(str(file_pattern), VWW_CLASS_NAMES, (*image_size, channels), num_examples, skipped)
+    return _finish(dataset, batch_size, augment, seed, drop_remainder,
+                   tf.data.experimental.AutoShardPolicy.FILE), info
+
+
+def read_fashion_mnist(data_dir=None, split="train", *, batch_size=32, shuffle=False, augment=False, seed=0,
+                       limit=None, drop_remainder=False):
+    """Reads Fashion-MNIST from its IDX files (gzipped or not): 28x28x1 images, 10 classes.
+
+    Args:
+        data_dir: folder with ``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``; default
+            :data:`DEFAULT_FASHION_MNIST_DIR` (``apt-get install dataset-fashion-mnist``).
+        split: ``"train"`` (60,000 images) or ``"test"`` (10,000).
+        The other arguments are those of :func:`read_image_folder`. The arrays are small (47 MB) and
+        are held in memory.
+
+    Raises:
+        FileNotFoundError: an IDX file is missing.
+        ValueError: an unknown split, or an IDX file that is malformed or disagrees with its partner.
+    """
+    prefixes = {"train": "train", "test": "t10k"}
+    if split not in prefixes:
+        raise ValueError(f"split must be one of {sorted(prefixes)}, got {split!r}")
+    data_dir = pathlib.Path(data_dir or DEFAULT_FASHION_MNIST_DIR)
+    images = read_idx(_find_idx(data_dir, f"{prefixes[split]}-images-idx3-ubyte"))
+    labels = read_idx(_find_idx(data_dir, f"{prefixes[split]}-labels-idx1-ubyte"))
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise ValueError(f"Fashion-MNIST {split} files in {data_dir} disagree: images {images.shape}, "
+                         f"labels {labels.shape}")
+    if limit is not None:
+        keep = np.sort(np.random.default_rng(seed).permutation(len(labels))[:limit])
+        images, labels = images[keep], labels[keep]
+
+    dataset = tf.data.Dataset.from_tensor_slices((images[..., None], labels.astype(np.int32)))
+    if shuffle:
+        dataset = dataset.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.map(lambda image, label: (tf.image.convert_image_dtype(image, tf.float32), label),
+                          num_parallel_calls=_AUTOTUNE)
+    info = DatasetInfo(str(data_dir), FASHION_MNIST_CLASS_NAMES, images.shape[1:] + (1,), len(labels), ())
+    return _finish(dataset, batch_size, augment, seed, drop_remainder,
+                   tf.data.experimental.AutoShardPolicy.DATA), info
+
+
+def read_idx(path):
+    """Reads one IDX file (the MNIST format; ``.gz`` is decompressed) into a numpy array."""
+    dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in dtypes:
+        raise ValueError(f"{path} is not an IDX file")
+    ndim = data[3]
+    shape = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
+    dtype = np.dtype(dtypes[data[2]])
+    offset = 4 + 4 * ndim
+    if len(data) - offset != int(np.prod(shape)) * dtype.itemsize:
+        raise ValueError(f"{path}: {len(data) - offset} data bytes, its header says shape {shape} of {dtype}")
+    return np.frombuffer(data, dtype, offset=offset).reshape(shape)
+
+
+def mlperf_augment(images, seed):
+    """Randomly rotates, shifts, zooms and flips a batch of images (the MLPerf Tiny VWW recipe).
+
+    Args:
+        images: float tensor (batch, height, width, channels).
+        seed: int tensor of shape (2,), the stateless random seed of this batch.
+
+    Returns:
+        The warped batch, same shape and value range (bilinear sampling, edges repeat the nearest pixel).
+    """
+    shape = tf.shape(images)
+    height, width = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
+    u = tf.random.stateless_uniform((shape[0], 6), seed, minval=-1.0, maxval=1.0)
+    angle = u[:, 0] * (ROTATION_DEGREES * np.pi / 180.0)
+    shift_x, shift_y = u[:, 1] * SHIFT_FRACTION * width, u[:, 2] * SHIFT_FRACTION * height
+    # Output pixel p samples input pixel R(angle) Z F (p - c) + c + shift: Z scales (zoom < 1 magnifies),
+    # F mirrors x for the flipped half.
+    zoom_x, zoom_y = 1.0 + u[:, 3] * ZOOM_FRACTION, 1.0 + u[:, 4] * ZOOM_FRACTION
+    flip = tf.where(u[:, 5] < 0.0, -1.0, 1.0)
+    cos, sin = tf.cos(angle), tf.sin(angle)
+    a0, a1 = cos * zoom_x * flip, -sin * zoom_y
+    b0, b1 = sin * zoom_x * flip, cos * zoom_y
+    cx, cy = (width - 1.0) / 2.0, (height - 1.0) / 2.0
+    a2 = cx + shift_x - a0 * cx - a1 * cy
+    b2 = cy + shift_y - b0 * cx - b1 * cy
+    zeros = tf.zeros_like(a0)
+    transforms = tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=transforms, output_shape=shape[1:3], fill_value=0.0,
+        interpolation="BILINEAR", fill_mode="NEAREST")
+
+
+def _list_images(folder):
+    return sorted(str(e.path) for e in os.scandir(folder)
+                  if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS)
+
+
+def _find_idx(data_dir, name):
+    for candidate in (data_dir / name, data_dir / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"{name}[.gz] not found in {data_dir} (Debian: apt-get install dataset-fashion-mnist)")
+
+
+def _decode_image(contents, image_size, grayscale):
+    """Encoded bytes -> float32 (height, width, 1 or 3) in [0, 1]; raises on unreadable data."""
+    image = tf.io.decode_image(contents, channels=3, expand_animations=False)
+    image = tf.image.convert_image_dtype(image, tf.float32)
+    # Bilinear with antialiasing keeps values in [0, 1] and returns same-size images unchanged.
+    image = tf.image.resize(image, image_size, antialias=True)
+    if grayscale:
+        image = tf.image.rgb_to_grayscale(image)
+    return image
+
+
+def _read_files(paths, labels, source, class_names, image_size, grayscale, batch_size, shuffle, augment, seed,
+                validate, limit, drop_remainder):
+    """The pipeline shared by the folder and COCO readers: a list of image files with their labels."""
+    if limit is not None:
+        keep = np.sort(np.random.default_rng(seed).permutation(len(paths))[:limit])
+        paths, labels = [paths[i] for i in keep], [labels[i] for i in keep]
+    skipped = None
+    if validate:
+        readable = _find_readable(paths)
+        skipped = tuple(p for p, ok in zip(paths, readable) if not ok)
+        _report_skipped(skipped, source)
+        paths = [p for p, ok in zip(paths, readable) if ok]
+        labels = [label for label, ok in zip(labels, readable) if ok]
+        if not paths:
+            raise ValueError(f"no readable image in {source}")
+
+    def load(path, label):
+        return _decode_image(tf.io.read_file(path), image_size, grayscale), label
+
+    dataset = tf.data.Dataset.from_tensor_slices((paths, np.asarray(labels, np.int32)))
+    if shuffle:  # names, not pixels: the buffer holds the whole list cheaply.
+        dataset = dataset.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.map(load, num_parallel_calls=_AUTOTUNE).ignore_errors(log_warning=True)
+    info = DatasetInfo(source, class_names, (*image_size, 1 if grayscale else 3), len(paths), skipped)
+    return _finish(dataset, batch_size, augment, seed, drop_remainder,
+                   tf.data.experimental.AutoShardPolicy.DATA), info
+
+
+def _find_readable(paths):
+    """For each path, whether the image decodes (one parallel tf.data pass)."""
+    def check(index, path):
+        tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        return index
+
+    indices = tf.data.Dataset.from_tensor_slices((np.arange(len(paths)), paths))
+    indices = indices.map(check, num_parallel_calls=_AUTOTUNE, deterministic=False).ignore_errors()
+    readable = np.zeros(len(paths), bool)
+    for batch in indices.batch(4096).as_numpy_iterator():
+        readable[batch] = True
+    return readable
+
+
+def _validate_records(files, parse, limit):
+    """Counts the decodable records of ``files`` (the first ``limit``) and names the others."""
+    def enumerate_file(file_index):
+        return tf.data.TFRecordDataset(tf.gather(files, file_index)).enumerate().map(
+            lambda record_index, record: (file_index, record_index, record))
+
+    def check(file_index, record_index, record):
+        parse(record)
+        return file_index, record_index
+
+    records = tf.data.Dataset.range(len(files)).flat_map(enumerate_file)
+    if limit is not None:
+        records = records.take(limit)
+    every = {tuple(r) for r in records.map(lambda f, i, _: tf.stack([f, i])).as_numpy_iterator()}
+    decoded = records.map(check, num_parallel_calls=_AUTOTUNE, deterministic=False).ignore_errors()
+    good = {(int(f), int(i)) for f, i in decoded.as_numpy_iterator()}
+    skipped = tuple(f"{files[f]}[{i}]" for f, i in sorted(every - good))
+    return len(good), skipped
+
+
+def _report_skipped(skipped, source):
+    if skipped:
+        named = ", ".join(skipped[:_NAMED_IN_WARNING])
+        more = f" and {len(skipped) - _NAMED_IN_WARNING} more" if len(skipped) > _NAMED_IN_WARNING else ""
+        logger.warning("%s: skipped %d unreadable images: %s%s", source, len(skipped), named, more)
+
+
+def _finish(dataset, batch_size, augment, seed, drop_remainder, shard_policy):
+    """Batches, augments (seeded per batch, new draws each epoch) and prefetches."""
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    if augment:
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        dataset = tf.data.Dataset.zip((dataset, seeds)).map(
+            lambda batch, batch_seed: (mlperf_augment(batch[0], batch_seed), batch[1]),
+            num_parallel_calls=_AUTOTUNE)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = shard_policy
+    return dataset.with_options(options).prefetch(_AUTOTUNE)
