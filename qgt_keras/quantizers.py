@@ -94,13 +94,21 @@ def _squared_error(w2d, scale, bits):
     return tf.reduce_sum(tf.square(w2d - _codes(w2d, scale, bits) * scale), axis=0)
 
 
+def _least_error(w2d, candidates, bits):
+    """The per-column scale among ``candidates`` (K, C) with the smallest squared error."""
+    errors = tf.reduce_sum(
+        tf.square(w2d[None] - _codes(w2d[None], candidates[:, None], bits) * candidates[:, None]), axis=1)
+    pick = tf.one_hot(tf.argmin(errors, axis=0), tf.shape(candidates)[0], axis=0)
+    return tf.reduce_sum(candidates * pick, axis=0)
+
+
 def mse_scale(w2d, bits):
     """Per-column scale that minimizes the squared quantization error.
 
     Searches the scales that put the largest weight exactly on a code (max|w| / k, k = 1..2^(b-1)) and 32
-    fractions of the clip-free scale, then refines the best with one least-squares step
-    (s = sum(w q) / sum(q^2)). The first set makes weights that already lie on a grid quantize to
-    themselves; the second finds the clipping point of bell-shaped channels.
+    fractions of the clip-free scale, searches again on a 17-point grid around the best, then takes one
+    least-squares step (s = sum(w q) / sum(q^2)) if it helps. The first set makes weights that already lie
+    on a grid quantize to themselves; the fractions find the clipping point of bell-shaped channels.
     """
     bits = check_bits(bits)
     w2d = tf.convert_to_tensor(w2d, tf.float32)
@@ -111,11 +119,10 @@ def mse_scale(w2d, bits):
     safe_max = tf.where(max_abs > 0, max_abs, tf.ones_like(max_abs))
     on_code = tf.constant(1.0 / np.arange(1, 2 ** (bits - 1) + 1), tf.float32)[:, None] * safe_max
     fractions = tf.constant(_MSE_FRACTIONS, tf.float32)[:, None] * clip_free
-    candidates = tf.concat([on_code, fractions], axis=0)  # (K, C)
-    errors = tf.reduce_sum(
-        tf.square(w2d[None] - _codes(w2d[None], candidates[:, None], bits) * candidates[:, None]), axis=1)
-    pick = tf.one_hot(tf.argmin(errors, axis=0), tf.shape(candidates)[0], axis=0)
-    best = tf.reduce_sum(candidates * pick, axis=0)
+    best = _least_error(w2d, tf.concat([on_code, fractions], axis=0), bits)
+    step = float(_MSE_FRACTIONS[1] - _MSE_FRACTIONS[0])
+    around = best + tf.constant(np.linspace(-step, step, 17), tf.float32)[:, None] * clip_free
+    best = _least_error(w2d, tf.concat([best[None], tf.maximum(around, 1e-12)], axis=0), bits)
     codes = _codes(w2d, best, bits)
     code_power = tf.reduce_sum(tf.square(codes), axis=0)
     refined = tf.where(code_power > 0, tf.reduce_sum(w2d * codes, axis=0) / tf.maximum(code_power, 1.0), best)

@@ -1,0 +1,149 @@
+import numpy as np
+import pytest
+import tf_keras as keras
+
+from conftest import small_cnn
+from qgt_keras import conversion, quantizers
+from qgt_keras.conversion import QuantizationPolicy, quantize_model
+from qgt_keras.layers import QConv2D, QDense, QDepthwiseConv2D, quantized_kernels
+from qgt_keras.regularizers import QGTRegularizer
+
+
+@pytest.mark.parametrize("sequential", [False, True])
+def test_conversion_keeps_outputs_and_trains(sequential, toy_images):
+    x, y = toy_images
+    model = small_cnn(sequential=sequential)
+    quantized = quantize_model(model, bits=2)
+    assert [type(layer) for layer in quantized.layers if layer.weights and "bn" not in layer.name] == [
+        QConv2D, QDepthwiseConv2D, QConv2D, QDense]
+    assert conversion.layer_bits(quantized) == {"conv1": 8, "dw1": 2, "pw1": 2, "fc": 8}
+    np.testing.assert_allclose(quantized.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+    quantized.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    history = quantized.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    assert len(quantized.losses) == 4  # one QGT term per quantized kernel
+
+
+def test_policy_precedence():
+    model = small_cnn()
+    policy = QuantizationPolicy(bits=4, overrides={"pw1": 1, "DepthwiseConv2D": 3, "Dense": 2}, edge_bits=8)
+    assert policy.resolve(model) == {"conv1": 8, "dw1": 3, "pw1": 1, "fc": 8}
+    no_edges = QuantizationPolicy(bits=4, overrides={"Dense": 2}, edge_bits=None, skip=("conv1",))
+    assert no_edges.resolve(model) == {"dw1": 4, "pw1": 4, "fc": 2}
+
+
+def test_depthwise_regularizer_is_per_channel():
+    quantized = quantize_model(small_cnn(), bits=2)
+    layer = quantized.get_layer("dw1")
+    assert isinstance(layer.depthwise_regularizer, QGTRegularizer)
+    assert layer.depthwise_regularizer.channel_axes == (2, 3) and layer.kernel_quantizer.channel_axes == (2, 3)
+
+
+def test_existing_regularizer_is_kept_as_base():
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(3, kernel_regularizer=keras.regularizers.L2(0.1))(inputs))
+    regularizer = quantize_model(model, bits=2, edge_bits=None).layers[1].kernel_regularizer
+    assert isinstance(regularizer.base, keras.regularizers.L2)
+
+
+def test_hard_quantization_equals_the_stripped_snapped_model(toy_images):
+    x, _ = toy_images
+    quantized = quantize_model(small_cnn(), bits=2)
+    conversion.set_hard_quantization(quantized)
+    plain = conversion.strip_quantization(quantized)
+    assert not quantized_kernels(plain) and all(
+        type(layer) in (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
+        for layer in plain.layers if "conv" in layer.name or layer.name in ("dw1", "fc"))
+    np.testing.assert_allclose(plain.predict(x, verbose=0), quantized.predict(x, verbose=0), atol=1e-5)
+    for entry in quantized_kernels(quantized):
+        kernel = plain.get_layer(entry.name).get_weights()[0]
+        snapped = quantizers.snap(kernel, entry.bits, channel_axes=entry.channel_axes).numpy()
+        np.testing.assert_allclose(kernel, snapped, rtol=1e-5, atol=1e-7)
+
+
+def test_snap_weights_and_float_forward(toy_images):
+    x, _ = toy_images
+    quantized = quantize_model(small_cnn(), bits=2)
+    float_out = quantized.predict(x, verbose=0)
+    conversion.set_hard_quantization(quantized)
+    hard_out = quantized.predict(x, verbose=0)
+    with conversion.float_forward(quantized):
+        np.testing.assert_allclose(quantized.predict(x, verbose=0), float_out, atol=1e-6)
+    assert quantized.get_layer("dw1").quantize_gate.numpy() == 1
+    conversion.snap_weights(quantized)
+    conversion.set_hard_quantization(quantized, False)
+    np.testing.assert_allclose(quantized.predict(x, verbose=0), hard_out, atol=1e-5)
+
+
+@pytest.mark.parametrize("extension", ["keras", "h5"])
+def test_save_and_load_without_custom_objects(extension, tmp_path, toy_images):
+    x, y = toy_images
+    quantized = quantize_model(small_cnn(), bits=2, overrides={"pw1": 3})
+    quantized.compile("adam", "sparse_categorical_crossentropy")
+    quantized.fit(x, y, epochs=1, verbose=0)
+    conversion.set_hard_quantization(quantized)
+    path = str(tmp_path / f"model.{extension}")
+    quantized.save(path)
+    restored = keras.models.load_model(path)
+    assert [type(layer) for layer in restored.layers] == [type(layer) for layer in quantized.layers]
+    for original, loaded in zip(quantized.get_weights(), restored.get_weights()):
+        assert original.tobytes() == loaded.tobytes()
+    assert conversion.layer_bits(restored) == conversion.layer_bits(quantized)
+    assert restored.get_layer("pw1").kernel_regularizer.get_config() == \
+        quantized.get_layer("pw1").kernel_regularizer.get_config()
+    np.testing.assert_array_equal(restored.predict(x, verbose=0), quantized.predict(x, verbose=0))
+
+
+def test_unknown_layer_name_in_policy():
+    with pytest.raises(ValueError, match="'conv9'.*neither a layer"):
+        quantize_model(small_cnn(), overrides={"conv9": 4})
+
+
+def test_policy_naming_a_layer_without_kernel():
+    with pytest.raises(ValueError, match="'bn1'.*no kernel"):
+        quantize_model(small_cnn(), overrides={"bn1": 4})
+
+
+@pytest.mark.parametrize("bits", [0, 9, 2.5])
+def test_bits_outside_range(bits):
+    with pytest.raises(ValueError, match="1..8"):
+        quantize_model(small_cnn(), bits=bits)
+    with pytest.raises(ValueError, match="'pw1'.*1..8"):
+        quantize_model(small_cnn(), overrides={"pw1": bits})
+
+
+def test_unsupported_layer_type():
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.SeparableConv2D(4, 3, name="sep")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(x)))
+    with pytest.raises(ValueError, match="'sep' of type SeparableConv2D is not supported"):
+        quantize_model(model)
+    transposed = keras.Sequential([keras.Input((4, 4, 2)), keras.layers.Conv2DTranspose(2, 3, name="up")])
+    with pytest.raises(ValueError, match="'up' of type Conv2DTranspose"):
+        quantize_model(transposed)
+
+
+def test_already_quantized_model():
+    with pytest.raises(ValueError, match="already quantized"):
+        quantize_model(quantize_model(small_cnn()))
+
+
+def test_keras3_model_is_refused_with_the_fix():
+    import keras as keras3
+    model = keras3.Sequential([keras3.Input((4,)), keras3.layers.Dense(2)])
+    with pytest.raises(TypeError, match="Keras 3 model.*tf_keras"):
+        quantize_model(model)
+
+
+def test_subclassed_model_is_refused():
+    class Custom(keras.Model):
+        def call(self, inputs):
+            return inputs
+
+    with pytest.raises(TypeError, match="subclassed"):
+        quantize_model(Custom())
+
+
+def test_layer_bits_must_match_its_regularizer():
+    with pytest.raises(ValueError, match="QGTRegularizer bits 4 != layer bits 2"):
+        QConv2D(4, 3, bits=2, kernel_regularizer=QGTRegularizer(4), name="c")

@@ -1,0 +1,103 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+
+from qgt_keras import quantizers
+from qgt_keras.regularizers import QGTRegularizer
+
+
+def reference_value_and_gradient(w, bits, strength, outlier_weight):
+    """R and dR/dw in numpy for a (N, C) kernel with the clip-free max scale."""
+    qmin, qmax = quantizers.code_range(bits)
+    scale = np.abs(w).mean(0) if bits == 1 else np.abs(w).max(0) / qmax
+    steps = w / scale
+    codes = np.where(steps >= 0, 1.0, -1.0) if bits == 1 else np.clip(np.round(steps), qmin, qmax)
+    beyond = np.maximum(np.abs(steps) - (-qmin), 0)
+    value = strength * (((steps - codes) ** 2).sum() + outlier_weight * (beyond ** 2).sum())
+    gradient = strength * (2 * (steps - codes) + outlier_weight * 2 * beyond * np.sign(w)) / scale
+    return value, gradient
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 8])
+def test_value_and_gradient_match_numpy(bits):
+    w = np.random.default_rng(bits).normal(size=(40, 6)).astype(np.float64)
+    regularizer = QGTRegularizer(bits, strength=0.7, outlier_weight=2.0, scale="max")
+    variable = tf.Variable(w.astype(np.float32))
+    with tf.GradientTape() as tape:
+        value = regularizer(variable)
+    expected_value, expected_gradient = reference_value_and_gradient(w, bits, 0.7, 2.0)
+    np.testing.assert_allclose(float(value), expected_value, rtol=1e-4)
+    np.testing.assert_allclose(tape.gradient(value, variable).numpy(), expected_gradient, rtol=1e-3,
+                               atol=1e-4 * np.abs(expected_gradient).max())  # float32 vs float64 steps
+
+
+def test_mse_scale_term_uses_the_grid_scale():
+    w = np.random.default_rng(0).normal(size=(3, 3, 4, 5)).astype(np.float32)
+    grid, outlier = QGTRegularizer(2).terms(w)
+    codes, scale = quantizers.quantize(w, 2)
+    steps = w.reshape(-1, 5) / scale.numpy()
+    np.testing.assert_allclose(float(grid), ((steps - codes.numpy().reshape(-1, 5)) ** 2).sum(), rtol=1e-4)
+    assert float(outlier) >= 0
+    on_grid = quantizers.snap(w, 2).numpy()
+    assert float(QGTRegularizer(2)(on_grid)) == pytest.approx(0, abs=1e-6)
+
+
+def test_outlier_term_only_counts_weights_beyond_the_range():
+    w = np.append(np.linspace(-1, 1, 200), 2.5).astype(np.float32)[:, None]
+    _, outlier = QGTRegularizer(2, scale="max").terms(w)  # the clip-free scale: nothing beyond the range
+    assert float(outlier) == 0
+    _, outlier = QGTRegularizer(2, scale="mse").terms(w)  # the MSE scale fits the bulk and clips 2.5
+    assert float(outlier) > 0
+
+
+def test_depthwise_channel_axes_and_scale_invariance():
+    w = np.random.default_rng(1).normal(size=(3, 3, 6, 1)).astype(np.float32)
+    regularizer = QGTRegularizer(2, channel_axes=(2, 3))
+    rescaled = w * np.array([1, 10, 100, 0.1, 1, 3], np.float32)[None, None, :, None]
+    assert float(regularizer(rescaled)) == pytest.approx(float(regularizer(w)), rel=1e-4)
+
+
+def test_strength_is_a_variable_and_base_is_added():
+    w = np.random.default_rng(2).normal(size=(8, 3)).astype(np.float32)
+    regularizer = QGTRegularizer(2, strength=1.0, base=keras.regularizers.L2(0.5))
+    qgt = float(regularizer.qgt_term(w))
+    assert float(regularizer(w)) == pytest.approx(qgt + 0.5 * (w ** 2).sum(), rel=1e-5)
+    regularizer.strength = 3.0
+    assert float(regularizer.qgt_term(w)) == pytest.approx(3 * qgt, rel=1e-5)
+
+
+def test_config_round_trip_and_registration():
+    regularizer = QGTRegularizer(3, strength=2.5, outlier_weight=0.5, scale="max", channel_axes=(2, 3),
+                                 base=keras.regularizers.L2(1e-4))
+    restored = keras.regularizers.deserialize(keras.regularizers.serialize(regularizer))
+    assert isinstance(restored, QGTRegularizer)
+    assert restored.get_config() == regularizer.get_config()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"bits": 0}, "bits must be an integer in 1..8"),
+    ({"bits": 2, "strength": -1}, "must be >= 0"),
+    ({"bits": 2, "scale": "p99"}, "scale must be one of"),
+])
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        QGTRegularizer(**kwargs)
+
+
+def _toy_regression_error(regularizer):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2048, 16)).astype(np.float32)
+    y = x @ rng.normal(size=(16, 8)).astype(np.float32) + 0.1 * rng.normal(size=(2048, 8)).astype(np.float32)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(8, kernel_regularizer=regularizer)])
+    model.compile(keras.optimizers.Adam(1e-2), "mse")
+    model.fit(x, y, epochs=20, batch_size=64, verbose=0)
+    error, power = quantizers.squared_error(model.layers[0].kernel, 2)
+    return float(error / power)
+
+
+def test_default_qgt_term_cuts_the_2bit_error_of_a_dense_layer_tenfold():
+    plain = _toy_regression_error(None)
+    qgt = _toy_regression_error(QGTRegularizer(bits=2))
+    assert qgt * 10 <= plain, (qgt, plain)
