@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+import tf_keras as keras
+
+from conftest import small_cnn
+from qgt_keras.callbacks import QGTMonitor, QGTScheduler
+from qgt_keras.conversion import quantize_model
+
+
+class GateRecorder(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        self.gates = getattr(self, "gates", []) + [self.model.get_layer("dw1").quantize_gate.numpy()]
+
+
+def test_schedule_values():
+    schedule = QGTScheduler(start_strength=10, end_strength=1000, warmup_steps=5, ramp_steps=10)
+    assert [schedule.strength_at(t) for t in (0, 4)] == [0, 0]
+    assert schedule.strength_at(5) == pytest.approx(10)
+    assert schedule.strength_at(10) == pytest.approx(100)
+    assert schedule.strength_at(15) == schedule.strength_at(1000) == 1000
+
+
+def test_schedule_sets_strengths_and_hands_over_to_hard_quantization(toy_images):
+    x, y = toy_images
+    model = quantize_model(small_cnn(), bits=2)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    schedule = QGTScheduler(start_strength=1e-3, end_strength=1e-1, ramp_steps=8, hard_quantization_epochs=1)
+    recorder = GateRecorder()
+    history = model.fit(x, y, epochs=3, batch_size=32, verbose=0, callbacks=[schedule, recorder])
+    assert schedule.step == 12
+    assert recorder.gates == [0, 0, 1]
+    # the strength of each epoch's last step (steps 3, 7, 11 of a ramp over steps 0..8)
+    assert history.history["qgt_strength"] == pytest.approx([10 ** -2.25, 10 ** -1.25, 1e-1], rel=1e-5)
+    assert model.get_layer("pw1").kernel_regularizer.strength == pytest.approx(0.1)
+
+
+def test_monitor_logs_total_and_per_layer_terms(toy_images, capsys):
+    x, y = toy_images
+    model = quantize_model(small_cnn(), bits=2)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    history = model.fit(x, y, epochs=1, verbose=0, callbacks=[QGTMonitor(verbose=1)])
+    per_layer = {key: value[0] for key, value in history.history.items() if key.startswith("qgt/")}
+    assert set(per_layer) == {"qgt/conv1", "qgt/dw1", "qgt/pw1", "qgt/fc"}
+    assert history.history["qgt_loss"][0] == pytest.approx(sum(per_layer.values()), rel=1e-6)
+    expected = sum(float(layer.losses[0]) for layer in model.layers if layer.losses)
+    assert history.history["qgt_loss"][0] == pytest.approx(expected, rel=1e-4)
+    assert 0 < history.history["qgt_error"][0] < 1
+    assert "qgt_loss" in capsys.readouterr().out
+
+
+def test_scheduler_needs_qgt_regularizers(toy_images):
+    x, y = toy_images
+    model = small_cnn()
+    model.compile("adam", "sparse_categorical_crossentropy")
+    with pytest.raises(ValueError, match="no QGT regularizer"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[QGTScheduler()])
+
+
+def test_scheduler_bad_arguments():
+    with pytest.raises(ValueError, match="start_strength"):
+        QGTScheduler(start_strength=0)
+    with pytest.raises(ValueError, match=">= 0"):
+        QGTScheduler(ramp_steps=-1)
+
+
+def test_qgt_pulls_weights_onto_the_grid_under_the_schedule(toy_images):
+    x, y = toy_images
+    model = quantize_model(small_cnn(), bits=2, edge_bits=None)
+    model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    before = model.fit(x, y, epochs=1, verbose=0, callbacks=[QGTMonitor()]).history["qgt_error"][0]
+    after = model.fit(x, y, epochs=6, verbose=0, callbacks=[
+        QGTScheduler(start_strength=1e-2, end_strength=10, ramp_steps=12), QGTMonitor()]).history["qgt_error"]
+    assert after[-1] < before / 10, (before, after)
+    assert np.isfinite(after).all()
