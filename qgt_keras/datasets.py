@@ -209,7 +209,7 @@ def read_vww_tfrecords(file_pattern, *, image_size=(96, 96), grayscale=False, ba
     dataset = records.map(parse, num_parallel_calls=_AUTOTUNE).ignore_errors(log_warning=True)
 
     if validate:
-        num_examples, skipped = _validate_records(files, parse, limit)
+        num_examples, skipped = _validate_records(files, limit)
         _report_skipped(skipped, str(file_pattern))
     else:
         num_examples, skipped = None, None
@@ -356,36 +356,41 @@ def _read_files(paths, labels, source, class_names, image_size, grayscale, batch
                    tf.data.experimental.AutoShardPolicy.DATA), info
 
 
+def _decoded_shape(contents):
+    # Returning the decoded shape makes the pass depend on the decode: graph optimizations prune a
+    # decode whose result is unused, and the resized shape is a constant.
+    return tf.shape(tf.io.decode_image(contents, channels=3, expand_animations=False))
+
+
 def _find_readable(paths):
     """For each path, whether the image decodes (one parallel tf.data pass)."""
     def check(index, path):
-        tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        return index
+        return index, _decoded_shape(tf.io.read_file(path))
 
     indices = tf.data.Dataset.from_tensor_slices((np.arange(len(paths)), paths))
     indices = indices.map(check, num_parallel_calls=_AUTOTUNE, deterministic=False).ignore_errors()
     readable = np.zeros(len(paths), bool)
-    for batch in indices.batch(4096).as_numpy_iterator():
+    for batch, _ in indices.batch(4096).as_numpy_iterator():
         readable[batch] = True
     return readable
 
 
-def _validate_records(files, parse, limit):
+def _validate_records(files, limit):
     """Counts the decodable records of ``files`` (the first ``limit``) and names the others."""
     def enumerate_file(file_index):
         return tf.data.TFRecordDataset(tf.gather(files, file_index)).enumerate().map(
             lambda record_index, record: (file_index, record_index, record))
 
     def check(file_index, record_index, record):
-        parse(record)
-        return file_index, record_index
+        example = tf.io.parse_single_example(record, _TFRECORD_FEATURES)
+        return file_index, record_index, _decoded_shape(example["image/encoded"])
 
     records = tf.data.Dataset.range(len(files)).flat_map(enumerate_file)
     if limit is not None:
         records = records.take(limit)
     every = {tuple(r) for r in records.map(lambda f, i, _: tf.stack([f, i])).as_numpy_iterator()}
     decoded = records.map(check, num_parallel_calls=_AUTOTUNE, deterministic=False).ignore_errors()
-    good = {(int(f), int(i)) for f, i in decoded.as_numpy_iterator()}
+    good = {(int(f), int(i)) for f, i, _ in decoded.as_numpy_iterator()}
     skipped = tuple(f"{files[f]}[{i}]" for f, i in sorted(every - good))
     return len(good), skipped
 
