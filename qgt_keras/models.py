@@ -27,10 +27,11 @@ MOBILENET_V1_BLOCKS = ((1, 64), (2, 128), (1, 128), (2, 256), (1, 256), (2, 512)
 # The 28x28 variant: a stride-1 16-filter stem and five blocks down to 7x7 (about 38k parameters).
 MOBILENET_28_BLOCKS = ((1, 32), (2, 64), (1, 64), (2, 128), (1, 128))
 L2_WEIGHT_DECAY = 1e-4  # MLPerf Tiny VWW
+BN_MOMENTUM = 0.99  # MLPerf Tiny VWW (the Keras default)
 
 
 def mobilenet_v1(input_shape=(96, 96, 3), alpha=0.25, num_classes=2, *, weight_decay=L2_WEIGHT_DECAY,
-                 use_bias=False, name="mobilenet_v1"):
+                 use_bias=False, bn_momentum=BN_MOMENTUM, name="mobilenet_v1"):
     """MobileNetV1: a stride-2 3x3 stem, 13 depthwise-separable blocks, average pooling, dense softmax.
 
     Args:
@@ -40,14 +41,16 @@ def mobilenet_v1(input_shape=(96, 96, 3), alpha=0.25, num_classes=2, *, weight_d
         num_classes: outputs of the dense layer.
         weight_decay: L2 factor on the full and pointwise convolution kernels (0 for none).
         use_bias: give the convolutions a bias, as the MLPerf reference does (redundant before BN).
+        bn_momentum: BatchNormalization moving-average momentum; lower it (e.g. 0.9) for runs of only a
+            few hundred steps, whose moving statistics would otherwise still be near their initial values.
     """
     return _mobilenet(input_shape, num_classes, int(32 * alpha), 2,
                       tuple((stride, int(filters * alpha)) for stride, filters in MOBILENET_V1_BLOCKS),
-                      weight_decay, use_bias, name)
+                      weight_decay, use_bias, bn_momentum, name)
 
 
 def mobilenet_28(input_shape=(28, 28, 1), num_classes=10, *, alpha=1.0, weight_decay=L2_WEIGHT_DECAY,
-                 use_bias=False, name="mobilenet_28"):
+                 use_bias=False, bn_momentum=BN_MOMENTUM, name="mobilenet_28"):
     """A MobileNet-style net for 28x28 inputs such as Fashion-MNIST (~38k parameters at alpha 1).
 
     Same layer kinds and names as :func:`mobilenet_v1`: a stride-1 3x3 stem of 16 filters and five
@@ -55,12 +58,13 @@ def mobilenet_28(input_shape=(28, 28, 1), num_classes=10, *, alpha=1.0, weight_d
     """
     return _mobilenet(input_shape, num_classes, int(16 * alpha), 1,
                       tuple((stride, int(filters * alpha)) for stride, filters in MOBILENET_28_BLOCKS),
-                      weight_decay, use_bias, name)
+                      weight_decay, use_bias, bn_momentum, name)
 
 
-def small_cnn(input_shape=(96, 96, 3), num_classes=2, *, filters=8, name="small_cnn"):
-    """A few-layer CNN with every layer kind of MobileNet (conv1, dw1, pw1, dense) for fast tests."""
-    return _mobilenet(input_shape, num_classes, filters, 2, ((2, 2 * filters),), 0.0, False, name)
+def small_cnn(input_shape=(96, 96, 3), num_classes=2, *, filters=8, bn_momentum=0.9, name="small_cnn"):
+    """A few-layer CNN with every layer kind of MobileNet (conv1, dw1, pw1, dense) for fast tests and quick
+    runs (hence the lower BatchNormalization momentum)."""
+    return _mobilenet(input_shape, num_classes, filters, 2, ((2, 2 * filters),), 0.0, False, bn_momentum, name)
 
 
 MODELS = {"mobilenet_v1": mobilenet_v1, "mobilenet_28": mobilenet_28, "small_cnn": small_cnn}
@@ -73,12 +77,13 @@ def build_model(name, **kwargs):
     return MODELS[name](**kwargs)
 
 
-def _mobilenet(input_shape, num_classes, stem_filters, stem_stride, blocks, weight_decay, use_bias, name):
+def _mobilenet(input_shape, num_classes, stem_filters, stem_stride, blocks, weight_decay, use_bias, bn_momentum,
+               name):
     regularizer = keras.regularizers.L2(weight_decay) if weight_decay else None
 
     def conv_bn_relu(x, layer, layer_name):
         x = layer(x)
-        x = keras.layers.BatchNormalization(name=f"{layer_name}_bn")(x)
+        x = keras.layers.BatchNormalization(momentum=bn_momentum, name=f"{layer_name}_bn")(x)
         return keras.layers.ReLU(name=f"{layer_name}_relu")(x)
 
     inputs = keras.Input(shape=input_shape, name="input")

@@ -40,7 +40,7 @@ def test_monitor_logs_total_and_per_layer_terms(toy_images, capsys):
     model.compile("adam", "sparse_categorical_crossentropy")
     history = model.fit(x, y, epochs=1, verbose=0, callbacks=[QGTMonitor(verbose=1)])
     per_layer = {key: value[0] for key, value in history.history.items() if key.startswith("qgt/")}
-    assert set(per_layer) == {"qgt/conv1", "qgt/dw1", "qgt/pw1", "qgt/fc"}
+    assert set(per_layer) == {"qgt/conv1", "qgt/dw1", "qgt/pw1", "qgt/dense"}
     assert history.history["qgt_loss"][0] == pytest.approx(sum(per_layer.values()), rel=1e-6)
     expected = sum(float(layer.losses[0]) for layer in model.layers if layer.losses)
     assert history.history["qgt_loss"][0] == pytest.approx(expected, rel=1e-4)

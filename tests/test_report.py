@@ -25,7 +25,7 @@ def test_summary_of_a_qgt_model(trained, toy_images):
     lines = []
     result = report.summary(quantized, toy_images, print_fn=lines.append)
     rows = {row.name: row for row in result.layers}
-    assert list(rows) == ["conv1", "dw1", "pw1", "fc"]
+    assert list(rows) == ["conv1", "dw1", "pw1", "dense"]
     assert rows["pw1"].bits == 2 and rows["pw1"].params == 8 * 16
     assert rows["pw1"].packed_bytes == 32 and rows["conv1"].packed_bytes == 3 * 3 * 3 * 8
     assert sum(row.qgt_share for row in result.layers) == pytest.approx(1)
@@ -41,10 +41,10 @@ def test_summary_of_a_qgt_model(trained, toy_images):
 
 def test_the_sabotaged_layer_is_the_bottleneck(trained, toy_images):
     # A 1-bit depthwise layer among 8-bit ones: it alone costs loss.
-    result = report.summary(trained, toy_images, bits={"conv1": 8, "dw1": 1, "pw1": 8, "fc": 8}, print_fn=None)
+    result = report.summary(trained, toy_images, bits={"conv1": 8, "dw1": 1, "pw1": 8, "dense": 8}, print_fn=None)
     rows = {row.name: row for row in result.layers}
     assert result.bottlenecks == ["dw1"]
-    assert rows["dw1"].delta_loss > 2 * max(abs(rows[name].delta_loss) for name in ("conv1", "pw1", "fc"))
+    assert rows["dw1"].delta_loss > 2 * max(abs(rows[name].delta_loss) for name in ("conv1", "pw1", "dense"))
 
 
 def test_summary_without_validation_data_ranks_by_error(trained):
@@ -59,7 +59,7 @@ def test_summary_of_a_float_model_needs_bits(trained):
 
 
 def test_allocate_bits_meets_the_budget(trained, toy_images):
-    sizes = {"conv1": 216, "dw1": 72, "pw1": 128, "fc": 32}
+    sizes = {"conv1": 216, "dw1": 72, "pw1": 128, "dense": 32}
     budget = 300
     allocation = report.allocate_bits(trained, budget, toy_images, candidates=(8, 4, 2, 1))
     assert set(allocation) == set(sizes)
@@ -73,7 +73,7 @@ def test_allocate_bits_meets_the_budget(trained, toy_images):
 
 def test_allocate_bits_prefers_robust_layers(trained, toy_images):
     # Budget for one layer to drop from 8 to 4 bits: it must not be the most sensitive one.
-    sizes = {"conv1": 216, "dw1": 72, "pw1": 128, "fc": 32}
+    sizes = {"conv1": 216, "dw1": 72, "pw1": 128, "dense": 32}
     full = sum(sizes.values())
     allocation = report.allocate_bits(trained, full - 16, toy_images, candidates=(8, 4))
     sensitivity = {row.name: row.delta_loss for row in report.summary(
