@@ -19,12 +19,15 @@ Both functions finish with :func:`check_grid` on the bytes they return.
 """
 
 import dataclasses
+import warnings
 
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from qgt_keras import conversion as qgt_conversion
 from qgt_keras import quantizers
+from qgt_keras.layers import QUANTIZED_LAYERS
 from tflm_export import tflite_model
 from tflm_export.tflite_model import ExportError
 
@@ -57,6 +60,7 @@ class Conversion:
     tflite: bytes
     layer_tensors: dict  # Keras layer name -> weight tensor name in the .tflite
     bits: dict  # weight tensor name -> bits of its grid
+    resnapped: dict  # weight tensor name -> channels whose Keras codes could not be kept (see _fit_scales)
 
 
 def weight_ops(model):
@@ -170,16 +174,13 @@ def _bits_for(keys, bits, default_bits, what):
     return {key: quantizers.check_bits(bits.get(key, default_bits), f"bits of {key}") for key in keys}
 
 
-def snap_tflite(tflite_bytes, bits=None, default_bits=8, method="mse"):
-    """Snaps the weights of an int8 .tflite to b-bit grids; returns the new .tflite bytes.
+def resolve_tflite_bits(model, bits=None, default_bits=8):
+    """{weight tensor name: bits} for every weight op of ``model`` (a ``schema.ModelT``).
 
-    ``bits`` maps an op's weight tensor name, or the op's index in subgraph 0, to its bits; ops not listed get
-    ``default_bits``. 8-bit ops are left untouched. Scales are found by ``method`` ("mse" or "max").
+    ``bits`` maps an op's weight tensor name, or the op's index in subgraph 0, to its bits; ops not listed
+    get ``default_bits``.
     """
-    model = tflite_model.read(tflite_bytes)
-    tflite_model.check_tflm_ops(model)
-    ops = weight_ops(model)
-    names = {op.op_index: tflite_model.tensor_name(model, op.weights) for op in ops}
+    names = {op.op_index: tflite_model.tensor_name(model, op.weights) for op in weight_ops(model)}
     index_by_name = {name: index for index, name in names.items()}
     given = {}
     for key, value in dict(bits or {}).items():
@@ -188,15 +189,27 @@ def snap_tflite(tflite_bytes, bits=None, default_bits=8, method="mse"):
             raise ExportError(f"bits given for {key!r}, which is neither a weight tensor name nor the index "
                               f"of a conv / depthwise / fully connected op; known: {sorted(index_by_name)}")
         given[names[index]] = value
-    op_bits = _bits_for(list(index_by_name), given, default_bits, "weight tensors")
-    for op in ops:
-        if op_bits[names[op.op_index]] == 8:
+    return _bits_for(list(index_by_name), given, default_bits, "weight tensors")
+
+
+def snap_tflite(tflite_bytes, bits=None, default_bits=8, method="mse"):
+    """Snaps the weights of an int8 .tflite to b-bit grids; returns the new .tflite bytes.
+
+    ``bits`` and ``default_bits`` as in :func:`resolve_tflite_bits`. 8-bit ops are left untouched. Scales
+    are found by ``method`` ("mse" or "max").
+    """
+    model = tflite_model.read(tflite_bytes)
+    tflite_model.check_tflm_ops(model)
+    tensor_bits = resolve_tflite_bits(model, bits, default_bits)
+    for op in weight_ops(model):
+        op_bits = tensor_bits[tflite_model.tensor_name(model, op.weights)]
+        if op_bits == 8:
             continue
         weights, old_scales = _dequantized(model, op)
-        codes, scales = quantizers.quantize(weights, op_bits[names[op.op_index]], method)
+        codes, scales = quantizers.quantize(weights, op_bits, method)
         _rewrite(model, op, codes.numpy().astype(np.int8), scales.numpy().astype(np.float64), old_scales)
     out = tflite_model.write(model)
-    check_grid(out, {names[op.op_index]: op_bits[names[op.op_index]] for op in ops})
+    check_grid(out, tensor_bits)
     return out
 
 
@@ -299,11 +312,15 @@ def to_float_tflite(model):
     return tf.lite.TFLiteConverter.from_keras_model(model).convert()
 
 
-def _fit_scales(name, keras_codes, weights, old_scales, bits):
-    """Per-channel least-squares scale of fixed codes to the converter's weights, checking the fit.
+def _fit_scales(name, keras_codes, weights, old_scales, bits, method):
+    """(codes, scales, re-snapped channel count): per-channel least-squares scales of the Keras codes to the
+    converter's (BatchNorm-folded) weights, checking that the codes fit.
 
-    A negative fit (BatchNorm with a negative gamma flips a channel) is taken by negating the channel's codes,
-    which stays on the grid unless the channel uses the lowest code.
+    A negative fit means a negative BatchNorm gamma flipped the channel: its codes are negated, which stays
+    on the grid unless the channel uses the lowest code (-2 for 2 bits has no +2). Such channels are
+    re-snapped from the folded weights instead (what post-training snapping after folding would do; a QGT
+    model trained on folded kernels has none). A channel BatchNorm zeroed gets zero codes (b >= 2) and keeps
+    the converter's positive scale.
     """
     codes = keras_codes.astype(np.float64)
     power = np.sum(codes * codes, axis=0)
@@ -311,16 +328,32 @@ def _fit_scales(name, keras_codes, weights, old_scales, bits):
     flipped = scales < 0
     codes[:, flipped] *= -1
     scales = np.abs(scales)
+    dead = scales == 0
+    if bits > 1:
+        codes[:, dead] = 0
+    scales = np.where(dead, old_scales, scales)
     low, high = quantizers.code_range(bits)
-    if codes.min() < low or codes.max() > high:
-        raise OffGridError(name, f"has a sign-flipped channel (negative BatchNorm gamma?) whose negated "
-                                 f"{bits}-bit codes leave [{low}, {high}]")
-    residual = np.max(np.abs(codes * scales - weights), axis=0)
+    off_grid = np.any((codes < low) | (codes > high), axis=0)
+    if off_grid.any():
+        new_codes, new_scales = quantizers.quantize(weights[:, off_grid], bits, method)
+        codes[:, off_grid] = new_codes.numpy()
+        scales[off_grid] = new_scales.numpy()
+    residual = np.where(off_grid, 0.0, np.max(np.abs(codes * scales - weights), axis=0))
     worst = int(np.argmax(residual / old_scales))
     if residual[worst] > old_scales[worst] * (1 + 1e-6):
         raise OffGridError(name, f"is off its {bits}-bit grid: channel {worst} misses the Keras codes by "
                                  f"{residual[worst] / old_scales[worst]:.2f} int8 steps")
-    return codes.astype(np.int8), scales
+    return codes.astype(np.int8), scales, int(off_grid.sum())
+
+
+def plain_keras_model(model, bits=None):
+    """(plain tf_keras model, bits): a QGT model (qgt_keras quantized layers) stripped to Conv2D /
+    DepthwiseConv2D / Dense with its kernels snapped by their own quantizers, and its layers' bits updated
+    by ``bits``; any other model and ``bits`` unchanged."""
+    if not any(isinstance(layer, QUANTIZED_LAYERS) for layer in _flat_layers(model)):
+        return model, bits
+    return (qgt_conversion.strip_quantization(model, snap=True),
+            {**qgt_conversion.layer_bits(model), **dict(bits or {})})
 
 
 def convert_keras(model, representative_data, bits=None, default_bits=8, method="mse"):
@@ -329,8 +362,10 @@ def convert_keras(model, representative_data, bits=None, default_bits=8, method=
     ``bits`` maps Conv2D / DepthwiseConv2D / Dense layer names to 1..8 (others get ``default_bits``);
     ``representative_data`` is an array of input samples (first axis) or a TFLite representative dataset
     callable; ``method`` is the scale search of the snap ("mse" or "max"). The model is not modified.
-    Returns a :class:`Conversion`.
+    A QGT model (qgt_keras quantized layers) is first stripped to plain layers with its kernels snapped by
+    their own quantizers, and its layers' bits are the defaults of ``bits``. Returns a :class:`Conversion`.
     """
+    model, bits = plain_keras_model(model, bits)
     layers = [layer for layer in _flat_layers(model) if _layer_kind(layer)]
     layer_bits = _bits_for([layer.name for layer in layers], bits, default_bits, "Keras kernel layers")
     snapped_model = keras.models.clone_model(model)
@@ -347,16 +382,20 @@ def convert_keras(model, representative_data, bits=None, default_bits=8, method=
     tflite = tflite_model.read(to_int8_tflite(snapped_model, representative_data))
     tflite_model.check_tflm_ops(tflite)
     pairs = map_layers_to_ops(tflite, layers, weight_ops(tflite))
+    resnapped = {}
     for layer_name, codes in keras_codes.items():
         op = pairs[layer_name]
         name = tflite_model.tensor_name(tflite, op.weights)
         weights, old_scales = _dequantized(tflite, op)
         codes = _keras_codes_to_tflite(op.kind, codes)
-        new_codes, scales = _fit_scales(name, _channels_last(codes, _channel_axis(op)), weights, old_scales,
-                                        layer_bits[layer_name])
+        new_codes, scales, resnapped[name] = _fit_scales(
+            name, _channels_last(codes, _channel_axis(op)), weights, old_scales, layer_bits[layer_name], method)
         _rewrite(tflite, op, new_codes, scales, old_scales)
     out = tflite_model.write(tflite)
     layer_tensors = {name: tflite_model.tensor_name(tflite, op.weights) for name, op in pairs.items()}
     tensor_bits = {layer_tensors[name]: layer_bits[name] for name in pairs}
     check_grid(out, tensor_bits)
-    return Conversion(out, layer_tensors, tensor_bits)
+    resnapped = {name: count for name, count in resnapped.items() if count}
+    if resnapped:
+        warnings.warn(f"channels re-snapped after BatchNorm folding flipped them off the grid: {resnapped}")
+    return Conversion(out, layer_tensors, tensor_bits, resnapped)

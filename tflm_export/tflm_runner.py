@@ -4,8 +4,9 @@ The runtime aborts the whole process on some bad models (e.g. degenerate activat
 uncalibrated net) without a Python exception; running it in a child lets the caller report that instead of
 dying. Kept free of TensorFlow imports so the child starts quickly.
 
-Usage: python -m tflm_export.tflm_runner MODEL.tflite INPUTS.npy OUTPUTS.npz
-Writes ``outputs`` (one row per input) and ``arena_bytes`` (the recording allocator's total).
+Usage: python -m tflm_export.tflm_runner MODEL.tflite INPUTS.npy OUTPUTS.npz [TENSOR,TENSOR,...]
+Writes ``outputs`` (one row per input), ``arena_bytes`` (the recording allocator's total) and, for each
+listed tensor index i of subgraph 0, ``tensor_i`` (its values after each input).
 """
 
 import os
@@ -35,18 +36,28 @@ def _arena_bytes(interpreter):
     return int(match.group(1)) if match else -1
 
 
-def run(model_path, inputs_path, outputs_path):
+def run(model_path, inputs_path, outputs_path, tensor_list=""):
     with open(model_path, "rb") as f:
         model = f.read()
     inputs = np.load(inputs_path)
+    tensors = [int(t) for t in tensor_list.split(",") if t]
+    # Preserving every tensor changes the arena, so the arena is measured by a plain interpreter.
     interpreter = runtime.Interpreter.from_bytes(model)
-    outputs = []
+    watcher = (runtime.Interpreter.from_bytes(model, intrepreter_config=runtime.InterpreterConfig.kPreserveAllTensors)
+               if tensors else None)
+    outputs, seen = [], {t: [] for t in tensors}
     for sample in inputs:
         interpreter.set_input(sample[None], 0)
         interpreter.invoke()
         outputs.append(np.array(interpreter.get_output(0))[0])
-    np.savez(outputs_path, outputs=np.stack(outputs), arena_bytes=_arena_bytes(interpreter))
+        if watcher is not None:
+            watcher.set_input(sample[None], 0)
+            watcher.invoke()
+            for t in tensors:
+                seen[t].append(np.array(watcher.GetTensor(t, 0)["tensor_data"]))
+    np.savez(outputs_path, outputs=np.stack(outputs), arena_bytes=_arena_bytes(interpreter),
+             **{f"tensor_{t}": np.stack(values) for t, values in seen.items()})
 
 
 if __name__ == "__main__":
-    run(*sys.argv[1:4])
+    run(*sys.argv[1:5])

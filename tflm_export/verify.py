@@ -8,7 +8,7 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from tflm_export import convert, pack, tflite_model
+from tflm_export import convert, pack, reference, tflite_model
 from tflm_export.tflite_model import ExportError
 
 DECODE_OP = "TFLM_DECODE"
@@ -52,8 +52,9 @@ def run_tflite(model_bytes, inputs):
     return np.stack(outputs)
 
 
-def run_tflm(model_bytes, inputs, timeout_s=600):
-    """(outputs, arena bytes) from the TFLite-Micro Python runtime, run in a child process.
+def run_tflm(model_bytes, inputs, tensors=(), timeout_s=600):
+    """(outputs, arena bytes, {tensor index: values per input}) from the TFLite-Micro Python runtime, run in
+    a child process; ``tensors`` lists the subgraph-0 tensors whose values to return.
 
     Raises ExportError when the runtime fails or aborts (it kills its process on, e.g., a model whose
     activation ranges were calibrated on no real data).
@@ -65,30 +66,87 @@ def run_tflm(model_bytes, inputs, timeout_s=600):
             f.write(bytes(model_bytes))
         np.save(inputs_path, np.asarray(inputs))
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [_PACKAGE_ROOT, os.environ.get("PYTHONPATH")])))
-        done = subprocess.run([sys.executable, "-m", "tflm_export.tflm_runner", model_path, inputs_path, outputs_path],
+        command = [sys.executable, "-m", "tflm_export.tflm_runner", model_path, inputs_path, outputs_path,
+                   ",".join(str(int(t)) for t in tensors)]
+        done = subprocess.run(command,
                               capture_output=True, text=True, env=env, timeout=timeout_s)
         if done.returncode != 0 or not os.path.exists(outputs_path):
             raise ExportError(f"TFLite-Micro runtime failed (exit code {done.returncode}; a negative code is a "
                               f"crash, e.g. degenerate activation ranges from calibration on no real data): "
                               f"{done.stderr.strip()[-600:]}")
         result = np.load(outputs_path)
-        return result["outputs"], int(result["arena_bytes"])
+        return (result["outputs"], int(result["arena_bytes"]),
+                {int(t): result[f"tensor_{int(t)}"] for t in tensors})
 
 
-def compare(model_bytes, inputs, reference_bytes=None):
-    """Runs ``model_bytes`` in TFLite-Micro and ``reference_bytes`` (default: the same model) in TFLite.
+def compare(model_bytes, inputs, reference_bytes=None, reference_runtime="tflite"):
+    """Runs ``model_bytes`` in TFLite-Micro and ``reference_bytes`` (default: the same model) in
+    ``reference_runtime`` ("tflite": tf.lite reference kernels; "tflm": TFLite-Micro).
 
-    Returns {"inputs", "bit_exact", "mismatched_outputs", "max_abs_diff", "arena_bytes"}. A LUT model is
-    compared against its uncompressed int8 model passed as ``reference_bytes`` (TFLite has no DECODE op).
+    Returns {"inputs", "bit_exact", "mismatched_outputs", "max_abs_diff", "arena_bytes", "reference"}.
+    A LUT model is compared against its uncompressed int8 model passed as ``reference_bytes`` (TFLite has
+    no DECODE op). Known difference: tf.lite's reference per-channel FULLY_CONNECTED rounds once where TFLM
+    rounds twice (see tflm_export.reference), so a model with one may differ from tf.lite by one step.
     """
-    expected = run_tflite(reference_bytes if reference_bytes is not None else model_bytes, inputs).astype(np.int32)
-    actual, arena = run_tflm(model_bytes, inputs)
+    reference_bytes = reference_bytes if reference_bytes is not None else model_bytes
+    if reference_runtime == "tflite":
+        expected = run_tflite(reference_bytes, inputs).astype(np.int32)
+    elif reference_runtime == "tflm":
+        expected = run_tflm(reference_bytes, inputs)[0].astype(np.int32)
+    else:
+        raise ValueError(f"reference_runtime must be 'tflite' or 'tflm', got {reference_runtime!r}")
+    actual, arena, _ = run_tflm(model_bytes, inputs)
     actual = actual.astype(np.int32).reshape(expected.shape)
     differs = np.any((expected != actual).reshape(len(expected), -1), axis=1)
     return {"inputs": int(len(expected)), "bit_exact": not bool(differs.any()),
             "mismatched_outputs": int(differs.sum()),
             "max_abs_diff": int(np.max(np.abs(expected - actual))) if expected.size else 0,
-            "arena_bytes": arena}
+            "arena_bytes": arena, "reference": reference_runtime}
+
+
+def has_per_channel_fully_connected(model_bytes):
+    """Whether a FULLY_CONNECTED op has per-channel weights (where tf.lite and TFLM may differ by one step)."""
+    model = tflite_model.read(model_bytes)
+    return any(op.kind == "FULLY_CONNECTED" and len(convert._scales(model, op.weights)[0]) > 1
+               for op in convert.weight_ops(model))
+
+
+def agrees_with_tflite(result, model_bytes):
+    """A :func:`compare` result against tf.lite is acceptable: bit-exact, or off by at most one step in a
+    model with a per-channel FULLY_CONNECTED (the known rounding difference)."""
+    return result["bit_exact"] or (result["max_abs_diff"] <= 1 and has_per_channel_fully_connected(model_bytes))
+
+
+def check_packed_layers(int8_bytes, packed_bytes, inputs):
+    """Each packed layer, decoded and run by :mod:`tflm_export.reference`, against TFLite-Micro.
+
+    TFLite-Micro runs the int8 model on ``inputs``; every QGT op of the packed model is fed the input tensor
+    TFLM computed for its op and must reproduce TFLM's output tensor bit for bit. Zero points and scales of
+    activations come from the packed model, so this also checks that it carries what a kernel needs.
+    Returns {"layers", "inputs", "bit_exact", "mismatched_layers"}.
+    """
+    packed = tflite_model.read(packed_bytes)
+    ops = {op.op_index: op for op in convert.weight_ops(tflite_model.read(int8_bytes))}
+    layers = pack.unpack_model(packed_bytes)
+    if sorted(ops) != [layer.op_index for layer in layers]:
+        raise ExportError("the packed model's QGT ops are not the int8 model's weight ops")
+    watched = sorted({t for op in ops.values() for t in (op.input, op.output)})
+    _, _, values = run_tflm(int8_bytes, inputs, watched)
+    mismatched = []
+    for layer in layers:
+        op = ops[layer.op_index]
+        input_q = packed.subgraphs[0].tensors[op.input].quantization
+        output_q = packed.subgraphs[0].tensors[op.output].quantization
+        for sample in range(len(inputs)):
+            expected = values[op.output][sample]
+            input_shape = [int(d) for d in packed.subgraphs[0].tensors[op.input].shape]
+            actual = reference.run_layer(layer, values[op.input][sample].reshape(input_shape), int(input_q.zeroPoint[0]),
+                                         float(output_q.scale[0]), int(output_q.zeroPoint[0]))
+            if not np.array_equal(actual.reshape(-1), expected.reshape(-1)):
+                mismatched.append(f"op {layer.op_index} ({layer.kind})")
+                break
+    return {"layers": len(layers), "inputs": int(len(inputs)), "bit_exact": not mismatched,
+            "mismatched_layers": mismatched}
 
 
 def _buffer_bytes(model, tensor_index):

@@ -1,0 +1,125 @@
+"""tflm_export.convert: grid exactness after BatchNorm folding, TFLM bit-exactness, third-party models."""
+
+import numpy as np
+import pytest
+
+from qgt_keras import quantizers
+from test_tflm_export_common import (TINY_BITS, calibration_images, converted_tiny, read_reference,
+                                     reference_model, tiny_model)
+from tflm_export import convert, tflite_model, verify
+from tflm_export.convert import OffGridError
+from tflm_export.tflite_model import ExportError
+
+
+def _weights_by_layer(conversion):
+    model = tflite_model.read(conversion.tflite)
+    index = {tflite_model.tensor_name(model, i): i for i in range(len(model.subgraphs[0].tensors))}
+    return model, {layer: index[tensor] for layer, tensor in conversion.layer_tensors.items()}
+
+
+def test_weights_are_exactly_the_keras_codes_after_folding():
+    keras_model, conversion = converted_tiny()
+    model, tensors = _weights_by_layer(conversion)
+    for layer_name, bits in TINY_BITS.items():
+        layer = keras_model.get_layer(layer_name)
+        is_depthwise = layer_name == "dw1"
+        kernel = (layer.depthwise_kernel if is_depthwise else layer.kernel).numpy()
+        codes, _ = quantizers.quantize(kernel, bits, channel_axes=(2, 3) if is_depthwise else -1)
+        codes = codes.numpy()
+        expected = {"conv1": lambda c: c.transpose(3, 0, 1, 2), "dw1": lambda c: c.reshape((1,) + c.shape[:2] + (-1,)),
+                    "pw1": lambda c: c.transpose(3, 0, 1, 2), "dense": lambda c: c.T}[layer_name](codes)
+        stored = tflite_model.tensor_array(model, tensors[layer_name])
+        np.testing.assert_array_equal(stored, expected, err_msg=layer_name)
+        low, high = quantizers.code_range(bits)
+        assert low <= stored.min() and stored.max() <= high
+
+
+def test_scales_carry_the_batchnorm_factor():
+    keras_model, conversion = converted_tiny()
+    model, tensors = _weights_by_layer(conversion)
+    layer, bn = keras_model.get_layer("pw1"), keras_model.get_layer("bn3")
+    _, keras_scale = quantizers.quantize(layer.kernel.numpy(), TINY_BITS["pw1"])
+    gamma, _, _, var = bn.get_weights()
+    folded = keras_scale.numpy() * np.abs(gamma) / np.sqrt(var + bn.epsilon)
+    stored = np.asarray(model.subgraphs[0].tensors[tensors["pw1"]].quantization.scale)
+    np.testing.assert_allclose(stored, folded, rtol=1e-3)
+
+
+def test_converted_model_runs_the_same_in_tflite_micro():
+    _, conversion = converted_tiny()
+    inputs = verify.quantize_inputs(conversion.tflite, calibration_images(8, seed=5))
+    result = verify.compare(conversion.tflite, inputs)
+    # Bit-exact except tf.lite's single-rounding per-channel FULLY_CONNECTED (one step, rarely).
+    assert verify.agrees_with_tflite(result, conversion.tflite), result
+    assert result["arena_bytes"] > 0
+    outputs = verify.run_tflite(conversion.tflite, inputs)
+    assert len(np.unique(outputs)) > 3  # real outputs, not a saturated constant
+
+
+def test_check_grid_names_the_offending_tensor():
+    _, conversion = converted_tiny()
+    dense_tensor = conversion.layer_tensors["dense"]
+    with pytest.raises(OffGridError, match="MatMul|dense") as error:
+        convert.check_grid(conversion.tflite, {dense_tensor: 2})  # 4-bit codes declared as 2 bits
+    assert error.value.tensor == dense_tensor
+    model, tensors = _weights_by_layer(conversion)
+    binary = tflite_model.tensor_array(model, tensors["pw1"]).copy()
+    binary.flat[0] = 0
+    tflite_model.set_tensor_data(model, tensors["pw1"], binary)
+    with pytest.raises(OffGridError, match="not a 1-bit code"):
+        convert.check_grid(tflite_model.write(model), {conversion.layer_tensors["pw1"]: 1})
+
+
+def test_negative_batchnorm_gamma_negates_codes_or_resnaps_the_channel():
+    keras_model = tiny_model(seed=3, negative_gamma=True)
+    with pytest.warns(UserWarning, match="re-snapped"):
+        result = convert.convert_keras(keras_model, calibration_images(), {"conv1": 2, "pw1": 1})
+    model, tensors = _weights_by_layer(result)
+    keras_codes = quantizers.quantize(keras_model.get_layer("conv1").kernel.numpy(), 2)[0].numpy()
+    keras_codes = keras_codes.transpose(3, 0, 1, 2).reshape(5, -1)
+    stored = tflite_model.tensor_array(model, tensors["conv1"]).reshape(5, -1)
+    uses_lowest = np.any(keras_codes == -2, axis=1)
+    # Channels without -2 keep their (negated) codes; those with it could not, and were re-snapped.
+    np.testing.assert_array_equal(stored[~uses_lowest], -keras_codes[~uses_lowest])
+    assert result.resnapped[result.layer_tensors["conv1"]] == uses_lowest.sum() > 0
+    assert result.layer_tensors["pw1"] not in result.resnapped  # binary codes always negate onto the grid
+    convert.check_grid(result.tflite, result.bits)
+
+
+@pytest.mark.parametrize("bits, message", [({"nope": 2}, "unknown"), ({"conv1": 9}, "1..8")])
+def test_bad_bits_are_refused(bits, message):
+    with pytest.raises(ValueError, match=message):
+        convert.convert_keras(tiny_model(), calibration_images(4), bits)
+
+
+@pytest.mark.parametrize("file_name", ["tflm_person_detect.tflite", "mlperf_tiny_vww_96_int8.tflite"])
+@pytest.mark.parametrize("bits", [4, 2])
+def test_third_party_int8_models_snap_and_stay_bit_exact(file_name, bits):
+    source = read_reference(file_name)
+    snapped = convert.snap_tflite(source, default_bits=bits, bits={0: 8})
+    model = tflite_model.read(snapped)
+    ops = convert.weight_ops(model)
+    for op in ops[1:]:
+        codes = tflite_model.tensor_array(model, op.weights)
+        assert len(np.unique(codes)) <= 2 ** bits
+    result = verify.compare(snapped, verify.random_inputs(snapped, 2))
+    assert result["bit_exact"], result
+
+
+def test_third_party_keras_model_converts_on_grid():
+    keras = pytest.importorskip("tf_keras")
+    model = keras.models.load_model(reference_model("mlperf_tiny_vww_96.h5"), compile=False)
+    first = model.layers[1].name
+    images = np.random.default_rng(0).random((4, 96, 96, 3), dtype=np.float32)
+    result = convert.convert_keras(model, images, {first: 8}, default_bits=4)
+    assert sorted(set(result.bits.values())) == [4, 8]
+    result_check = verify.compare(result.tflite, verify.quantize_inputs(result.tflite, images[:2]))
+    assert result_check["bit_exact"], result_check
+
+
+def test_snap_tflite_refuses_unknown_keys_and_float_models():
+    source = converted_tiny()[1].tflite
+    with pytest.raises(ExportError, match="neither a weight tensor name"):
+        convert.snap_tflite(source, bits={"no_such_tensor": 2})
+    with pytest.raises(ExportError, match="not int8|FLOAT32|expected int8|not quantized"):
+        convert.snap_tflite(convert.to_float_tflite(tiny_model()), default_bits=2)

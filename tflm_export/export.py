@@ -1,0 +1,110 @@
+"""The whole export: a model in, the int8 / LUT / packed .tflite files, C sources and a size report out.
+
+Output folder layout (every file written atomically):
+
+    <name>_float.tflite        Keras input only: the float baseline
+    <name>_int8.tflite         full-integer, weights on their b-bit grids
+    <name>_lut.tflite          TFLM LUT compression (TFLM_DECODE), runs on stock TFLite-Micro
+    <name>_packed.tflite       bit-packed QGT custom ops (docs/FORMAT.md)
+    c/<variant>/model_data.h, model_data.cc   for int8, lut and packed
+    size_report.json, size_report.md
+"""
+
+import json
+import os
+
+import numpy as np
+
+from tflm_export import c_source, convert, lut, pack, tflite_model, verify
+from tflm_export.files import write_atomic
+
+C_VARIANTS = ("int8", "lut", "packed")
+
+
+def _load(model_path, calibration, bits, default_bits, method):
+    """(float bytes or None, int8 bytes, {weight tensor: bits}) for a .tflite or a Keras model file."""
+    with open(model_path, "rb") as f:
+        head = f.read(8)
+    if head[4:8] == tflite_model.FILE_IDENTIFIER or model_path.endswith(".tflite"):
+        with open(model_path, "rb") as f:
+            source = f.read()
+        layer_bits = convert.resolve_tflite_bits(tflite_model.read(source), bits, default_bits)
+        return None, convert.snap_tflite(source, bits, default_bits, method), layer_bits
+    import tf_keras as keras  # deferred: a .tflite export needs no Keras
+    if calibration is None:
+        raise tflite_model.ExportError("a Keras model needs calibration samples (real data: TFLite-Micro "
+                                       "aborts on activation ranges calibrated on nothing)")
+    keras_model = keras.models.load_model(model_path, compile=False)
+    plain, bits = convert.plain_keras_model(keras_model, bits)
+    conversion = convert.convert_keras(plain, calibration, bits, default_bits, method)
+    return convert.to_float_tflite(plain), conversion.tflite, conversion.bits
+
+
+def _row(name, variant, bits, model_bytes, arena):
+    return {"model": name, "variant": variant, "bits": bits, **verify.size_breakdown(model_bytes),
+            "arena_bytes": arena}
+
+
+def markdown_report(report):
+    """The size report as a markdown table plus the verification lines."""
+    lines = [f"# Size report: {report['model']}", "",
+             "| variant | bits | file B | weights B | params B | graph B | arena B |",
+             "|---|---|---|---|---|---|---|"]
+    for row in report["rows"]:
+        arena = "n/a" if row["arena_bytes"] is None else f"{row['arena_bytes']:,}"
+        lines.append(f"| {row['variant']} | {row['bits']} | {row['file_bytes']:,} | {row['weight_bytes']:,} | "
+                     f"{row['param_bytes']:,} | {row['graph_bytes']:,} | {arena} |")
+    lines += ["", "Verification (model outputs, int8):", ""]
+    for variant, result in report["verification"].items():
+        against = {"tflite": "tf.lite reference kernels", "tflm": "the int8 model in TFLite-Micro"}[result["reference"]]
+        lines.append(f"- {variant} in TFLite-Micro vs {against}: "
+                     f"{'bit-exact' if result['bit_exact'] else 'differs'} on {result['inputs']} inputs "
+                     f"({result['mismatched_outputs']} differ, max |diff| {result['max_abs_diff']})")
+    if not report["verification"]["int8"]["bit_exact"] and report["int8_agrees_with_tflite"]:
+        lines.append("  (one step: tf.lite's per-channel FULLY_CONNECTED rounds once, TFLite-Micro twice)")
+    layers = report["packed_layers"]
+    lines += [f"- packed: decoder round trip {'exact' if report['packed_round_trip'] else 'NOT exact'}; "
+              f"{layers['layers']} decoded layers vs TFLite-Micro's int8 layers on {layers['inputs']} inputs: "
+              f"{'bit-exact' if layers['bit_exact'] else 'differ: ' + ', '.join(layers['mismatched_layers'])}",
+              ""]
+    return "\n".join(lines)
+
+
+def export(model_path, out_dir, bits=None, default_bits=8, calibration=None, name=None, verify_count=16,
+           method="mse"):
+    """Runs the whole export (see the module docstring); returns the report dict."""
+    name = c_source.identifier(name or os.path.splitext(os.path.basename(model_path))[0])
+    float_bytes, int8, layer_bits = _load(model_path, calibration, bits, default_bits, method)
+    lut_bytes = lut.compress_model(int8)
+    packed = pack.pack_model(int8)
+    round_trip = all(a.equals(b) for a, b in zip(pack.expected_layers(int8), pack.unpack_model(packed)))
+
+    inputs = (verify.quantize_inputs(int8, np.asarray(calibration)[:verify_count]) if calibration is not None
+              else verify.random_inputs(int8, verify_count))
+    checks = {"int8": verify.compare(int8, inputs),
+              "lut": verify.compare(lut_bytes, inputs, reference_bytes=int8, reference_runtime="tflm")}
+    packed_check = verify.check_packed_layers(int8, packed, inputs)
+    variants = {"int8": int8, "lut": lut_bytes, "packed": packed}
+    arenas = {"int8": checks["int8"]["arena_bytes"], "lut": checks["lut"]["arena_bytes"], "packed": None}
+
+    rows = [_row(name, "float", 32, float_bytes, None)] if float_bytes is not None else []
+    rows += [_row(name, variant, default_bits, data, arenas[variant]) for variant, data in variants.items()]
+    report = {"model": name, "source": os.path.basename(model_path), "default_bits": default_bits,
+              "layer_bits": layer_bits, "rows": rows, "verification": checks, "packed_round_trip": round_trip,
+              "packed_layers": packed_check,
+              "int8_agrees_with_tflite": verify.agrees_with_tflite(checks["int8"], int8)}
+
+    if float_bytes is not None:
+        write_atomic(os.path.join(out_dir, f"{name}_float.tflite"), float_bytes)
+    for variant, data in variants.items():
+        write_atomic(os.path.join(out_dir, f"{name}_{variant}.tflite"), data)
+        # The packed kernels will not need the int8 arena's per-channel arrays: the int8 arena bounds it.
+        arena = arenas[variant] if arenas[variant] is not None else arenas["int8"]
+        c_source.write(os.path.join(out_dir, "c", variant), data, f"{name}_{variant}", arena,
+                       f"{name}_{variant}.tflite")
+    write_atomic(os.path.join(out_dir, "size_report.json"), json.dumps(report, indent=2, sort_keys=True) + "\n")
+    write_atomic(os.path.join(out_dir, "size_report.md"), markdown_report(report))
+    if not (round_trip and packed_check["bit_exact"] and checks["lut"]["bit_exact"]
+            and report["int8_agrees_with_tflite"]):
+        raise tflite_model.ExportError(f"verification failed, see {os.path.join(out_dir, 'size_report.md')}")
+    return report
