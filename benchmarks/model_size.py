@@ -1,0 +1,104 @@
+"""Model size benchmark: MobileNetV1-0.25 person detection at 2 bits, every export variant.
+
+Runs the qgt-export pipeline (tflm_export.export) on
+
+* ``mobilenet_v1_96x96x1``: qgt_keras.models.mobilenet_v1((96, 96, 1), alpha=0.25), the TFLM person
+  detection architecture, with the MLPerf Tiny VWW reference weights copied in (its RGB stem summed to one
+  channel), calibrated on bundled person96 test images (grayscale);
+* ``tflm_person_detect``: TFLM's own person_detect.tflite (third-party int8 model), snapped after training;
+
+at 2 bits with the first layer at 8 bits (post-training snapping: these numbers are sizes, not accuracy),
+and writes benchmarks/results/model_size.{json,md}. Goal (issue 4): the packed C array <= 64 KB (QGT paper
+81 KB; TFLM LUT-2bit ~192 KB; int8 ~300 KB). Usage: python benchmarks/model_size.py
+"""
+
+import json
+import os
+import sys
+import tempfile
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+
+from qgt_keras import datasets, models  # noqa: E402
+from tflm_export import export  # noqa: E402
+from tflm_export.files import write_atomic  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REFERENCE_MODELS = os.path.join(HERE, "..", "..", "shared", "reference_models")  # ../shared from the repo root
+RESULTS = os.path.join(HERE, "results")
+BITS, FIRST_LAYER_BITS = 2, 8
+GOAL_BYTES = 64 * 1024
+CALIBRATION_IMAGES = 200
+VERIFY_INPUTS = 8
+
+
+def _calibration_images():
+    test_dir = datasets.bundled_person96_dir() / "test"
+    dataset, _ = datasets.read_image_folder(test_dir, grayscale=True, batch_size=CALIBRATION_IMAGES,
+                                            limit=CALIBRATION_IMAGES, validate=False)
+    images, _ = next(iter(dataset))
+    return images.numpy().astype(np.float32)
+
+
+def _keras_model(folder):
+    model = models.mobilenet_v1((96, 96, 1), alpha=0.25)
+    reference = os.path.join(REFERENCE_MODELS, "mlperf_tiny_vww_96.h5")
+    if os.path.exists(reference):
+        models.init_from(model, reference)
+    else:
+        print(f"note: {reference} not found, exporting untrained weights", file=sys.stderr)
+    path = os.path.join(folder, "mobilenet_v1_96x96x1.keras")
+    model.save(path)
+    return path
+
+
+def main():
+    reports = []
+    with tempfile.TemporaryDirectory() as folder:
+        keras_path = _keras_model(folder)
+        reports.append(export.export(keras_path, os.path.join(folder, "keras"), {"conv1": FIRST_LAYER_BITS},
+                                     BITS, _calibration_images(), "mobilenet_v1_96x96x1", VERIFY_INPUTS))
+        person_detect = os.path.join(REFERENCE_MODELS, "tflm_person_detect.tflite")
+        if os.path.exists(person_detect):
+            reports.append(export.export(person_detect, os.path.join(folder, "tflite"), {0: FIRST_LAYER_BITS},
+                                         BITS, None, "tflm_person_detect", VERIFY_INPUTS))
+    rows = [row for report in reports for row in report["rows"]]
+    checks = {report["model"]: {"int8_agrees_with_tflite": report["int8_agrees_with_tflite"],
+                                "lut_bit_exact_with_int8": report["verification"]["lut"]["bit_exact"],
+                                "packed_round_trip": report["packed_round_trip"],
+                                "packed_layers_bit_exact": report["packed_layers"]["bit_exact"]}
+              for report in reports}
+    result = {"bits": BITS, "first_layer_bits": FIRST_LAYER_BITS, "goal_packed_bytes": GOAL_BYTES,
+              "rows": rows, "checks": checks}
+    os.makedirs(RESULTS, exist_ok=True)
+    write_atomic(os.path.join(RESULTS, "model_size.json"), json.dumps(result, indent=2) + "\n")
+    write_atomic(os.path.join(RESULTS, "model_size.md"), _markdown(result))
+    print(_markdown(result))
+
+
+def _markdown(result):
+    lines = ["# Model size: MobileNetV1-0.25 96x96x1 person detection, "
+             f"{result['bits']}-bit weights (first layer {result['first_layer_bits']}-bit)", "",
+             "Produced by `python benchmarks/model_size.py` (post-training snapping; sizes, not accuracy).", "",
+             "| model | variant | file B | weights B | params B | graph B | TFLM arena B |",
+             "|---|---|---|---|---|---|---|"]
+    for row in result["rows"]:
+        arena = "n/a" if row["arena_bytes"] is None else f"{row['arena_bytes']:,}"
+        lines.append(f"| {row['model']} | {row['variant']} | {row['file_bytes']:,} | {row['weight_bytes']:,} | "
+                     f"{row['param_bytes']:,} | {row['graph_bytes']:,} | {arena} |")
+    lines += ["", f"Goal: packed C array <= {result['goal_packed_bytes']:,} B (QGT paper: 81 KB).", ""]
+    for row in result["rows"]:
+        if row["variant"] == "packed":
+            verdict = "meets" if row["file_bytes"] <= result["goal_packed_bytes"] else "misses"
+            lines.append(f"- {row['model']}: packed {row['file_bytes']:,} B {verdict} the goal")
+    lines += ["", "Checks (TFLite-Micro Python runtime):", ""]
+    for model, checks in result["checks"].items():
+        lines.append(f"- {model}: " + ", ".join(f"{name} {'yes' if ok else 'NO'}" for name, ok in checks.items()))
+    lines += ["", "Packed arena: n/a until the QGT kernels run in TFLM (the int8 arena bounds it).", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
