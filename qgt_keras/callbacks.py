@@ -21,12 +21,13 @@ class QGTScheduler(keras.callbacks.Callback):
     sees, so a schedule in epochs would behave differently on a data set with more steps per epoch.
 
     With ``hard_quantization_epochs = k``, the last k epochs run with the quantized layers' forward pass on
-    the grid (straight-through gradients); the regularizer keeps its strength to hold the float weights on
-    the grid.
+    the grid (straight-through gradients) and the strength set to ``hard_strength`` (default: 0, so the
+    data loss alone adapts the network to its quantized weights; the QGT phase has already put the float
+    weights on the grid, which keeps the STE updates from flipping codes back and forth).
     """
 
     def __init__(self, start_strength=10.0, end_strength=1e4, warmup_steps=0, ramp_steps=500,
-                 hard_quantization_epochs=0, verbose=0):
+                 hard_quantization_epochs=0, hard_strength=0.0, verbose=0):
         super().__init__()
         if not 0 < start_strength <= end_strength:
             raise ValueError(
@@ -38,7 +39,9 @@ class QGTScheduler(keras.callbacks.Callback):
         self.warmup_steps = int(warmup_steps)
         self.ramp_steps = int(ramp_steps)
         self.hard_quantization_epochs = int(hard_quantization_epochs)
+        self.hard_strength = float(hard_strength)
         self.verbose = verbose
+        self._hard = False
         self.step = 0
         self._current = None
 
@@ -62,7 +65,7 @@ class QGTScheduler(keras.callbacks.Callback):
                 f"model {self.model.name!r} has no QGT regularizer to schedule; convert it with quantize_model")
 
     def on_train_batch_begin(self, batch, logs=None):
-        strength = self.strength_at(self.step)
+        strength = self.hard_strength if self._hard else self.strength_at(self.step)
         if strength != self._current:
             for regularizer in self._targets:
                 regularizer.strength = strength
@@ -74,6 +77,7 @@ class QGTScheduler(keras.callbacks.Callback):
         for layer in self.model.layers:
             if isinstance(layer, QUANTIZED_LAYERS):
                 layer.set_hard_quantization(hard)
+        self._hard = hard
         if hard and self.verbose:
             logging.info("epoch %d: hard quantization (forward pass on the grid)", epoch + 1)
 
