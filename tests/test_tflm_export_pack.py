@@ -86,12 +86,14 @@ def test_packed_model_round_trip_and_layout():
     assert set(pack.CUSTOM_CODES.values()) <= set(names)
     for op in model.subgraphs[0].operators:
         if tflite_model.op_name(model, op) in pack.BUILTIN_OF_CUSTOM:
-            weights, params = (model.subgraphs[0].tensors[int(i)] for i in op.inputs[1:])
-            assert weights.quantization is None and params.quantization is None
+            assert len(op.inputs) == 2
+            blob = model.subgraphs[0].tensors[int(op.inputs[1])]
+            assert blob.quantization is None and blob.name is None
             assert len(op.customOptions) == pack.OPTIONS_BYTES == 24
             assert struct.unpack_from("<B", bytes(op.customOptions))[0] == pack.FORMAT_VERSION
     sizes = verify.size_breakdown(packed), verify.size_breakdown(conversion.tflite)
     assert sizes[0]["weight_bytes"] < sizes[1]["weight_bytes"] and sizes[0]["param_bytes"] < sizes[1]["param_bytes"]
+    assert len(model.subgraphs[0].tensors) < len(tflite_model.read(conversion.tflite).subgraphs[0].tensors)
 
 
 def test_packed_layers_compute_what_tflite_micro_computes():
@@ -105,10 +107,10 @@ def test_a_wrong_parameter_is_caught_by_the_layer_check():
     _, conversion = converted_tiny()
     packed_model = tflite_model.read(pack.pack_model(conversion.tflite))
     op = packed_model.subgraphs[0].operators[0]
-    params = int(op.inputs[2])
-    data = tflite_model.tensor_array(packed_model, params).copy()
+    blob = int(op.inputs[1])
+    data = tflite_model.tensor_array(packed_model, blob).copy()
     data[4 * 5] ^= 0x40  # flip a bit of channel 0's bias (conv1 has 5 channels; multipliers come first)
-    tflite_model.set_tensor_data(packed_model, params, data)
+    tflite_model.set_tensor_data(packed_model, blob, data)
     inputs = verify.quantize_inputs(conversion.tflite, calibration_images(4, seed=7))
     result = verify.check_packed_layers(conversion.tflite, tflite_model.write(packed_model), inputs)
     assert result["mismatched_layers"] == ["op 0 (CONV_2D)"]

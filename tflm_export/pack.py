@@ -2,9 +2,9 @@
 
 :func:`pack_model` turns an int8 .tflite (from :mod:`tflm_export.convert`) into the packed variant: every
 CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED op becomes the custom op QGT_CONV_2D,
-QGT_DEPTHWISE_CONV_2D or QGT_FULLY_CONNECTED whose weight tensor holds the bit-packed codes and whose bias
-tensor is replaced by a parameter block (int32 multiplier, bias, shift per output channel). The float
-scales and int64 zero points of weight and bias tensors are dropped. :func:`unpack_model` is the decoder;
+QGT_DEPTHWISE_CONV_2D or QGT_FULLY_CONNECTED with one constant input, a blob of per-channel parameters
+(int32 multiplier, bias, shift) followed by the bit-packed codes. The float scales and int64 zero points of
+weight and bias tensors are dropped, and with them the bias tensors. :func:`unpack_model` is the decoder;
 :func:`expected_layers` computes what it must return from the int8 model, so a round trip can be checked.
 docs/FORMAT.md is the specification; keep the two in step.
 """
@@ -177,9 +177,11 @@ def _encode_options(layer, bias_bytes):
                        *o["filter_shape"])
 
 
-def _encode_params(layer, bias_bytes):
+def _encode_blob(layer, bias_bytes):
+    """multiplier int32[C] | bias int<bias_bytes>[C] | shift int8[C] | packed weights (docs/FORMAT.md)."""
     bias = layer.bias.astype({1: "<i1", 2: "<i2", 4: "<i4"}[bias_bytes])
-    return layer.multiplier.astype("<i4").tobytes() + bias.tobytes() + layer.shift.astype(np.int8).tobytes()
+    return (layer.multiplier.astype("<i4").tobytes() + bias.tobytes() + layer.shift.astype(np.int8).tobytes()
+            + pack_codes(layer.codes, layer.weight_bits))
 
 
 def _opcode_index(model, custom_code):
@@ -203,16 +205,6 @@ def _drop_unused_opcodes(model):
         op.opcodeIndex = new_index[op.opcodeIndex]
 
 
-def _new_tensor(model, name):
-    tensor = schema.TensorT()
-    tensor.name = name
-    tensor.type = schema.TensorType.UINT8
-    model.buffers.append(schema.BufferT())
-    tensor.buffer = len(model.buffers) - 1
-    model.subgraphs[0].tensors.append(tensor)
-    return len(model.subgraphs[0].tensors) - 1
-
-
 def _store_bytes(model, index, data):
     """Makes tensor ``index`` a plain UINT8 [len(data)] constant holding ``data``."""
     tensor = model.subgraphs[0].tensors[index]
@@ -222,10 +214,46 @@ def _store_bytes(model, index, data):
     tflite_model.set_tensor_data(model, index, np.frombuffer(data, np.uint8))
 
 
-def pack_model(int8_tflite, strip_names=True):
+def _drop_unused_tensors_and_buffers(model):
+    """Removes tensors no op or graph input/output uses, then buffers no tensor or metadata uses (0 stays)."""
+    graph = model.subgraphs[0]
+    used = {int(i) for op in graph.operators for i in list(op.inputs) + list(op.outputs) if i >= 0}
+    used |= {int(i) for i in list(graph.inputs) + list(graph.outputs)}
+    new_index = {old: new for new, old in enumerate(sorted(used))}
+    graph.tensors = [graph.tensors[i] for i in sorted(used)]
+    for op in graph.operators:
+        op.inputs = [new_index[int(i)] if i >= 0 else -1 for i in op.inputs]
+        op.outputs = [new_index[int(i)] for i in op.outputs]
+    graph.inputs = [new_index[int(i)] for i in graph.inputs]
+    graph.outputs = [new_index[int(i)] for i in graph.outputs]
+    for signature in model.signatureDefs or []:
+        for entry in (signature.inputs or []) + (signature.outputs or []):
+            entry.tensorIndex = new_index[entry.tensorIndex]
+    kept = sorted({0} | {t.buffer for t in graph.tensors} | {m.buffer for m in model.metadata or []})
+    new_buffer = {old: new for new, old in enumerate(kept)}
+    model.buffers = [model.buffers[i] for i in kept]
+    for tensor in graph.tensors:
+        tensor.buffer = new_buffer[tensor.buffer]
+    for entry in model.metadata or []:
+        entry.buffer = new_buffer[entry.buffer]
+
+
+def _strip_for_firmware(model):
+    """Drops what TFLite-Micro never reads: names, signatures, shape signatures, float min/max ranges."""
+    model.description = None
+    model.signatureDefs = None
+    for tensor in model.subgraphs[0].tensors:
+        tensor.name = None
+        tensor.shapeSignature = None
+        if tensor.quantization is not None:
+            tensor.quantization.min = tensor.quantization.max = None
+
+
+def pack_model(int8_tflite, strip=True):
     """The packed variant of an int8 .tflite (bytes); see docs/FORMAT.md.
 
-    ``strip_names`` empties tensor names and drops signature definitions, which firmware never reads.
+    ``strip`` drops tensor names, signature definitions, shape signatures and float min/max ranges,
+    which TFLite-Micro never reads.
     """
     model = tflite_model.read(int8_tflite)
     tflite_model.check_tflm_ops(model)
@@ -235,22 +263,42 @@ def pack_model(int8_tflite, strip_names=True):
                 raise ExportError(f"tensor {tflite_model.tensor_name(model, tensor)!r} is shared by several "
                                   "ops; the packed format needs one weight and bias tensor per op")
         bias_bytes = _bias_bytes(layer.bias)
-        _store_bytes(model, op.weights, pack_codes(layer.codes, layer.weight_bits))
-        params = op.bias if op.bias >= 0 else _new_tensor(model, tflite_model.tensor_name(model, op.weights) + "/params")
-        _store_bytes(model, params, _encode_params(layer, bias_bytes))
+        _store_bytes(model, op.weights, _encode_blob(layer, bias_bytes))
         operator = model.subgraphs[0].operators[op.op_index]
         operator.opcodeIndex = _opcode_index(model, CUSTOM_CODES[op.kind])
-        operator.inputs = [op.input, op.weights, params]
+        operator.inputs = [op.input, op.weights]  # the bias tensor is left unused and dropped below
         operator.builtinOptionsType = schema.BuiltinOptions.NONE
         operator.builtinOptions = None
         operator.customOptions = np.frombuffer(_encode_options(layer, bias_bytes), np.uint8).copy()
         operator.customOptionsFormat = schema.CustomOptionsFormat.FLEXBUFFERS  # the schema's only value
     _drop_unused_opcodes(model)
-    if strip_names:
-        for tensor in model.subgraphs[0].tensors:
-            tensor.name = ""
-        model.signatureDefs = None
+    _drop_unused_tensors_and_buffers(model)
+    if strip:
+        _strip_for_firmware(model)
     return tflite_model.write(model)
+
+
+def _decode_options(kind, options, where):
+    """The custom options block as a dict (see docs/FORMAT.md), with the filter shape of ``kind``."""
+    if len(options) != OPTIONS_BYTES:
+        raise ExportError(f"{where}: custom options of {len(options)} bytes, expected {OPTIONS_BYTES}")
+    (version, bits, bias_bytes, activation, padding, flags, stride_w, stride_h, dilation_w, dilation_h,
+     depth_multiplier, *shape) = struct.unpack(OPTIONS_FORMAT, options)
+    if version != FORMAT_VERSION or bits not in STORAGE_WIDTHS or bias_bytes not in (1, 2, 4):
+        raise ExportError(f"{where}: unsupported version {version}, bits {bits} or bias width {bias_bytes}")
+    return {"weight_bits": bits, "bias_bytes": bias_bytes, "activation": activation, "padding": padding,
+            "keep_num_dims": bool(flags & _FLAG_KEEP_NUM_DIMS), "stride_w": stride_w, "stride_h": stride_h,
+            "dilation_w": dilation_w, "dilation_h": dilation_h, "depth_multiplier": depth_multiplier,
+            "filter_shape": shape[:2] + [1, 1] if kind == "FULLY_CONNECTED" else shape}
+
+
+def blob_sizes(kind, options):
+    """(weight bytes, parameter bytes) of a QGT op's blob, from its custom options bytes."""
+    decoded = _decode_options(kind, options, kind)
+    shape = decoded["filter_shape"]
+    channels = shape[3] if kind == "DEPTHWISE_CONV_2D" else shape[0]
+    return (math.ceil(int(np.prod(shape)) * decoded["weight_bits"] / 8),
+            channels * (5 + decoded["bias_bytes"]))
 
 
 def unpack_model(packed_tflite):
@@ -261,27 +309,22 @@ def unpack_model(packed_tflite):
         kind = BUILTIN_OF_CUSTOM.get(tflite_model.op_name(model, op))
         if kind is None:
             continue
-        options = bytes(np.asarray(op.customOptions, np.uint8)) if op.customOptions is not None else b""
-        if len(options) != OPTIONS_BYTES:
-            raise ExportError(f"op {index} ({kind}): custom options of {len(options)} bytes, expected {OPTIONS_BYTES}")
-        (version, bits, bias_bytes, activation, padding, flags, stride_w, stride_h, dilation_w, dilation_h,
-         depth_multiplier, *shape) = struct.unpack(OPTIONS_FORMAT, options)
-        if version != FORMAT_VERSION or bits not in STORAGE_WIDTHS or bias_bytes not in (1, 2, 4):
-            raise ExportError(f"op {index} ({kind}): unsupported version {version}, bits {bits} or bias width {bias_bytes}")
-        shape = shape[:2] if kind == "FULLY_CONNECTED" else shape
+        where = f"op {index} ({kind})"
+        raw_options = bytes(np.asarray(op.customOptions, np.uint8)) if op.customOptions is not None else b""
+        options = _decode_options(kind, raw_options, where)
+        bits, bias_bytes = options.pop("weight_bits"), options.pop("bias_bytes")
+        shape = options["filter_shape"]
         channels = shape[3] if kind == "DEPTHWISE_CONV_2D" else shape[0]
-        inputs = [int(i) for i in op.inputs]
-        weights = bytes(tflite_model.tensor_array(model, inputs[1]))
-        params = bytes(tflite_model.tensor_array(model, inputs[2]))
-        if len(params) != channels * (5 + bias_bytes):
-            raise ExportError(f"op {index} ({kind}): parameter block of {len(params)} bytes for {channels} channels")
-        bias_end = 4 * channels + bias_bytes * channels
+        weight_bytes, param_bytes = blob_sizes(kind, raw_options)
+        blob = bytes(tflite_model.tensor_array(model, int(op.inputs[1])))
+        if len(blob) != weight_bytes + param_bytes:
+            raise ExportError(f"{where}: blob of {len(blob)} bytes, expected {param_bytes} of parameters and "
+                              f"{weight_bytes} of weights")
+        bias_end = (4 + bias_bytes) * channels
+        codes = unpack_codes(blob[param_bytes:], bits, int(np.prod(shape)))
         layers.append(PackedLayer(
-            index, kind, bits, unpack_codes(weights, bits, int(np.prod(shape))).reshape(shape),
-            np.frombuffer(params[:4 * channels], "<i4").astype(np.int32),
-            np.frombuffer(params[4 * channels:bias_end], f"<i{bias_bytes}").astype(np.int32),
-            np.frombuffer(params[bias_end:], np.int8).copy(),
-            {"activation": activation, "padding": padding, "keep_num_dims": bool(flags & _FLAG_KEEP_NUM_DIMS),
-             "stride_w": stride_w, "stride_h": stride_h, "dilation_w": dilation_w, "dilation_h": dilation_h,
-             "depth_multiplier": depth_multiplier, "filter_shape": list(shape) + [1] * (4 - len(shape))}))
+            index, kind, bits, codes.reshape(shape[:2] if kind == "FULLY_CONNECTED" else shape),
+            np.frombuffer(blob[:4 * channels], "<i4").astype(np.int32),
+            np.frombuffer(blob[4 * channels:bias_end], f"<i{bias_bytes}").astype(np.int32),
+            np.frombuffer(blob[bias_end:param_bytes], np.int8).copy(), options))
     return layers

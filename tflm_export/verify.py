@@ -135,11 +135,13 @@ def check_packed_layers(int8_bytes, packed_bytes, inputs):
     mismatched = []
     for layer in layers:
         op = ops[layer.op_index]
-        input_q = packed.subgraphs[0].tensors[op.input].quantization
-        output_q = packed.subgraphs[0].tensors[op.output].quantization
+        packed_op = packed.subgraphs[0].operators[layer.op_index]
+        packed_input, packed_output = (packed.subgraphs[0].tensors[int(packed_op.inputs[0])],
+                                       packed.subgraphs[0].tensors[int(packed_op.outputs[0])])
+        input_q, output_q = packed_input.quantization, packed_output.quantization
         for sample in range(len(inputs)):
             expected = values[op.output][sample]
-            input_shape = [int(d) for d in packed.subgraphs[0].tensors[op.input].shape]
+            input_shape = [int(d) for d in packed_input.shape]
             actual = reference.run_layer(layer, values[op.input][sample].reshape(input_shape), int(input_q.zeroPoint[0]),
                                          float(output_q.scale[0]), int(output_q.zeroPoint[0]))
             if not np.array_equal(actual.reshape(-1), expected.reshape(-1)):
@@ -182,8 +184,10 @@ def size_breakdown(model_bytes):
             params += sum(_quantization_bytes(model, i) for i in inputs[1:] if i >= 0 and i in fresh)
             params += _buffer_bytes(model, inputs[2]) if len(inputs) > 2 and inputs[2] in fresh else 0
         elif name in pack.BUILTIN_OF_CUSTOM:
-            weights += _buffer_bytes(model, inputs[1]) if inputs[1] in fresh else 0
-            params += (_buffer_bytes(model, inputs[2]) if inputs[2] in fresh else 0) + len(op.customOptions)
+            options = bytes(np.asarray(op.customOptions, np.uint8))
+            blob_weights, blob_params = pack.blob_sizes(pack.BUILTIN_OF_CUSTOM[name], options)
+            weights += blob_weights
+            params += blob_params + len(options)
         elif name == DECODE_OP:  # inputs: (encoded, ancillary) per decoded tensor
             weights += sum(_buffer_bytes(model, i) for i in inputs[0::2] if i in fresh)
             params += sum(_buffer_bytes(model, i) for i in inputs[1::2] if i in fresh)
