@@ -34,8 +34,9 @@ def test_size_breakdown_adds_up_and_shrinks():
     assert sizes["packed"]["weight_bytes"] < weights / 2
 
 
-@pytest.mark.parametrize("name, expected", [("person_detect", "person_detect"), ("3 weird-name!.tflite", "m_3_weird_name_tflite"),
-                                            ("", "model"), ("ÄÖ", "model")])
+@pytest.mark.parametrize("name, expected", [
+    ("person_detect", "person_detect"), ("3 weird-name!.tflite", "m_3_weird_name_tflite"), ("", "model"),
+    ("ÄÖ", "model")])
 def test_identifiers_are_sanitized(name, expected):
     assert c_source.identifier(name) == expected
 
@@ -70,7 +71,8 @@ int main() {
 def _compile_and_run(compiler, folder, model_bytes, name, run=True):
     c_source.write(folder, model_bytes, name, arena_bytes=12345, source="in.tflite")
     model = tflite_model.read(model_bytes)
-    methods = "\n".join(f"  void {method}() {{ Add(\"{op}\"); }}" for op, method in tflite_model.TFLM_RESOLVER_METHODS.items())
+    methods = "\n".join(f"  void {method}() {{ Add(\"{op}\"); }}"
+                        for op, method in tflite_model.TFLM_RESOLVER_METHODS.items())
     customs = [n for n in dict.fromkeys(tflite_model.op_names(model)) if n not in tflite_model.TFLM_RESOLVER_METHODS]
     registrations = "\n".join(f"int Register_{n}() {{ return 0; }}" for n in customs)
     namespace = f"{c_source.identifier(name)}_model"
@@ -148,7 +150,8 @@ def test_cli_exports_a_keras_model(tmp_path):
     again = export.export(model_path, str(tmp_path / "again"), cli.parse_bits(bits.split(",")),
                           calibration=np.load(data_path), verify_count=4)
     for variant in ("int8", "lut", "packed"):
-        assert (out / f"tiny_{variant}.tflite").read_bytes() == (tmp_path / "again" / f"tiny_{variant}.tflite").read_bytes()
+        file_name = f"tiny_{variant}.tflite"
+        assert (out / file_name).read_bytes() == (tmp_path / "again" / file_name).read_bytes()
     assert again["rows"] == report["rows"]
 
 

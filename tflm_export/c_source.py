@@ -64,8 +64,12 @@ def resolver_calls(model):
     return calls
 
 
-def render(model_bytes, name, arena_bytes=None, source=""):
-    """(header text, source text) for ``model_bytes``; ``arena_bytes`` is the measured host arena or None."""
+def render(model_bytes, name, arena_bytes=None, source="", arena_origin="measured on a 64-bit host"):
+    """(header text, source text) for ``model_bytes``.
+
+    ``arena_bytes`` is a host-measured tensor arena (None: unknown) and ``arena_origin`` says where it comes
+    from, for the header's comment.
+    """
     model = tflite_model.read(model_bytes)
     details = tflite_model.io_details(model)
     if len(details["inputs"]) != 1 or len(details["outputs"]) != 1:
@@ -80,7 +84,7 @@ def render(model_bytes, name, arena_bytes=None, source=""):
                       "constexpr unsigned int kArenaSize = 0;")
     else:
         arena = int(math.ceil(arena_bytes / _ARENA_ROUND) * _ARENA_ROUND)
-        arena_line = (f"// Tensor arena measured on a 64-bit host ({int(arena_bytes)} B), rounded up to KiB;\n"
+        arena_line = (f"// Tensor arena {arena_origin} ({int(arena_bytes)} B), rounded up to KiB;\n"
                       "// a 32-bit MCU needs about as much or less.\n"
                       f"constexpr unsigned int kArenaSize = {arena};")
     origin = f" from {os.path.basename(str(source))}" if source else ""
@@ -133,9 +137,9 @@ def render(model_bytes, name, arena_bytes=None, source=""):
     return header, source_text
 
 
-def write(folder, model_bytes, name, arena_bytes=None, source=""):
+def write(folder, model_bytes, name, arena_bytes=None, source="", arena_origin="measured on a 64-bit host"):
     """Writes ``folder``/model_data.h and model_data.cc atomically; returns their paths."""
-    header, source_text = render(model_bytes, name, arena_bytes, source)
+    header, source_text = render(model_bytes, name, arena_bytes, source, arena_origin)
     paths = os.path.join(folder, "model_data.h"), os.path.join(folder, "model_data.cc")
     write_atomic(paths[0], header)
     write_atomic(paths[1], source_text)

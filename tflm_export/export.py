@@ -98,10 +98,12 @@ def export(model_path, out_dir, bits=None, default_bits=8, calibration=None, nam
         write_atomic(os.path.join(out_dir, f"{name}_float.tflite"), float_bytes)
     for variant, data in variants.items():
         write_atomic(os.path.join(out_dir, f"{name}_{variant}.tflite"), data)
-        # The packed kernels will not need the int8 arena's per-channel arrays: the int8 arena bounds it.
-        arena = arenas[variant] if arenas[variant] is not None else arenas["int8"]
+        if arenas[variant] is not None:
+            arena, origin = arenas[variant], "measured on a 64-bit host"
+        else:  # QGT kernels keep no per-channel arrays in the arena, so the int8 model's bounds theirs
+            arena, origin = arenas["int8"], "of the int8 variant, an upper bound here, measured on a 64-bit host"
         c_source.write(os.path.join(out_dir, "c", variant), data, f"{name}_{variant}", arena,
-                       f"{name}_{variant}.tflite")
+                       f"{name}_{variant}.tflite", origin)
     write_atomic(os.path.join(out_dir, "size_report.json"), json.dumps(report, indent=2, sort_keys=True) + "\n")
     write_atomic(os.path.join(out_dir, "size_report.md"), markdown_report(report))
     if not (round_trip and packed_check["bit_exact"] and checks["lut"]["bit_exact"]

@@ -142,8 +142,9 @@ def check_packed_layers(int8_bytes, packed_bytes, inputs):
         for sample in range(len(inputs)):
             expected = values[op.output][sample]
             input_shape = [int(d) for d in packed_input.shape]
-            actual = reference.run_layer(layer, values[op.input][sample].reshape(input_shape), int(input_q.zeroPoint[0]),
-                                         float(output_q.scale[0]), int(output_q.zeroPoint[0]))
+            actual = reference.run_layer(layer, values[op.input][sample].reshape(input_shape),
+                                         int(input_q.zeroPoint[0]), float(output_q.scale[0]),
+                                         int(output_q.zeroPoint[0]))
             if not np.array_equal(actual.reshape(-1), expected.reshape(-1)):
                 mismatched.append(f"op {layer.op_index} ({layer.kind})")
                 break
