@@ -123,3 +123,25 @@ def test_snap_tflite_refuses_unknown_keys_and_float_models():
         convert.snap_tflite(source, bits={"no_such_tensor": 2})
     with pytest.raises(ExportError, match="not int8|FLOAT32|expected int8|not quantized"):
         convert.snap_tflite(convert.to_float_tflite(tiny_model()), default_bits=2)
+
+
+def test_qgt_model_is_stripped_and_keeps_its_codes():
+    from qgt_keras import conversion, models
+    from qgt_keras.layers import quantized_kernels
+    qgt_model = conversion.quantize_model(models.small_cnn((16, 16, 3)), bits=2)
+    images = np.random.default_rng(2).random((8, 16, 16, 3), dtype=np.float32)
+    result = convert.convert_keras(qgt_model, images)
+    assert {layer: result.bits[tensor] for layer, tensor in result.layer_tensors.items()} == \
+        conversion.layer_bits(qgt_model)
+    model, tensors = _weights_by_layer(result)
+    ops = {op.weights: op for op in convert.weight_ops(model)}
+    checked = 0
+    for entry in quantized_kernels(qgt_model):
+        if entry.bits == 8:
+            continue
+        codes = entry.codes()[0].numpy()  # the layer's own quantizer; BatchNorm gammas start at 1 (no flips)
+        expected = convert._keras_codes_to_tflite(ops[tensors[entry.name]].kind, codes)
+        np.testing.assert_array_equal(tflite_model.tensor_array(model, tensors[entry.name]), expected,
+                                      err_msg=entry.name)
+        checked += 1
+    assert checked == 2  # dw1 and pw1; conv1 and dense are the 8-bit edge layers
