@@ -182,3 +182,12 @@ def test_cli_main_reports_errors_with_exit_code(tmp_path):
                           capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 1
     assert "qgt-export: not a .tflite flatbuffer" in done.stderr
+
+
+def test_a_model_tflite_micro_rejects_is_an_error_not_a_dead_process():
+    _, conversion = converted_tiny()
+    model = tflite_model.read(conversion.tflite)
+    first_output = int(model.subgraphs[0].operators[0].outputs[0])
+    model.subgraphs[0].tensors[first_output].quantization.scale = np.array([1e-30], np.float32)  # degenerate
+    with pytest.raises(ExportError, match="TFLite-Micro runtime failed"):
+        verify.run_tflm(tflite_model.write(model), verify.random_inputs(conversion.tflite, 1))
