@@ -153,12 +153,11 @@ def op_names(model):
     return [op_name(model, op) for op in model.subgraphs[0].operators or []]
 
 
-def check_tflm_ops(model, extra_ops=()):
-    """Raises UnsupportedOpsError listing every op with no TFLite-Micro kernel (``extra_ops`` allowed too)."""
+def check_tflm_ops(model):
+    """Raises UnsupportedOpsError listing every op with no TFLite-Micro kernel (or several subgraphs)."""
     if len(model.subgraphs) != 1:
         raise UnsupportedOpsError([f"{len(model.subgraphs)} subgraphs (control flow)"])
-    unsupported = [name for name in op_names(model)
-                   if name not in TFLM_RESOLVER_METHODS and name not in extra_ops]
+    unsupported = [name for name in op_names(model) if name not in TFLM_RESOLVER_METHODS]
     if unsupported:
         raise UnsupportedOpsError(unsupported)
 
