@@ -12,7 +12,7 @@ import tf_keras as keras
 
 from qgt_keras import quantizers
 from qgt_keras.layers import QUANTIZED_COUNTERPART, QUANTIZED_LAYERS, quantized_kernels
-from qgt_keras.regularizers import QGTRegularizer
+from qgt_keras.regularizers import DEFAULT_STRENGTH, QGTRegularizer
 
 # Layers with weights that QGT passes through unchanged (BatchNormalization is folded into the preceding
 # kernel at export; a per-channel grid survives folding).
@@ -32,7 +32,7 @@ class QuantizationPolicy:
     bits: int = 2
     overrides: dict = dataclasses.field(default_factory=dict)
     edge_bits: object = 8
-    strength: float = 1.0
+    strength: float = DEFAULT_STRENGTH
     outlier_weight: float = 1.0
     scale: str = "mse"
     skip: tuple = ()

@@ -29,9 +29,18 @@ def test_schedule_sets_strengths_and_hands_over_to_hard_quantization(toy_images)
     history = model.fit(x, y, epochs=3, batch_size=32, verbose=0, callbacks=[schedule, recorder])
     assert schedule.step == 12
     assert recorder.gates == [0, 0, 1]
-    # the strength of each epoch's last step (steps 3, 7, 11 of a ramp over steps 0..8)
-    assert history.history["qgt_strength"] == pytest.approx([10 ** -2.25, 10 ** -1.25, 1e-1], rel=1e-5)
-    assert model.get_layer("pw1").kernel_regularizer.strength == pytest.approx(0.1)
+    # the strength of each epoch's last step (steps 3, 7 of a ramp over steps 0..8), then the hard phase's
+    assert history.history["qgt_strength"] == pytest.approx([10 ** -2.25, 10 ** -1.25, 0.0], rel=1e-5)
+    assert model.get_layer("pw1").kernel_regularizer.strength == 0
+
+
+def test_hard_phase_strength_can_be_kept(toy_images):
+    x, y = toy_images
+    model = quantize_model(small_cnn(), bits=2)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    schedule = QGTScheduler(1e-3, 1e-1, ramp_steps=2, hard_quantization_epochs=1, hard_strength=0.05)
+    history = model.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[schedule])
+    assert history.history["qgt_strength"] == pytest.approx([0.1, 0.05])
 
 
 def test_monitor_logs_total_and_per_layer_terms(toy_images, capsys):

@@ -24,7 +24,7 @@ def _train(quantize, train, steps_per_epoch):
     if quantize:
         # One float epoch, a geometric ramp over three, then hold.
         model = conversion.quantize_model(model, bits=2, edge_bits=None)
-        callbacks = [QGTScheduler(1e-3, 0.1, warmup_steps=steps_per_epoch, ramp_steps=3 * steps_per_epoch)]
+        callbacks = [QGTScheduler(4e-3, 0.4, warmup_steps=steps_per_epoch, ramp_steps=3 * steps_per_epoch)]
     model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy")
     model.fit(train, epochs=EPOCHS, verbose=0, callbacks=callbacks)
     return model

@@ -11,11 +11,12 @@ def reference_value_and_gradient(w, bits, strength, outlier_weight):
     """R and dR/dw in numpy for a (N, C) kernel with the clip-free max scale."""
     qmin, qmax = quantizers.code_range(bits)
     scale = np.abs(w).mean(0) if bits == 1 else np.abs(w).max(0) / qmax
-    steps = w / scale
-    codes = np.where(steps >= 0, 1.0, -1.0) if bits == 1 else np.clip(np.round(steps), qmin, qmax)
-    beyond = np.maximum(np.abs(steps) - (-qmin), 0)
-    value = strength * (((steps - codes) ** 2).sum() + outlier_weight * (beyond ** 2).sum())
-    gradient = strength * (2 * (steps - codes) + outlier_weight * 2 * beyond * np.sign(w)) / scale
+    channel_range = -qmin * scale
+    codes = np.where(w >= 0, 1.0, -1.0) if bits == 1 else np.clip(np.round(w / scale), qmin, qmax)
+    distance = (w - codes * scale) / channel_range
+    beyond = np.maximum(np.abs(w) / channel_range - 1, 0)
+    value = strength * ((distance ** 2).sum() + outlier_weight * (beyond ** 2).sum())
+    gradient = strength * (2 * distance + outlier_weight * 2 * beyond * np.sign(w)) / channel_range
     return value, gradient
 
 
@@ -37,7 +38,8 @@ def test_mse_scale_term_uses_the_grid_scale():
     grid, outlier = QGTRegularizer(2).terms(w)
     codes, scale = quantizers.quantize(w, 2)
     steps = w.reshape(-1, 5) / scale.numpy()
-    np.testing.assert_allclose(float(grid), ((steps - codes.numpy().reshape(-1, 5)) ** 2).sum(), rtol=1e-4)
+    expected = ((steps - codes.numpy().reshape(-1, 5)) ** 2).sum() / 2 ** 2  # the 2-bit range is 2 steps
+    np.testing.assert_allclose(float(grid), expected, rtol=1e-4)
     assert float(outlier) >= 0
     on_grid = quantizers.snap(w, 2).numpy()
     assert float(QGTRegularizer(2)(on_grid)) == pytest.approx(0, abs=1e-6)
@@ -49,6 +51,11 @@ def test_outlier_term_only_counts_weights_beyond_the_range():
     assert float(outlier) == 0
     _, outlier = QGTRegularizer(2, scale="mse").terms(w)  # the MSE scale fits the bulk and clips 2.5
     assert float(outlier) > 0
+
+
+def test_an_8bit_grid_pulls_far_less_than_a_2bit_grid():
+    w = np.random.default_rng(4).normal(size=(64, 8)).astype(np.float32)
+    assert float(QGTRegularizer(8)(w)) < float(QGTRegularizer(2)(w)) / 1000
 
 
 def test_depthwise_channel_axes_and_scale_invariance():
