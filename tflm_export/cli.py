@@ -10,7 +10,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 import numpy as np  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -41,6 +41,7 @@ def parse_bits(entries):
 
 def main(argv):
     del argv
+    logging.set_verbosity(logging.WARNING)  # TensorFlow's converter logs every step at INFO
     from tflm_export import export  # deferred: flag errors are reported before TensorFlow loads
     from tflm_export.tflite_model import ExportError
     calibration = None

@@ -40,6 +40,17 @@ def _load(model_path, calibration, bits, default_bits, method):
     return convert.to_float_tflite(plain), conversion.tflite, conversion.bits
 
 
+def nominal_bits(int8_tflite, layer_bits):
+    """The bit width that most weights of the model have (``layer_bits``: weight tensor name -> bits)."""
+    model = tflite_model.read(int8_tflite)
+    counts = {}
+    for op in convert.weight_ops(model):
+        bits = layer_bits[tflite_model.tensor_name(model, op.weights)]
+        size = int(np.prod(model.subgraphs[0].tensors[op.weights].shape))
+        counts[bits] = counts.get(bits, 0) + size
+    return max(sorted(counts), key=counts.get)
+
+
 def _row(name, variant, bits, model_bytes, arena):
     return {"model": name, "variant": variant, "bits": bits, **verify.size_breakdown(model_bytes),
             "arena_bytes": arena}
@@ -48,7 +59,7 @@ def _row(name, variant, bits, model_bytes, arena):
 def markdown_report(report):
     """The size report as a markdown table plus the verification lines."""
     lines = [f"# Size report: {report['model']}", "",
-             "| variant | bits | file B | weights B | params B | graph B | arena B |",
+             "| variant | bits (most weights) | file B | weights B | params B | graph B | arena B |",
              "|---|---|---|---|---|---|---|"]
     for row in report["rows"]:
         arena = "n/a" if row["arena_bytes"] is None else f"{row['arena_bytes']:,}"
@@ -62,6 +73,8 @@ def markdown_report(report):
                      f"({result['mismatched_outputs']} differ, max |diff| {result['max_abs_diff']})")
     if not report["verification"]["int8"]["bit_exact"] and report["int8_agrees_with_tflite"]:
         lines.append("  (one step: tf.lite's per-channel FULLY_CONNECTED rounds once, TFLite-Micro twice)")
+    lines += ["", "Weight bits per layer (weight tensor: bits):", ""]
+    lines += [f"- `{tensor}`: {bits}" for tensor, bits in report["layer_bits"].items()]
     layers = report["packed_layers"]
     lines += [f"- packed: decoder round trip {'exact' if report['packed_round_trip'] else 'NOT exact'}; "
               f"{layers['layers']} decoded layers vs TFLite-Micro's int8 layers on {layers['inputs']} inputs: "
@@ -87,8 +100,9 @@ def export(model_path, out_dir, bits=None, default_bits=8, calibration=None, nam
     variants = {"int8": int8, "lut": lut_bytes, "packed": packed}
     arenas = {"int8": checks["int8"]["arena_bytes"], "lut": checks["lut"]["arena_bytes"], "packed": None}
 
+    bits = nominal_bits(int8, layer_bits)
     rows = [_row(name, "float", 32, float_bytes, None)] if float_bytes is not None else []
-    rows += [_row(name, variant, default_bits, data, arenas[variant]) for variant, data in variants.items()]
+    rows += [_row(name, variant, bits, data, arenas[variant]) for variant, data in variants.items()]
     report = {"model": name, "source": os.path.basename(model_path), "default_bits": default_bits,
               "layer_bits": layer_bits, "rows": rows, "verification": checks, "packed_round_trip": round_trip,
               "packed_layers": packed_check,
