@@ -67,20 +67,20 @@ def markdown_report(report):
                      f"{row['param_bytes']:,} | {row['graph_bytes']:,} | {arena} |")
     lines += ["", "Verification (model outputs, int8):", ""]
     for variant, result in report["verification"].items():
-        against = {"tflite": "tf.lite reference kernels", "tflm": "the int8 model in TFLite-Micro"}[result["reference"]]
+        against = {"tflite": "tf.lite reference kernels",
+                   "tflm": "the int8 model in TFLite-Micro"}[result["reference"]]
         lines.append(f"- {variant} in TFLite-Micro vs {against}: "
                      f"{'bit-exact' if result['bit_exact'] else 'differs'} on {result['inputs']} inputs "
                      f"({result['mismatched_outputs']} differ, max |diff| {result['max_abs_diff']})")
     if not report["verification"]["int8"]["bit_exact"] and report["int8_agrees_with_tflite"]:
         lines.append("  (one step: tf.lite's per-channel FULLY_CONNECTED rounds once, TFLite-Micro twice)")
-    lines += ["", "Weight bits per layer (weight tensor: bits):", ""]
-    lines += [f"- `{tensor}`: {bits}" for tensor, bits in report["layer_bits"].items()]
     layers = report["packed_layers"]
     lines += [f"- packed: decoder round trip {'exact' if report['packed_round_trip'] else 'NOT exact'}; "
               f"{layers['layers']} decoded layers vs TFLite-Micro's int8 layers on {layers['inputs']} inputs: "
-              f"{'bit-exact' if layers['bit_exact'] else 'differ: ' + ', '.join(layers['mismatched_layers'])}",
-              ""]
-    return "\n".join(lines)
+              f"{'bit-exact' if layers['bit_exact'] else 'differ: ' + ', '.join(layers['mismatched_layers'])}"]
+    lines += ["", "Weight bits per layer (weight tensor: bits):", ""]
+    lines += [f"- `{tensor}`: {bits}" for tensor, bits in report["layer_bits"].items()]
+    return "\n".join(lines + [""])
 
 
 def export(model_path, out_dir, bits=None, default_bits=8, calibration=None, name=None, verify_count=16,
