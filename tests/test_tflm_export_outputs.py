@@ -191,3 +191,14 @@ def test_a_model_tflite_micro_rejects_is_an_error_not_a_dead_process():
     model.subgraphs[0].tensors[first_output].quantization.scale = np.array([1e-30], np.float32)  # degenerate
     with pytest.raises(ExportError, match="TFLite-Micro runtime failed"):
         verify.run_tflm(tflite_model.write(model), verify.random_inputs(conversion.tflite, 1))
+
+
+def test_failed_verification_writes_only_the_report(tmp_path, monkeypatch):
+    source = tmp_path / "tiny_int8.tflite"
+    source.write_bytes(converted_tiny()[1].tflite)
+    monkeypatch.setattr(export.verify, "check_packed_layers", lambda *args: {
+        "layers": 4, "inputs": 1, "bit_exact": False, "mismatched_layers": ["op 0 (CONV_2D)"]})
+    with pytest.raises(ExportError, match="verification failed"):
+        export.export(str(source), str(tmp_path / "out"), default_bits=4, verify_count=1)
+    assert sorted(os.listdir(tmp_path / "out")) == ["size_report.json", "size_report.md"]
+    assert "differ: op 0 (CONV_2D)" in (tmp_path / "out" / "size_report.md").read_text()

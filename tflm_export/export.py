@@ -1,6 +1,7 @@
 """The whole export: a model in, the int8 / LUT / packed .tflite files, C sources and a size report out.
 
-Output folder layout (every file written atomically):
+Output folder layout (every file written atomically; when verification fails only the size report is
+written and ExportError raised):
 
     <name>_float.tflite        Keras input only: the float baseline
     <name>_int8.tflite         full-integer, weights on their b-bit grids
@@ -108,6 +109,12 @@ def export(model_path, out_dir, bits=None, default_bits=8, calibration=None, nam
               "packed_layers": packed_check,
               "int8_agrees_with_tflite": verify.agrees_with_tflite(checks["int8"], int8)}
 
+    write_atomic(os.path.join(out_dir, "size_report.json"), json.dumps(report, indent=2, sort_keys=True) + "\n")
+    write_atomic(os.path.join(out_dir, "size_report.md"), markdown_report(report))
+    if not (round_trip and packed_check["bit_exact"] and checks["lut"]["bit_exact"]
+            and report["int8_agrees_with_tflite"]):
+        # Only the report: models and C sources that failed verification must not reach firmware.
+        raise tflite_model.ExportError(f"verification failed, see {os.path.join(out_dir, 'size_report.md')}")
     if float_bytes is not None:
         write_atomic(os.path.join(out_dir, f"{name}_float.tflite"), float_bytes)
     for variant, data in variants.items():
@@ -118,9 +125,4 @@ def export(model_path, out_dir, bits=None, default_bits=8, calibration=None, nam
             arena, origin = arenas["int8"], "of the int8 variant, an upper bound here, measured on a 64-bit host"
         c_source.write(os.path.join(out_dir, "c", variant), data, f"{name}_{variant}", arena,
                        f"{name}_{variant}.tflite", origin)
-    write_atomic(os.path.join(out_dir, "size_report.json"), json.dumps(report, indent=2, sort_keys=True) + "\n")
-    write_atomic(os.path.join(out_dir, "size_report.md"), markdown_report(report))
-    if not (round_trip and packed_check["bit_exact"] and checks["lut"]["bit_exact"]
-            and report["int8_agrees_with_tflite"]):
-        raise tflite_model.ExportError(f"verification failed, see {os.path.join(out_dir, 'size_report.md')}")
     return report
