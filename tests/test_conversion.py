@@ -147,3 +147,24 @@ def test_subclassed_model_is_refused():
 def test_layer_bits_must_match_its_regularizer():
     with pytest.raises(ValueError, match="QGTRegularizer bits 4 != layer bits 2"):
         QConv2D(4, 3, bits=2, kernel_regularizer=QGTRegularizer(4), name="c")
+
+
+def test_recalibrate_batchnorm_averages_the_batch_statistics(toy_images):
+    x, _ = toy_images
+    model = small_cnn()
+    batches = [x[:64], x[64:]]
+    before = model.get_layer("dense").get_weights()
+    assert conversion.recalibrate_batchnorm(model, batches) == 2
+    features = keras.Model(model.input, model.get_layer("conv1").output)
+    outputs = [features(batch).numpy().reshape(-1, 8) for batch in batches]
+    bn = model.get_layer("conv1_bn")
+    np.testing.assert_allclose(bn.moving_mean.numpy(), np.mean([o.mean(0) for o in outputs], 0), rtol=1e-4,
+                               atol=1e-6)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), np.mean([o.var(0) for o in outputs], 0), rtol=1e-3)
+    assert bn.momentum == 0.9 and all(np.array_equal(a, b) for a, b in zip(before, model.get_layer(
+        "dense").get_weights()))
+
+
+def test_recalibrate_batchnorm_needs_data():
+    with pytest.raises(ValueError, match="yielded no batch"):
+        conversion.recalibrate_batchnorm(small_cnn(), [])

@@ -1,0 +1,119 @@
+"""The main job on the bundled data: QGT training of a MobileNetV1-0.25 on person96, the bottleneck report.
+
+    qgt-quickstart [--out_dir runs/quickstart] [--epochs 8] [--bits 2] [--image_size 48]
+
+Trains the same network twice from the same initialization, once plainly and once with QGT (one float
+epoch, then the QGT strength ramps up), with the default policy (first and last layer at 8 bits, the rest
+at ``--bits``). Snaps both to their grids, re-estimates the BatchNorm statistics, and prints the test
+accuracy of each before and after; prints the bottleneck report of the QGT model. Writes the QGT model
+(.keras), its history, the report (JSON, markdown) and the accuracies to ``--out_dir``.
+"""
+
+import json
+import os
+import pathlib
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+import tf_keras as keras  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from qgt_keras import conversion, datasets, models, report  # noqa: E402
+from qgt_keras.callbacks import QGTMonitor, QGTScheduler  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("out_dir", "runs/quickstart", "Where the model, history and report go.")
+flags.DEFINE_integer("epochs", 8, "Training epochs of each model.", lower_bound=2)
+flags.DEFINE_integer("bits", 2, "Weight bits of every layer but the first and last (8 bits).", lower_bound=1,
+                     upper_bound=8)
+flags.DEFINE_integer("image_size", 48, "Images are resized to image_size x image_size.", lower_bound=16)
+flags.DEFINE_integer("seed", 0, "Seed of initialization and shuffling.")
+flags.DEFINE_float("strength", 0.05, "QGT strength at the end of the ramp.", lower_bound=0)
+flags.DEFINE_integer("hard_epochs", 2, "Last epochs trained with hard (STE) quantization.", lower_bound=0)
+
+BATCH = 32
+
+
+def _arrays(dataset):
+    return tuple(np.concatenate(parts) for parts in zip(*((x.numpy(), y.numpy()) for x, y in dataset)))
+
+
+def _accuracy(model, x, y):
+    return report.evaluate_batch(model, x, y, keras.losses.SparseCategoricalCrossentropy())[1]
+
+
+def _snap_and_recalibrate(model, calibration):
+    """Accuracy-relevant end of training: weights onto the grid, BatchNorm statistics re-estimated."""
+    conversion.set_hard_quantization(model, False)
+    conversion.snap_weights(model)
+    conversion.recalibrate_batchnorm(model, calibration)
+
+
+def main(argv):
+    del argv
+    out_dir = pathlib.Path(FLAGS.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    root = datasets.bundled_person96_dir()
+    size = (FLAGS.image_size, FLAGS.image_size)
+    train, info = datasets.read_image_folder(
+        root / "train", image_size=size, batch_size=BATCH, shuffle=True, seed=FLAGS.seed)
+    calibration = datasets.read_image_folder(root / "train", image_size=size, batch_size=128, validate=False)[0]
+    x_test, y_test = _arrays(datasets.read_image_folder(root / "test", image_size=size, batch_size=256)[0])
+    steps = -(-info.num_examples // BATCH)
+    print(f"person96: {info.num_examples} training images, {len(y_test)} test images, {size[0]}x{size[1]} RGB")
+
+    keras.utils.set_random_seed(FLAGS.seed)
+    plain = models.mobilenet_v1(size + (3,), alpha=0.25, bn_momentum=0.9)
+    qgt = conversion.quantize_model(plain, bits=FLAGS.bits)  # same initial weights
+
+    print(f"\n[1/3] plain training, {FLAGS.epochs} epochs")
+    plain.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    started = time.time()
+    plain.fit(train, epochs=FLAGS.epochs, verbose=2)
+    plain_seconds = time.time() - started
+
+    ramp_epochs = max(1, FLAGS.epochs - 1 - FLAGS.hard_epochs)
+    print(f"\n[2/3] QGT training, {FLAGS.epochs} epochs: 1 float, {ramp_epochs} with the strength ramping to "
+          f"{FLAGS.strength}, {FLAGS.hard_epochs} hard-quantized")
+    qgt.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    schedule = QGTScheduler(FLAGS.strength / 100, FLAGS.strength, warmup_steps=steps, ramp_steps=ramp_epochs * steps,
+                            hard_quantization_epochs=FLAGS.hard_epochs)
+    started = time.time()
+    history = qgt.fit(train, epochs=FLAGS.epochs, verbose=2, callbacks=[schedule, QGTMonitor()])
+    qgt_seconds = time.time() - started
+
+    print(f"\n[3/3] bottleneck report of the QGT model, then {FLAGS.bits}-bit snapping")
+    bottlenecks = report.summary(qgt, (x_test, y_test))
+    plain_float = _accuracy(plain, x_test, y_test)
+    plain = conversion.quantize_model(plain, bits=FLAGS.bits)
+    _snap_and_recalibrate(plain, calibration)
+    plain_snapped = _accuracy(plain, x_test, y_test)
+    qgt_float = _accuracy(qgt, x_test, y_test)
+    _snap_and_recalibrate(qgt, calibration)
+    qgt_snapped = _accuracy(qgt, x_test, y_test)
+    results = {
+        "bits": FLAGS.bits,
+        "plain": {"float_accuracy": plain_float, "snapped_accuracy": plain_snapped, "train_seconds": plain_seconds},
+        "qgt": {"float_accuracy": qgt_float, "snapped_accuracy": qgt_snapped, "train_seconds": qgt_seconds},
+        "packed_weight_bytes": bottlenecks.packed_bytes,
+        "float_weight_bytes": bottlenecks.float_bytes,
+    }
+    qgt.save(out_dir / "qgt_model.keras")
+    (out_dir / "history.json").write_text(json.dumps(history.history, indent=2, default=float))
+    (out_dir / "report.json").write_text(bottlenecks.to_json())
+    (out_dir / "report.md").write_text(bottlenecks.to_markdown())
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    print(f"\ntest accuracy        float    {FLAGS.bits}-bit snapped (+ BatchNorm re-estimated)")
+    print(f"plain training       {100 * plain_float:5.1f}%   {100 * plain_snapped:5.1f}%")
+    print(f"QGT training         {100 * qgt_float:5.1f}%   {100 * qgt_snapped:5.1f}%")
+    print(f"\nwrote {out_dir}/: qgt_model.keras, history.json, report.json, report.md, results.json")
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
