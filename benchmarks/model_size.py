@@ -19,7 +19,6 @@ import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import numpy as np  # noqa: E402
 
 from qgt_keras import datasets, models  # noqa: E402
 from tflm_export import export  # noqa: E402
@@ -32,14 +31,6 @@ BITS, FIRST_LAYER_BITS = 2, 8
 GOAL_BYTES = 64 * 1024
 CALIBRATION_IMAGES = 200
 VERIFY_INPUTS = 8
-
-
-def _calibration_images():
-    test_dir = datasets.bundled_person96_dir() / "test"
-    dataset, _ = datasets.read_image_folder(test_dir, grayscale=True, batch_size=CALIBRATION_IMAGES,
-                                            limit=CALIBRATION_IMAGES, validate=False)
-    images, _ = next(iter(dataset))
-    return images.numpy().astype(np.float32)
 
 
 def _keras_model(folder):
@@ -59,7 +50,8 @@ def main():
     with tempfile.TemporaryDirectory() as folder:
         keras_path = _keras_model(folder)
         reports.append(export.export(keras_path, os.path.join(folder, "keras"), {"conv1": FIRST_LAYER_BITS},
-                                     BITS, _calibration_images(), "mobilenet_v1_96x96x1", VERIFY_INPUTS))
+                                     BITS, str(datasets.bundled_person96_dir() / "test"), "mobilenet_v1_96x96x1",
+                                     VERIFY_INPUTS, calibration_count=CALIBRATION_IMAGES))
         person_detect = os.path.join(REFERENCE_MODELS, "tflm_person_detect.tflite")
         if os.path.exists(person_detect):
             reports.append(export.export(person_detect, os.path.join(folder, "tflite"), {0: FIRST_LAYER_BITS},

@@ -9,7 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from test_tflm_export_common import TINY_BITS, calibration_images, converted_tiny, tiny_model, with_op_renamed
+from test_tflm_export_common import (TINY_BITS, calibration_images, converted_tiny, repo_root, tiny_model,
+                                     with_op_renamed)
 from tflm_export import c_source, cli, export, lut, pack, tflite_model, verify
 from tflm_export.tflite_model import CorruptModelError, ExportError, UnsupportedOpsError
 
@@ -155,6 +156,19 @@ def test_cli_exports_a_keras_model(tmp_path):
         file_name = f"tiny_{variant}.tflite"
         assert (out / file_name).read_bytes() == (tmp_path / "again" / file_name).read_bytes()
     assert again["rows"] == report["rows"]
+
+
+def test_calibration_from_an_image_folder(tmp_path):
+    folder = os.path.join(repo_root(), "data", "person96", "test")
+    if not os.path.isdir(folder):
+        pytest.skip("bundled person96 images not found")
+    images = export.calibration_images(folder, (12, 12, 1), count=6)
+    assert images.shape == (6, 12, 12, 1) and 0.0 <= images.min() < images.max() <= 1.0
+    model_path = str(tmp_path / "tiny.keras")
+    tiny_model().save(model_path)
+    report = export.export(model_path, str(tmp_path / "out"), TINY_BITS, calibration=folder, verify_count=2,
+                           calibration_count=8)
+    assert report["verification"]["int8"]["inputs"] == 2 and report["packed_layers"]["bit_exact"]
 
 
 def test_cli_refuses_bad_input(tmp_path):

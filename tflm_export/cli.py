@@ -2,6 +2,7 @@
 and a size report out (see tflm_export.export).
 
     qgt-export --model=trained.keras --calibration=samples.npy --default_bits=2 --bits=conv1=8 --out=export/
+    qgt-export --model=trained.keras --calibration=data/person96/test --out=export/
     qgt-export --model=person_detect.tflite --default_bits=2 --bits=0=8 --out=export/
 """
 
@@ -19,8 +20,10 @@ flags.DEFINE_string("out", None, "Output folder.")
 flags.DEFINE_list("bits", [], "Per-layer bits, NAME=BITS: Keras layer names; for a .tflite, weight tensor "
                   "names or op indices.")
 flags.DEFINE_integer("default_bits", 8, "Bits of layers not listed in --bits (1..8).")
-flags.DEFINE_string("calibration", None, "Float input samples (.npy, first axis = samples, preprocessed as the "
-                    "model expects): calibration of a Keras model and verification inputs.")
+flags.DEFINE_string("calibration", None, "Keras models: calibration and verification inputs, either float "
+                    "samples (.npy, first axis = samples, preprocessed as the model expects) or an image folder "
+                    "with one subfolder per class (read as qgt_keras.datasets does: [0, 1], resized, grayscale "
+                    "for 1-channel models).")
 flags.DEFINE_integer("calibration_count", 200, "Use at most this many calibration samples.")
 flags.DEFINE_integer("verify_count", 16, "Inputs run through TFLite and TFLite-Micro for the bit-exactness check.")
 flags.DEFINE_enum("scale", "mse", ["mse", "max"], "Scale search when snapping weights.")
@@ -43,14 +46,13 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # TensorFlow's converter logs every step at INFO
     from tflm_export import export  # deferred: flag errors are reported before TensorFlow loads
-    from tflm_export.tflite_model import ExportError
-    calibration = None
-    if FLAGS.calibration:
-        calibration = np.load(FLAGS.calibration)[:FLAGS.calibration_count].astype(np.float32)
     try:
+        calibration = FLAGS.calibration
+        if calibration and calibration.endswith(".npy"):
+            calibration = np.load(calibration)[:FLAGS.calibration_count].astype(np.float32)
         report = export.export(FLAGS.model, FLAGS.out, parse_bits(FLAGS.bits), FLAGS.default_bits, calibration,
-                               FLAGS.name, FLAGS.verify_count, FLAGS.scale)
-    except (ExportError, OSError) as error:
+                               FLAGS.name, FLAGS.verify_count, FLAGS.scale, FLAGS.calibration_count)
+    except (ValueError, OSError) as error:  # ExportError is a ValueError, as are bad bit widths
         print(f"qgt-export: {error}", file=sys.stderr)
         return 1
     print(export.markdown_report(report))

@@ -22,23 +22,37 @@ from tflm_export.files import write_atomic
 C_VARIANTS = ("int8", "lut", "packed")
 
 
-def _load(model_path, calibration, bits, default_bits, method):
-    """(float bytes or None, int8 bytes, {weight tensor: bits}) for a .tflite or a Keras model file."""
+def calibration_images(folder, input_shape, count=200):
+    """Up to ``count`` images of an image folder (one subfolder per class, as qgt_keras.datasets reads it)
+    sized and colored for a model input of ``input_shape`` (height, width, channels), in [0, 1]."""
+    from qgt_keras import datasets  # deferred: only this path needs the data pipeline
+    height, width, channels = input_shape
+    dataset, _ = datasets.read_image_folder(folder, image_size=(height, width), grayscale=channels == 1,
+                                            batch_size=count, limit=count, validate=False)
+    images, _ = next(iter(dataset))
+    return images.numpy().astype(np.float32)
+
+
+def _load(model_path, calibration, bits, default_bits, method, calibration_count):
+    """(float bytes or None, int8 bytes, {weight tensor: bits}, calibration array or None) for a .tflite or
+    a Keras model file; ``calibration`` is an array of samples or an image folder path."""
     with open(model_path, "rb") as f:
         head = f.read(8)
     if head[4:8] == tflite_model.FILE_IDENTIFIER or model_path.endswith(".tflite"):
         with open(model_path, "rb") as f:
             source = f.read()
         layer_bits = convert.resolve_tflite_bits(tflite_model.read(source), bits, default_bits)
-        return None, convert.snap_tflite(source, bits, default_bits, method), layer_bits
+        return None, convert.snap_tflite(source, bits, default_bits, method), layer_bits, None
     import tf_keras as keras  # deferred: a .tflite export needs no Keras
     if calibration is None:
         raise tflite_model.ExportError("a Keras model needs calibration samples (real data: TFLite-Micro "
                                        "aborts on activation ranges calibrated on nothing)")
     keras_model = keras.models.load_model(model_path, compile=False)
+    if isinstance(calibration, (str, os.PathLike)):
+        calibration = calibration_images(calibration, tuple(keras_model.input_shape[1:]), calibration_count)
     plain, bits = convert.plain_keras_model(keras_model, bits)
     conversion = convert.convert_keras(plain, calibration, bits, default_bits, method)
-    return convert.to_float_tflite(plain), conversion.tflite, conversion.bits
+    return convert.to_float_tflite(plain), conversion.tflite, conversion.bits, np.asarray(calibration)
 
 
 def nominal_bits(int8_tflite, layer_bits):
@@ -85,15 +99,21 @@ def markdown_report(report):
 
 
 def export(model_path, out_dir, bits=None, default_bits=8, calibration=None, name=None, verify_count=16,
-           method="mse"):
-    """Runs the whole export (see the module docstring); returns the report dict."""
+           method="mse", calibration_count=200):
+    """Runs the whole export (see the module docstring); returns the report dict.
+
+    ``calibration`` (Keras models only): an array of input samples or an image folder (see
+    :func:`calibration_images`, which reads ``calibration_count`` images); its first ``verify_count``
+    samples are also the verification inputs (random int8 inputs for a .tflite).
+    """
     name = c_source.identifier(name or os.path.splitext(os.path.basename(model_path))[0])
-    float_bytes, int8, layer_bits = _load(model_path, calibration, bits, default_bits, method)
+    float_bytes, int8, layer_bits, calibration = _load(model_path, calibration, bits, default_bits, method,
+                                                       calibration_count)
     lut_bytes = lut.compress_model(int8)
     packed = pack.pack_model(int8)
     round_trip = all(a.equals(b) for a, b in zip(pack.expected_layers(int8), pack.unpack_model(packed)))
 
-    inputs = (verify.quantize_inputs(int8, np.asarray(calibration)[:verify_count]) if calibration is not None
+    inputs = (verify.quantize_inputs(int8, calibration[:verify_count]) if calibration is not None
               else verify.random_inputs(int8, verify_count))
     checks = {"int8": verify.compare(int8, inputs),
               "lut": verify.compare(lut_bytes, inputs, reference_bytes=int8, reference_runtime="tflm")}
