@@ -133,3 +133,28 @@ def test_corrupt_custom_options_are_reported():
     model.subgraphs[0].operators[0].customOptions = np.zeros(5, np.uint8)
     with pytest.raises(ExportError, match="custom options of 5 bytes"):
         pack.unpack_model(tflite_model.write(model))
+
+
+def test_packed_layers_match_tflite_micro_on_edge_shapes():
+    """Odd sizes and channel counts, VALID and SAME padding, strides 2 and (1, 2), a 2x3 kernel, depth
+    multiplier 2 (dilated: the converter wraps it in SPACE_TO_BATCH_ND), ReLU6 / ReLU / none, 1- to 4-bit
+    codes: every decoded layer must reproduce TFLite-Micro."""
+    keras = pytest.importorskip("tf_keras")
+    rng = np.random.default_rng(11)
+    inputs = keras.Input((11, 13, 3))
+    x = keras.layers.Conv2D(5, 3, strides=2, padding="valid", activation="relu6", name="conv_valid")(inputs)
+    x = keras.layers.DepthwiseConv2D(3, depth_multiplier=2, padding="same", dilation_rate=2, activation="relu",
+                                     name="dw_dilated")(x)
+    x = keras.layers.Conv2D(3, (2, 3), strides=(1, 2), padding="same", name="conv_odd")(x)
+    x = keras.layers.Flatten()(x)
+    outputs = keras.layers.Dense(3, name="dense")(x)
+    model = keras.Model(inputs, outputs)
+    for layer in model.layers:
+        if layer.weights:
+            layer.set_weights([rng.normal(0, 0.5, w.shape) for w in layer.get_weights()])
+    images = rng.random((8, 11, 13, 3), dtype=np.float32)
+    result = convert.convert_keras(model, images, {"conv_valid": 1, "dw_dilated": 2, "conv_odd": 3, "dense": 4})
+    packed = pack.pack_model(result.tflite)
+    assert [layer.weight_bits for layer in pack.unpack_model(packed)] == [1, 2, 4, 4]
+    check = verify.check_packed_layers(result.tflite, packed, verify.quantize_inputs(result.tflite, images[:4]))
+    assert check["bit_exact"], check

@@ -28,12 +28,14 @@ _TENSOR_DTYPES = {
 # Ops with a kernel in TFLite-Micro's MicroMutableOpResolver, by builtin name: the resolver method that adds
 # each (used for the generated C sources). Ops outside this table are refused, since firmware cannot run them.
 TFLM_RESOLVER_METHODS = {
-    "ADD": "AddAdd", "AVERAGE_POOL_2D": "AddAveragePool2D", "CONCATENATION": "AddConcatenation",
+    "ADD": "AddAdd", "AVERAGE_POOL_2D": "AddAveragePool2D", "BATCH_TO_SPACE_ND": "AddBatchToSpaceNd",
+    "CONCATENATION": "AddConcatenation",
     "CONV_2D": "AddConv2D", "DEPTHWISE_CONV_2D": "AddDepthwiseConv2D", "DEQUANTIZE": "AddDequantize",
     "FULLY_CONNECTED": "AddFullyConnected", "HARD_SWISH": "AddHardSwish", "LEAKY_RELU": "AddLeakyRelu",
     "LOGISTIC": "AddLogistic", "MAX_POOL_2D": "AddMaxPool2D", "MEAN": "AddMean", "MUL": "AddMul",
     "PAD": "AddPad", "PADV2": "AddPadV2", "QUANTIZE": "AddQuantize", "RELU": "AddRelu", "RELU6": "AddRelu6",
-    "RESHAPE": "AddReshape", "SHAPE": "AddShape", "SOFTMAX": "AddSoftmax", "SQUEEZE": "AddSqueeze",
+    "RESHAPE": "AddReshape", "SHAPE": "AddShape", "SOFTMAX": "AddSoftmax", "SPACE_TO_BATCH_ND": "AddSpaceToBatchNd",
+    "SQUEEZE": "AddSqueeze",
     "STRIDED_SLICE": "AddStridedSlice", "SUB": "AddSub", "TANH": "AddTanh", "TRANSPOSE": "AddTranspose",
 }
 
