@@ -10,7 +10,9 @@ b-bit codes and its TFLite scales are its grid scales. Two ways in:
   converter folds BatchNorm into the kernel (scaling each output channel) and re-quantizes with its own
   max-abs scale, which turns e.g. 2-bit codes {-2,-1,0,1} into int8 values {-127,-64,0,64}. The new scale
   of each channel is the least-squares fit of the codes to the converter's dequantized weights, so it
-  carries the BatchNorm factor; int32 biases are re-expressed in the new scale.
+  carries the BatchNorm factor; int32 biases are re-expressed in the new scale. A channel that a negative
+  BatchNorm gamma flipped gets negated codes, or, when those leave the grid, is re-snapped from the folded
+  weights (counted in ``Conversion.resnapped``, with a warning).
 * :func:`snap_tflite` snaps an existing int8 model (third-party, post-training): each weight tensor is
   dequantized and snapped to the b-bit grid of its op, with the same bias rescaling.
 
