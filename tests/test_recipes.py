@@ -1,0 +1,149 @@
+"""Every training method on a tiny person96 slice: real properties of what it returns (weights on the grid,
+bytes that match the bits, tfmot models that convert), not accuracy."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+
+from qgt_keras import conversion, quantizers, recipes
+from qgt_keras.layers import QUANTIZED_COUNTERPART
+
+
+@pytest.fixture(scope="module")
+def setup():
+    """small_cnn on 64 person96 images at 16x16, one float epoch shared + one epoch per method."""
+    return recipes.build_setup("person_folder", "small_cnn", image_size=16, limit=64, test_limit=64, batch_size=32,
+                               pretrain_epochs=1, finetune_epochs=1, verbose=0)
+
+
+def _kernels(model):
+    """{layer name: (kernel array, channel axes)} of the Conv2D / DepthwiseConv2D / Dense layers."""
+    found = {}
+    for layer in model.layers:
+        counterpart = QUANTIZED_COUNTERPART.get(type(layer))
+        if counterpart is not None:
+            found[layer.name] = (getattr(layer, counterpart.kernel_attribute).numpy(), counterpart.channel_axes)
+    return found
+
+
+def assert_on_grid(result):
+    """Every kernel of the evaluated model lies on its layer's grid: snapping it again changes nothing and
+    each channel uses at most 2^bits distinct values."""
+    kernels = _kernels(result.model)
+    assert set(result.layer_bits) == set(kernels)
+    for name, bits in result.layer_bits.items():
+        kernel, channel_axes = kernels[name]
+        np.testing.assert_allclose(quantizers.snap(kernel, bits, channel_axes=channel_axes).numpy(), kernel,
+                                   rtol=1e-5, atol=1e-7, err_msg=name)
+        columns = quantizers.channels_last_2d(kernel, channel_axes).numpy().T
+        assert max(len(np.unique(column)) for column in columns) <= 2 ** bits, name
+
+
+def assert_bytes_match_bits(result):
+    sizes = {name: kernel.size for name, (kernel, _) in _kernels(result.model).items()}
+    expected = sum(-(-sizes[name] * bits // 8) for name, bits in result.layer_bits.items())
+    assert result.weight_bytes == expected
+
+
+def test_float_counts_four_bytes_per_weight(setup):
+    result = recipes.float_training(setup)
+    assert result.method == "float" and result.layer_bits == {}
+    assert result.weight_bytes == 4 * sum(kernel.size for kernel, _ in _kernels(result.model).values())
+    assert 0.0 <= result.accuracy <= 1.0
+    assert len(result.history["loss"]) == setup.total_epochs
+    assert recipes.float_training(setup) is result  # trained once, reused by PTQ
+
+
+@pytest.mark.parametrize("scale", ["max", "mse"])
+@pytest.mark.parametrize("bits", [2, 4])
+def test_ptq_snaps_the_float_model(setup, bits, scale):
+    result = recipes.ptq(setup, bits, scale)
+    assert result.method == f"ptq_{scale}"
+    assert result.layer_bits == {"conv1": 8, "dw1": bits, "pw1": bits, "dense": 8}  # edge layers at 8 bits
+    assert_on_grid(result)
+    assert_bytes_match_bits(result)
+    assert result.train_seconds == recipes.float_training(setup).train_seconds
+
+
+def test_qat_ste_trains_on_the_grid(setup):
+    result = recipes.qat_ste(setup, 2, overrides={"pw1": 4})
+    assert result.layer_bits == {"conv1": 8, "dw1": 2, "pw1": 4, "dense": 8}
+    assert_on_grid(result)
+    assert_bytes_match_bits(result)
+    gates = [layer.quantize_gate.numpy() for layer in result.qgt_model.layers if hasattr(layer, "quantize_gate")]
+    assert gates and all(gate == 1.0 for gate in gates)
+
+
+def test_qgt_exported_model_computes_what_was_trained(setup):
+    result = recipes.qgt(setup, 2, recipes.QGTSchedule(qgt_epochs=0))
+    assert_on_grid(result)
+    assert_bytes_match_bits(result)
+    assert {"qgt_loss", "qgt_strength", "qgt_error"} <= set(result.history)
+    # After the hard-quantization epoch the QGT model runs on the grid with the re-estimated BN statistics:
+    # the stripped model must give the same outputs.
+    x = setup.data.calibration[0][:16]
+    np.testing.assert_allclose(result.model(x, training=False), result.qgt_model(x, training=False), atol=1e-5)
+
+
+def test_qgt_mixed_fits_the_budget(setup):
+    sizes = recipes.kernel_sizes(setup.pretrained()[0])
+    budget = recipes.weight_bytes(sizes, dict.fromkeys(sizes, 4))
+    result = recipes.qgt_mixed(setup, budget)
+    assert result.method == "qgt_mixed"
+    assert result.weight_bytes <= budget
+    assert set(result.layer_bits.values()) <= {2, 4, 8}
+    assert result.bits == recipes.mean_bits(sizes, result.layer_bits)
+    assert_on_grid(result)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # the TFLite converter's and interpreter's notices
+@pytest.mark.parametrize("bits", [8, 2])
+def test_tfmot_qat_converts(setup, bits):
+    result = recipes.tfmot_qat(setup, bits)
+    assert result.weight_bytes == recipes.weight_bytes(recipes.kernel_sizes(setup.pretrained()[0]),
+                                                       result.layer_bits)
+    assert set(result.layer_bits.values()) == {bits}
+    converter = tf.lite.TFLiteConverter.from_keras_model(result.model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    interpreter = tf.lite.Interpreter(model_content=converter.convert())
+    interpreter.allocate_tensors()
+    assert interpreter.get_output_details()[0]["shape"].tolist() == [1, 2]
+
+
+def test_tfmot_cluster_uses_at_most_2_to_the_bits_values(setup):
+    result = recipes.tfmot_cluster(setup, 2)
+    kernels = _kernels(result.model)
+    clustered = [name for name, bits in result.layer_bits.items() if bits == 2]
+    assert clustered and set(result.layer_bits) == set(kernels)
+    for name, bits in result.layer_bits.items():
+        distinct = len(np.unique(kernels[name][0]))
+        assert distinct <= 4 if bits == 2 else distinct > 4, name  # unclustered kernels count as float
+    sizes = recipes.kernel_sizes(result.model)
+    assert result.weight_bytes == recipes.weight_bytes(sizes, result.layer_bits) + 4 * 4 * len(clustered)
+
+
+def test_dead_channel_guard_prevents_nan(setup):
+    """A channel of 1e-32 weights (as L2 decay leaves them) would get a 1e-32 grid step and NaN QGT
+    gradients; the guard zeroes it and training stays finite."""
+    model, _, _ = setup.pretrained()
+    kernel = model.get_layer("pw1").kernel
+    values = kernel.numpy()
+    values[..., 0] = 1e-32
+    kernel.assign(values)
+    quantized = conversion.quantize_model(model, bits=2, strength=1.0)
+    recipes.compile_model(quantized, 1e-2)
+    history = quantized.fit(setup.data.train, epochs=1, verbose=0, callbacks=[recipes.DeadChannelGuard()])
+    assert np.isfinite(history.history["loss"]).all()
+    assert not quantized.get_layer("pw1").kernel.numpy()[..., 0].any()
+
+
+def test_bad_arguments(setup):
+    with pytest.raises(ValueError, match="float training"):
+        recipes.float_training(setup, bits=2)
+    with pytest.raises(ValueError, match="qgt_epochs"):
+        recipes.qgt(setup, 2, recipes.QGTSchedule(qgt_epochs=5))
+    with pytest.raises(ValueError, match="dataset must be one of"):
+        recipes.load_data("imagenet")
+    with pytest.raises(ValueError, match="lr_schedule"):
+        recipes.Setup(setup.data, setup.build_model, lr_schedule="step")
