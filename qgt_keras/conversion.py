@@ -26,7 +26,9 @@ class QuantizationPolicy:
 
     Bits of a layer, first match wins: ``overrides[layer name]``; ``edge_bits`` for the first and the last
     quantizable layer (None: no special case); ``overrides[layer type name]`` ("Conv2D", "DepthwiseConv2D",
-    "Dense"); ``bits``. Layers named in ``skip`` stay float.
+    "Dense"); ``bits``. Layers named in ``skip`` stay float. ``scale`` is the scale method of the layers'
+    quantizers (hard-quantization phase, snapping), ``regularizer_scale`` the one the QGT term uses at every
+    step (see ``quantizers.estimate_scale``).
     """
 
     bits: int = 2
@@ -35,6 +37,7 @@ class QuantizationPolicy:
     strength: float = DEFAULT_STRENGTH
     outlier_weight: float = 1.0
     scale: str = "mse"
+    regularizer_scale: str = "lloyd"
     skip: tuple = ()
 
     def __post_init__(self):
@@ -43,8 +46,10 @@ class QuantizationPolicy:
             quantizers.check_bits(self.edge_bits, "policy edge_bits")
         for key, value in self.overrides.items():
             quantizers.check_bits(value, f"policy override bits for {key!r}")
-        if self.scale not in quantizers.SCALE_METHODS:
-            raise ValueError(f"policy scale must be one of {quantizers.SCALE_METHODS}, got {self.scale!r}")
+        for name in ("scale", "regularizer_scale"):
+            if getattr(self, name) not in quantizers.SCALE_METHODS:
+                raise ValueError(
+                    f"policy {name} must be one of {quantizers.SCALE_METHODS}, got {getattr(self, name)!r}")
 
     def resolve(self, model):
         """{layer name: bits} for the quantizable layers of ``model`` (checked against the model)."""
@@ -126,7 +131,8 @@ def quantize_model(model, policy=None, **policy_kwargs):
         bits = bits_by_layer[layer.name]
         base = config.get(quantized_class.regularizer_argument)
         config[quantized_class.regularizer_argument] = QGTRegularizer(
-            bits, policy.strength, policy.outlier_weight, policy.scale, quantized_class.channel_axes, base=base)
+            bits, policy.strength, policy.outlier_weight, policy.regularizer_scale, quantized_class.channel_axes,
+            base=base)
         return quantized_class.from_config({**config, "bits": bits, "scale": policy.scale})
 
     quantized = keras.models.clone_model(model, clone_function=clone)

@@ -24,7 +24,11 @@ import tf_keras as keras
 
 from qgt_keras.serialization import register
 
-SCALE_METHODS = ("max", "mse")
+SCALE_METHODS = ("max", "mse", "lloyd")
+# Step of the MSE-optimal uniform quantizer of a unit Gaussian with 2^b levels (Max, 1960): the starting
+# point of the Lloyd iterations, indexed by bits.
+_GAUSSIAN_STEP = {1: 1.596, 2: 0.9957, 3: 0.5860, 4: 0.3352, 5: 0.1881, 6: 0.1041, 7: 0.0569, 8: 0.0308}
+_LLOYD_ITERATIONS = 3
 # Scale of a 1-bit channel that is all zero: binary has no zero level, so make +-s negligible.
 _ZERO_CHANNEL_SCALE_1BIT = 1e-8
 # Uniformly spaced scale candidates (fractions of the clip-free max scale) searched by the MSE method.
@@ -94,6 +98,13 @@ def _squared_error(w2d, scale, bits):
     return tf.reduce_sum(tf.square(w2d - _codes(w2d, scale, bits) * scale), axis=0)
 
 
+def _least_squares_scale(w2d, codes, fallback):
+    """sum(w q) / sum(q^2) per column: the best scale for fixed codes (``fallback`` where it is not > 0)."""
+    code_power = tf.reduce_sum(tf.square(codes), axis=0)
+    scale = tf.reduce_sum(w2d * codes, axis=0) / tf.maximum(code_power, 1.0)
+    return tf.where((code_power > 0) & (scale > 0), scale, fallback)
+
+
 def _least_error(w2d, candidates, bits):
     """The per-column scale among ``candidates`` (K, C) with the smallest squared error."""
     errors = tf.reduce_sum(
@@ -123,20 +134,35 @@ def mse_scale(w2d, bits):
     step = float(_MSE_FRACTIONS[1] - _MSE_FRACTIONS[0])
     around = best + tf.constant(np.linspace(-step, step, 17), tf.float32)[:, None] * clip_free
     best = _least_error(w2d, tf.concat([best[None], tf.maximum(around, 1e-12)], axis=0), bits)
-    codes = _codes(w2d, best, bits)
-    code_power = tf.reduce_sum(tf.square(codes), axis=0)
-    refined = tf.where(code_power > 0, tf.reduce_sum(w2d * codes, axis=0) / tf.maximum(code_power, 1.0), best)
-    refined = tf.where(refined > 0, refined, best)
+    refined = _least_squares_scale(w2d, _codes(w2d, best, bits), best)
     better = _squared_error(w2d, refined, bits) < _squared_error(w2d, best, bits)
     return tf.where(better, refined, best)
 
 
+def lloyd_scale(w2d, bits):
+    """A cheap near-MSE scale for use at every training step: start from the Gaussian-optimal step for the
+    channel's RMS, then alternate nearest codes and the least-squares scale (Lloyd's iteration, which
+    never increases the error) three times; keep the clip-free scale where that is better (fine grids,
+    where the iteration stalls in a local minimum). Within a few percent of the MSE search up to 4 bits."""
+    bits = check_bits(bits)
+    w2d = tf.convert_to_tensor(w2d, tf.float32)
+    if bits == 1:
+        return max_scale(w2d, 1)
+    rms = tf.sqrt(tf.reduce_mean(tf.square(w2d), axis=0))
+    scale = tf.where(rms > 0, rms * _GAUSSIAN_STEP[bits], tf.ones_like(rms))
+    for _ in range(_LLOYD_ITERATIONS):
+        scale = _least_squares_scale(w2d, _codes(w2d, scale, bits), scale)
+    return _least_error(w2d, tf.stack([scale, max_scale(w2d, bits)]), bits)
+
+
 def estimate_scale(w, bits, method="mse", channel_axes=-1):
-    """Per-channel scale of ``w`` for a b-bit grid, by ``method`` ("max" or "mse"); shape (channels,)."""
+    """Per-channel scale of ``w`` for a b-bit grid by ``method``: "max" (clips nothing), "mse" (searched,
+    for snapping and export) or "lloyd" (iterated, cheap enough for every training step); shape (channels,).
+    """
     if method not in SCALE_METHODS:
         raise ValueError(f"scale method must be one of {SCALE_METHODS}, got {method!r}")
     w2d = tf.cast(channels_last_2d(w, channel_axes), tf.float32)
-    return (max_scale if method == "max" else mse_scale)(w2d, bits)
+    return {"max": max_scale, "mse": mse_scale, "lloyd": lloyd_scale}[method](w2d, bits)
 
 
 def quantize(w, bits, method="mse", channel_axes=-1, scale=None):

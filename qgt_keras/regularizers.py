@@ -8,7 +8,7 @@ r_b the largest code magnitude (|qmin|: 1, 2, 4, ... 64, 127), so that R_c = r_b
     D(W) = sum_c sum_i ((w_ci - s_c q_ci) / R_c)^2          distance to the grid, relative to the range
     O(W) = sum_c sum_i relu(|w_ci| / R_c - 1)^2             distance beyond the range, relative to it
 
-with s_c the MSE-optimal scale of the current weights, and s_c and q held constant in the gradient, so
+with s_c the (near) MSE-optimal scale of the current weights, and s_c and q held constant in the gradient, so
 dD/dw_ci = 2 (w_ci - s_c q_ci) / R_c^2.
 
 Why relative to the range: a BatchNorm after the layer makes the loss invariant to rescaling a channel by
@@ -47,13 +47,14 @@ class QGTRegularizer(keras.regularizers.Regularizer):
       bits: grid width, 1..8.
       strength: the multiplier of the term; a callback may change it while training (it is a variable).
       outlier_weight: weight of the beyond-range term O relative to the grid term D.
-      scale: "mse" (default) or "max", how s_c is derived from the weights.
+      scale: how s_c is derived from the weights at every step: "lloyd" (default; near-MSE and cheap),
+        "mse" (searched; more exact, slower) or "max" (clips nothing, so O is always 0).
       channel_axes: the kernel's output-channel axes; -1 for Conv2D/Dense, (2, 3) for DepthwiseConv2D
         (``quantize_model`` sets it for you).
       base: an optional regularizer (e.g. the model's own L2) added to the QGT term.
     """
 
-    def __init__(self, bits=2, strength=DEFAULT_STRENGTH, outlier_weight=1.0, scale="mse", channel_axes=-1,
+    def __init__(self, bits=2, strength=DEFAULT_STRENGTH, outlier_weight=1.0, scale="lloyd", channel_axes=-1,
                  base=None):
         self.bits = quantizers.check_bits(bits)
         if strength < 0 or outlier_weight < 0:

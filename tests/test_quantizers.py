@@ -56,6 +56,17 @@ def test_mse_scale_is_near_the_brute_force_optimum(bits):
 
 
 @pytest.mark.parametrize("bits", range(1, 9))
+def test_lloyd_scale_is_near_the_mse_scale_on_bell_shaped_channels(bits):
+    w2d = np.random.default_rng(20 + bits).normal(size=(500, 8)).astype(np.float32)
+    lloyd = reference_error(w2d, quantizers.lloyd_scale(w2d, bits).numpy(), bits)
+    mse = reference_error(w2d, quantizers.mse_scale(w2d, bits).numpy(), bits)
+    clip_free = reference_error(w2d, quantizers.max_scale(w2d, bits).numpy(), bits)
+    assert np.all(lloyd <= clip_free * (1 + 1e-6))
+    if bits <= 4:
+        assert np.all(lloyd <= mse * 1.05)
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
 @pytest.mark.parametrize("method", quantizers.SCALE_METHODS)
 def test_snapping_is_idempotent(bits, method):
     w = np.random.default_rng(bits).normal(size=(3, 3, 4, 6)).astype(np.float32)

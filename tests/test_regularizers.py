@@ -33,16 +33,17 @@ def test_value_and_gradient_match_numpy(bits):
                                atol=1e-4 * np.abs(expected_gradient).max())  # float32 vs float64 steps
 
 
-def test_mse_scale_term_uses_the_grid_scale():
+@pytest.mark.parametrize("method", ["mse", "lloyd"])
+def test_term_uses_the_grid_scale(method):
     w = np.random.default_rng(0).normal(size=(3, 3, 4, 5)).astype(np.float32)
-    grid, outlier = QGTRegularizer(2).terms(w)
-    codes, scale = quantizers.quantize(w, 2)
+    grid, outlier = QGTRegularizer(2, scale=method).terms(w)
+    codes, scale = quantizers.quantize(w, 2, method)
     steps = w.reshape(-1, 5) / scale.numpy()
     expected = ((steps - codes.numpy().reshape(-1, 5)) ** 2).sum() / 2 ** 2  # the 2-bit range is 2 steps
     np.testing.assert_allclose(float(grid), expected, rtol=1e-4)
     assert float(outlier) >= 0
     on_grid = quantizers.snap(w, 2).numpy()
-    assert float(QGTRegularizer(2)(on_grid)) == pytest.approx(0, abs=1e-6)
+    assert float(QGTRegularizer(2, scale=method)(on_grid)) == pytest.approx(0, abs=1e-6)
 
 
 def test_outlier_term_only_counts_weights_beyond_the_range():
