@@ -7,6 +7,7 @@ and compile/fit the result with their own code.
 import contextlib
 import dataclasses
 
+import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
@@ -122,9 +123,12 @@ def quantize_model(model, policy=None, **policy_kwargs):
     elif policy_kwargs:
         raise ValueError("pass either a policy or policy fields, not both")
     bits_by_layer = policy.resolve(model)
+    norms = _batchnorm_after(model, bits_by_layer)
 
     def clone(layer):
         config = layer.get_config()
+        if layer.name in norms.values():
+            config["gamma_constraint"] = keras.constraints.serialize(keras.constraints.NonNeg())
         if layer.name not in bits_by_layer:
             return layer.__class__.from_config(config)
         quantized_class = QUANTIZED_COUNTERPART[type(layer)]
@@ -142,7 +146,41 @@ def quantize_model(model, policy=None, **policy_kwargs):
         if isinstance(copy, QUANTIZED_LAYERS):
             weights.append(0.0)  # the quantize gate: start in the QGT phase
         copy.set_weights(weights)
+    for layer_name, norm_name in norms.items():
+        _make_gamma_nonnegative(quantized.get_layer(layer_name), quantized.get_layer(norm_name))
     return quantized
+
+
+def _batchnorm_after(model, layer_names):
+    """{layer: the BatchNormalization that is its only consumer} for the named layers.
+
+    Folding BatchNorm multiplies each output channel of the kernel by gamma / sigma: a negative gamma
+    mirrors the channel's codes, and the mirror of a two's complement grid ({-2..1} -> {-1..2}) is not the
+    grid. quantize_model therefore makes these gammas non-negative (flipping the channel instead, which is
+    exact) and constrains them to stay so."""
+    pairs = {}
+    for name in layer_names:
+        nodes = model.get_layer(name).outbound_nodes
+        consumer = nodes[0].layer if len(nodes) == 1 else None
+        if (isinstance(consumer, keras.layers.BatchNormalization) and consumer.scale
+                and list(consumer.axis) == [len(consumer.input_shape) - 1]):
+            pairs[name] = consumer.name
+    return pairs
+
+
+def _make_gamma_nonnegative(layer, norm):
+    """Flips the sign of every channel whose gamma is negative in the kernel, bias, gamma and moving mean:
+    gamma (x - mean) = |gamma| (-x - (-mean)), so the model computes exactly the same."""
+    gamma, beta, moving_mean, moving_variance = norm.get_weights()
+    sign = np.where(gamma < 0, -1.0, 1.0).astype(gamma.dtype)
+    if np.all(sign > 0):
+        return
+    kernel = getattr(layer, layer.kernel_attribute)
+    flipped = quantizers.channels_last_2d(kernel, layer.channel_axes) * sign
+    kernel.assign(tf.reshape(flipped, kernel.shape))
+    if layer.use_bias:
+        layer.bias.assign(layer.bias * sign)
+    norm.set_weights([gamma * sign, beta, moving_mean * sign, moving_variance])
 
 
 def set_hard_quantization(model, enabled=True):

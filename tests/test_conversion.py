@@ -168,3 +168,24 @@ def test_recalibrate_batchnorm_averages_the_batch_statistics(toy_images):
 def test_recalibrate_batchnorm_needs_data():
     with pytest.raises(ValueError, match="yielded no batch"):
         conversion.recalibrate_batchnorm(small_cnn(), [])
+
+
+def test_negative_batchnorm_gammas_become_flipped_channels(toy_images):
+    x, y = toy_images
+    model = small_cnn()
+    for name in ("conv1_bn", "dw1_bn"):
+        norm = model.get_layer(name)
+        gamma, beta, mean, variance = norm.get_weights()
+        gamma[::2] = -0.5
+        mean[:] = np.linspace(-1, 1, len(mean))
+        norm.set_weights([gamma, beta, mean, variance])
+    quantized = quantize_model(model, bits=2)
+    np.testing.assert_allclose(quantized.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+    for name in ("conv1_bn", "dw1_bn", "pw1_bn"):
+        norm = quantized.get_layer(name)
+        assert np.all(norm.gamma.numpy() >= 0) and isinstance(norm.gamma_constraint, keras.constraints.NonNeg)
+    original = model.get_layer("dw1").depthwise_kernel.numpy()[..., ::2, :]
+    np.testing.assert_allclose(quantized.get_layer("dw1").depthwise_kernel.numpy()[..., ::2, :], -original)
+    quantized.compile(keras.optimizers.SGD(10.0), "sparse_categorical_crossentropy")
+    quantized.fit(x, y, epochs=1, verbose=0)
+    assert all(np.all(quantized.get_layer(name).gamma.numpy() >= 0) for name in ("conv1_bn", "dw1_bn"))
