@@ -1,12 +1,14 @@
-"""The main job on the bundled data: QGT training of a MobileNetV1-0.25 on person96, the bottleneck report.
+"""The main job on the bundled data: QGT training of a MobileNetV1-0.25 on person96, the bottleneck report,
+the export to TFLite-Micro (int8, LUT and bit-packed variants, C sources) and its size report.
 
     qgt-quickstart [--out_dir runs/quickstart] [--epochs 8] [--bits 2] [--image_size 48]
 
 Trains the same network twice from the same initialization, once plainly and once with QGT (one float
 epoch, then the QGT strength ramps up), with the default policy (first and last layer at 8 bits, the rest
 at ``--bits``). Snaps both to their grids, re-estimates the BatchNorm statistics, and prints the test
-accuracy of each before and after; prints the bottleneck report of the QGT model. Writes the QGT model
-(.keras), its history, the report (JSON, markdown) and the accuracies to ``--out_dir``.
+accuracy of each before and after; prints the bottleneck report of the QGT model; exports it with
+``tflm_export`` (verified bit-exact in the TFLite-Micro runtime) and prints the size report. Writes the QGT
+model (.keras), its history, the report (JSON, markdown), the accuracies and ``export/`` to ``--out_dir``.
 """
 
 import json
@@ -22,6 +24,7 @@ from absl import app, flags  # noqa: E402
 
 from qgt_keras import conversion, datasets, models, report  # noqa: E402
 from qgt_keras.callbacks import QGTMonitor, QGTScheduler  # noqa: E402
+from tflm_export import export  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out_dir", "runs/quickstart", "Where the model, history and report go.")
@@ -68,14 +71,14 @@ def main(argv):
     plain = models.mobilenet_v1(size + (3,), alpha=0.25, bn_momentum=0.9)
     qgt = conversion.quantize_model(plain, bits=FLAGS.bits)  # same initial weights
 
-    print(f"\n[1/3] plain training, {FLAGS.epochs} epochs")
+    print(f"\n[1/4] plain training, {FLAGS.epochs} epochs")
     plain.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
     started = time.time()
     plain.fit(train, epochs=FLAGS.epochs, verbose=2)
     plain_seconds = time.time() - started
 
     ramp_epochs = max(1, FLAGS.epochs - 1 - FLAGS.hard_epochs)
-    print(f"\n[2/3] QGT training, {FLAGS.epochs} epochs: 1 float, {ramp_epochs} with the strength ramping to "
+    print(f"\n[2/4] QGT training, {FLAGS.epochs} epochs: 1 float, {ramp_epochs} with the strength ramping to "
           f"{FLAGS.strength}, {FLAGS.hard_epochs} hard-quantized")
     qgt.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
     schedule = QGTScheduler(FLAGS.strength / 100, FLAGS.strength, warmup_steps=steps, ramp_steps=ramp_epochs * steps,
@@ -84,7 +87,7 @@ def main(argv):
     history = qgt.fit(train, epochs=FLAGS.epochs, verbose=2, callbacks=[schedule, QGTMonitor()])
     qgt_seconds = time.time() - started
 
-    print(f"\n[3/3] bottleneck report of the QGT model, then {FLAGS.bits}-bit snapping")
+    print(f"\n[3/4] bottleneck report of the QGT model, then {FLAGS.bits}-bit snapping")
     bottlenecks = report.summary(qgt, (x_test, y_test))
     plain_float = _accuracy(plain, x_test, y_test)
     plain = conversion.quantize_model(plain, bits=FLAGS.bits)
@@ -108,7 +111,12 @@ def main(argv):
     print(f"\ntest accuracy        float    {FLAGS.bits}-bit snapped (+ BatchNorm re-estimated)")
     print(f"plain training       {100 * plain_float:5.1f}%   {100 * plain_snapped:5.1f}%")
     print(f"QGT training         {100 * qgt_float:5.1f}%   {100 * qgt_snapped:5.1f}%")
-    print(f"\nwrote {out_dir}/: qgt_model.keras, history.json, report.json, report.md, results.json")
+
+    print("\n[4/4] export to TFLite-Micro")
+    size_report = export.export(str(out_dir / "qgt_model.keras"), str(out_dir / "export"),
+                                calibration=str(root / "test"), name="person_qgt")
+    print(export.markdown_report(size_report))
+    print(f"wrote {out_dir}/: qgt_model.keras, history.json, report.json, report.md, results.json, export/")
 
 
 def run():
