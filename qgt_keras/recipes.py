@@ -2,7 +2,8 @@
 clustering, QGT and QGT with automatic mixed precision. One harness, used by ``qgt-train``, the benchmark and
 the notebook.
 
-Every method has the signature ``method(setup, bits, **options) -> RecipeResult`` and the same training budget:
+Every method has the signature ``method(setup, bits, **options) -> RecipeResult`` (``qgt_mixed`` takes a byte
+budget instead of bits) and the same training budget:
 
 * a shared float pre-training phase of ``setup.pretrain_epochs`` (trained once per setup and reused; each
   method's ``train_seconds`` includes its time), then
@@ -219,7 +220,7 @@ class DeadChannelGuard(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         kernels = [(entry.kernel, entry.channel_axes) for entry in quantized_kernels(self.model)]
 
-        @tf.function
+        @tf.function(autograph=False)  # a Python loop over the kernels; nothing to convert
         def zero_dead():
             for kernel, channel_axes in kernels:
                 magnitude = tf.reduce_max(tf.abs(quantizers.channels_last_2d(kernel, channel_axes)), axis=0)
