@@ -37,6 +37,8 @@ from qgt_keras.serialization import register
 # Pulls a lone 2-bit Dense layer's relative quantization error down >10x on a toy regression in ~600 Adam
 # steps (tests/test_regularizers.py); in a CNN, ramp up to it with callbacks.QGTScheduler.
 DEFAULT_STRENGTH = 5.0
+# Channels whose range is below this fraction of the layer's largest are dead and left out of the term.
+_DEAD_CHANNEL_FRACTION = 1e-6
 
 
 @register
@@ -82,9 +84,12 @@ class QGTRegularizer(keras.regularizers.Regularizer):
         scale = tf.stop_gradient(quantizers.estimate_scale(w2d, self.bits, self.scale, channel_axes=-1))
         reach = float(-quantizers.code_range(self.bits)[0])
         codes = tf.stop_gradient(quantizers.quantize(w2d, self.bits, scale=scale)[0])
-        # Distances in units of the channel's range r_b * s_c (see the module docstring).
-        position = w2d / (scale * reach)
-        grid = tf.reduce_sum(tf.square(position - codes / reach))
+        # Distances in units of the channel's range r_b * s_c (see the module docstring). A dead channel
+        # (weights decayed to ~1e-30) would divide by ~0: it is already on any grid, so it is left out.
+        channel_range = scale * reach
+        live = channel_range > _DEAD_CHANNEL_FRACTION * tf.reduce_max(channel_range)
+        position = tf.where(live, w2d / tf.where(live, channel_range, 1.0), 0.0)
+        grid = tf.reduce_sum(tf.square(position - tf.where(live, codes / reach, 0.0)))
         outlier = tf.reduce_sum(tf.square(tf.nn.relu(tf.abs(position) - 1.0)))
         return grid, outlier
 

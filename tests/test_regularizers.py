@@ -54,6 +54,20 @@ def test_outlier_term_only_counts_weights_beyond_the_range():
     assert float(outlier) > 0
 
 
+def test_dead_channels_are_left_out_instead_of_dividing_by_zero():
+    w = np.random.default_rng(5).normal(size=(9, 4)).astype(np.float32)
+    w[:, 1] *= 1e-32
+    w[:, 3] = 0
+    variable = tf.Variable(w)
+    with tf.GradientTape() as tape:
+        value = QGTRegularizer(2)(variable)
+    gradient = tape.gradient(value, variable).numpy()
+    assert np.isfinite(float(value)) and np.all(np.isfinite(gradient))
+    assert np.abs(gradient[:, [1, 3]]).max() < 1e-20
+    live = QGTRegularizer(2)(w[:, [0, 2]])
+    assert float(value) == pytest.approx(float(live), rel=1e-5)
+
+
 def test_an_8bit_grid_pulls_far_less_than_a_2bit_grid():
     w = np.random.default_rng(4).normal(size=(64, 8)).astype(np.float32)
     assert float(QGTRegularizer(8)(w)) < float(QGTRegularizer(2)(w)) / 1000
