@@ -217,6 +217,9 @@ def allocate_bits(model, budget_bytes, validation_data, candidates=(8, 4, 2), lo
     candidates = sorted({quantizers.check_bits(b, "candidate bits") for b in candidates}, reverse=True)
     entries = _kernels(model, QuantizationPolicy(bits=candidates[0], edge_bits=None))
     if layers is not None:
+        unknown = sorted(set(layers) - {entry.name for entry in entries})
+        if unknown:
+            raise ValueError(f"allocate_bits: {unknown} are not quantizable layers of model {model.name!r}")
         entries = [entry for entry in entries if entry.name in layers]
     sizes = {entry.name: int(np.prod(entry.kernel.shape)) for entry in entries}
     smallest = sum(packed_bytes(n, candidates[-1]) for n in sizes.values())

@@ -82,6 +82,14 @@ def test_allocate_bits_prefers_robust_layers(trained, toy_images):
     assert lowered and max(sensitivity, key=sensitivity.get) not in lowered
 
 
+def test_allocate_bits_for_some_layers_only(trained, toy_images):
+    allocation = report.allocate_bits(trained, 60, toy_images, candidates=(8, 2), layers=["dw1", "dense"])
+    assert set(allocation) == {"dw1", "dense"}
+    assert report.packed_bytes(72, allocation["dw1"]) + report.packed_bytes(32, allocation["dense"]) <= 60
+    with pytest.raises(ValueError, match=r"\['conv1_bn'\] are not quantizable layers"):
+        report.allocate_bits(trained, 60, toy_images, layers=["dw1", "conv1_bn"])
+
+
 def test_allocate_bits_with_an_impossible_budget(trained, toy_images):
     with pytest.raises(ValueError, match="budget of 10 B is below the smallest reachable size, 112 B"):
         report.allocate_bits(trained, 10, toy_images)
