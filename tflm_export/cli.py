@@ -15,20 +15,27 @@ from absl import app, flags, logging  # noqa: E402
 import numpy as np  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", None, "Keras model (.keras, .h5) or int8 .tflite to export.")
-flags.DEFINE_string("out", None, "Output folder.")
-flags.DEFINE_list("bits", [], "Per-layer bits, NAME=BITS: Keras layer names; for a .tflite, weight tensor "
-                  "names or op indices.")
-flags.DEFINE_integer("default_bits", 8, "Bits of layers not listed in --bits (1..8).")
-flags.DEFINE_string("calibration", None, "Keras models: calibration and verification inputs, either float "
-                    "samples (.npy, first axis = samples, preprocessed as the model expects) or an image folder "
-                    "with one subfolder per class (read as qgt_keras.datasets does: [0, 1], resized, grayscale "
-                    "for 1-channel models).")
-flags.DEFINE_integer("calibration_count", 200, "Use at most this many calibration samples.")
-flags.DEFINE_integer("verify_count", 16, "Inputs run through TFLite and TFLite-Micro for the bit-exactness check.")
-flags.DEFINE_enum("scale", "mse", ["mse", "max"], "Scale search when snapping weights.")
-flags.DEFINE_string("name", None, "Model name for files and C identifiers (default: the model file name).")
-flags.mark_flags_as_required(["model", "out"])
+
+
+def _define_flags():
+    """Defines the flags when the command runs, not at import: tests and other CLIs (qgt-train also has a
+    --model flag) import this module in the same process."""
+    flags.DEFINE_string("model", None, "Keras model (.keras, .h5) or int8 .tflite to export.")
+    flags.DEFINE_string("out", None, "Output folder.")
+    flags.DEFINE_list("bits", [], "Per-layer bits, NAME=BITS: Keras layer names; for a .tflite, weight "
+                      "tensor names or op indices.")
+    flags.DEFINE_integer("default_bits", 8, "Bits of layers not listed in --bits (1..8).")
+    flags.DEFINE_string("calibration", None, "Keras models: calibration and verification inputs, either "
+                        "float samples (.npy, first axis = samples, preprocessed as the model expects) or an "
+                        "image folder with one subfolder per class (read as qgt_keras.datasets does: [0, 1], "
+                        "resized, grayscale for 1-channel models).")
+    flags.DEFINE_integer("calibration_count", 200, "Use at most this many calibration samples.")
+    flags.DEFINE_integer("verify_count", 16,
+                         "Inputs run through TFLite and TFLite-Micro for the bit-exactness check.")
+    flags.DEFINE_enum("scale", "mse", ["mse", "max"], "Scale search when snapping weights.")
+    flags.DEFINE_string("name", None,
+                        "Model name for files and C identifiers (default: the model file name).")
+    flags.mark_flags_as_required(["model", "out"])
 
 
 def parse_bits(entries):
@@ -61,6 +68,7 @@ def main(argv):
 
 def run():
     """Console-script entry point (qgt-export)."""
+    _define_flags()
     app.run(main)
 
 
