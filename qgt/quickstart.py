@@ -106,7 +106,8 @@ def main(argv):
     qgt_snapped = _accuracy(qgt, x_test, y_test)
     results = {
         "bits": FLAGS.bits,
-        "plain": {"float_accuracy": plain_float, "snapped_accuracy": plain_snapped, "train_seconds": plain_seconds},
+        "plain": {"float_accuracy": plain_float, "snapped_accuracy": plain_snapped,
+                  "train_seconds": plain_seconds},
         "qgt": {"float_accuracy": qgt_float, "snapped_accuracy": qgt_snapped, "train_seconds": qgt_seconds},
         "packed_weight_bytes": bottlenecks.packed_bytes,
         "float_weight_bytes": bottlenecks.float_bytes,
