@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tf_keras as keras
 
-from tflm_export import convert, files, tflite_model
+from tflm_export import convert, files, pack, tflite_model
 from tflm_export.tflite_model import CorruptModelError, UnsupportedOpsError
 
 TINY_BITS = {"conv1": 2, "dw1": 3, "pw1": 1, "dense": 4}
@@ -76,6 +76,13 @@ def converted_tiny():
         model = tiny_model()
         _converted["tiny"] = model, convert.convert_keras(model, calibration_images(), TINY_BITS)
     return _converted["tiny"]
+
+
+def rounded_tiny():
+    """The int8 model of :func:`converted_tiny` with its parameters on the packed format's version-2 grids."""
+    if "rounded" not in _converted:
+        _converted["rounded"] = pack.round_parameters(converted_tiny()[1].tflite)
+    return _converted["rounded"]
 
 
 def with_op_renamed(model_bytes, op_index, custom_code):

@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from test_tflm_export_common import (TINY_BITS, calibration_images, converted_tiny, repo_root, tiny_model,
-                                     with_op_renamed)
+from test_tflm_export_common import (TINY_BITS, calibration_images, converted_tiny, repo_root, rounded_tiny,
+                                     tiny_model, with_op_renamed)
 from tflm_export import c_source, cli, export, lut, pack, tflite_model, verify
 from tflm_export.tflite_model import CorruptModelError, ExportError, UnsupportedOpsError
 
@@ -27,7 +27,7 @@ def test_lut_variant_is_bit_exact_with_the_int8_model_in_tflite_micro():
 def test_size_breakdown_adds_up_and_shrinks():
     _, conversion = converted_tiny()
     sizes = {name: verify.size_breakdown(data) for name, data in
-             (("int8", conversion.tflite), ("packed", pack.pack_model(conversion.tflite)))}
+             (("int8", conversion.tflite), ("packed", pack.pack_model(rounded_tiny())))}
     for size in sizes.values():
         assert size["weight_bytes"] + size["param_bytes"] + size["graph_bytes"] == size["file_bytes"]
     weights = sum(np.prod(tiny_model().get_layer(name).weights[0].shape) for name in TINY_BITS)
@@ -98,7 +98,7 @@ def test_generated_c_compiles_and_describes_the_model(tmp_path, variant):
         pytest.skip("host g++ not installed")
     _, conversion = converted_tiny()
     data = {"int8": conversion.tflite, "lut": lut.compress_model(conversion.tflite),
-            "packed": pack.pack_model(conversion.tflite)}[variant]
+            "packed": pack.pack_model(rounded_tiny())}[variant]
     output = _compile_and_run("g++", str(tmp_path), data, f"tiny {variant}")
     model = tflite_model.read(data)
     distinct = list(dict.fromkeys(tflite_model.op_names(model)))
@@ -112,7 +112,7 @@ def test_generated_c_compiles_and_describes_the_model(tmp_path, variant):
 def test_generated_c_cross_compiles_for_cortex_m(tmp_path):
     if shutil.which("arm-none-eabi-g++") is None:
         pytest.skip("arm-none-eabi-g++ not installed (apt package gcc-arm-none-eabi + libstdc++-arm-none-eabi-dev)")
-    _compile_and_run("arm-none-eabi-g++", str(tmp_path), pack.pack_model(converted_tiny()[1].tflite), "tiny",
+    _compile_and_run("arm-none-eabi-g++", str(tmp_path), pack.pack_model(rounded_tiny()), "tiny",
                      run=False)
     assert (tmp_path / "model_data.o").exists() and (tmp_path / "main.o").exists()
 

@@ -3,10 +3,14 @@
 :func:`pack_model` turns an int8 .tflite (from :mod:`tflm_export.convert`) into the packed variant: every
 CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED op becomes the custom op QGT_CONV_2D,
 QGT_DEPTHWISE_CONV_2D or QGT_FULLY_CONNECTED with one constant input, a blob of per-channel parameters
-(int32 multiplier, bias, shift) followed by the bit-packed codes. The float scales and int64 zero points of
-weight and bias tensors are dropped, and with them the bias tensors. :func:`unpack_model` is the decoder;
-:func:`expected_layers` computes what it must return from the int8 model, so a round trip can be checked.
-docs/FORMAT.md is the specification; keep the two in step.
+followed by the bit-packed codes. Version 2 (the default) stores per channel a bias of 1 byte where it can
+and a 1-byte code of the weight scale on a fixed log grid; the kernel computes the multipliers in Prepare.
+It needs an int8 model whose parameters lie on those grids: :func:`round_parameters` puts them there (a
+small, measured change of the model, so that int8, LUT and packed variants still compute the same thing).
+Version 1 stores int32 multiplier, bias and shift and packs any int8 model unchanged. The float scales and
+int64 zero points of weight and bias tensors are dropped, and with them the bias tensors.
+:func:`unpack_model` is the decoder; :func:`expected_layers` computes what it must return from the int8
+model, so a round trip can be checked. docs/FORMAT.md is the specification; keep the two in step.
 """
 
 import dataclasses
@@ -19,15 +23,23 @@ from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as sch
 from tflm_export import convert, tflite_model
 from tflm_export.tflite_model import ExportError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+FORMAT_VERSIONS = (1, 2)
 CUSTOM_CODES = {"CONV_2D": "QGT_CONV_2D", "DEPTHWISE_CONV_2D": "QGT_DEPTHWISE_CONV_2D",
                 "FULLY_CONNECTED": "QGT_FULLY_CONNECTED"}
 BUILTIN_OF_CUSTOM = {custom: builtin for builtin, custom in CUSTOM_CODES.items()}
 STORAGE_WIDTHS = (1, 2, 4, 8)
-# version, weight_bits, bias_bytes, activation, padding, flags, stride w/h, dilation w/h, depth multiplier,
-# filter shape (4 dims, TFLite layout). Little-endian, 24 bytes.
-OPTIONS_FORMAT = "<6B5H4H"
-OPTIONS_BYTES = struct.calcsize(OPTIONS_FORMAT)
+# version, weight_bits, bias_bytes, activation, padding, flags, [version 2: bias_shift, scale_exponent,]
+# stride w/h, dilation w/h, depth multiplier, filter shape (4 dims, TFLite layout). Little-endian.
+OPTIONS_FORMATS = {1: "<6B5H4H", 2: "<6BBb5H4H"}
+OPTIONS_BYTES = {version: struct.calcsize(fmt) for version, fmt in OPTIONS_FORMATS.items()}
+BIAS_WIDTHS = (1, 2, 4)
+# Version 2 weight scales: SCALE_MANTISSAS[code % 32] * 2^(scale_exponent + code // 32), 8 octaves per layer.
+SCALE_STEPS_PER_OCTAVE = 32
+SCALE_CODES = 256
+SCALE_MANTISSAS = np.array([2.0 ** (k / SCALE_STEPS_PER_OCTAVE) for k in range(SCALE_STEPS_PER_OCTAVE)],
+                           np.float32)  # the float32 nearest to 2^(k/32); a kernel holds this table
+_MAX_BIAS_SHIFT = 31
 _FLAG_KEEP_NUM_DIMS = 1
 _UINT16_MAX = 0xFFFF
 
@@ -101,6 +113,88 @@ def quantize_multiplier(real_multiplier):
     return fixed, shift
 
 
+def grid_scales(codes, exponent):
+    """float32 weight scales of version-2 scale ``codes`` (0..255) in a layer with ``scale_exponent``."""
+    codes = np.asarray(codes, np.int64)
+    return np.ldexp(SCALE_MANTISSAS[codes % SCALE_STEPS_PER_OCTAVE],
+                    exponent + codes // SCALE_STEPS_PER_OCTAVE).astype(np.float32)
+
+
+def scale_codes(scales):
+    """(scale_exponent, codes): the nearest version-2 grid scales of positive ``scales``.
+
+    The top octave holds the largest scale; a scale more than 8 octaves below it gets code 0 (the scale
+    moves up to the grid's bottom, see docs/FORMAT.md).
+    """
+    steps = np.log2(np.asarray(scales, np.float64)) * SCALE_STEPS_PER_OCTAVE
+    exponent = int(np.floor(np.round(steps.max()) / SCALE_STEPS_PER_OCTAVE)) - (
+        SCALE_CODES // SCALE_STEPS_PER_OCTAVE - 1)
+    codes = np.clip(np.round(steps) - exponent * SCALE_STEPS_PER_OCTAVE, 0, SCALE_CODES - 1).astype(np.int64)
+    # log rounding can miss the float32 neighbour that is nearer; take the nearer of the two candidates
+    for other in (np.maximum(codes - 1, 0), np.minimum(codes + 1, SCALE_CODES - 1)):
+        nearer = (np.abs(grid_scales(other, exponent) - scales) < np.abs(grid_scales(codes, exponent) - scales))
+        codes = np.where(nearer, other, codes)
+    return exponent, codes
+
+
+def bias_quantum(codes, bias_shift):
+    """Version 2: a channel's stored bias counts units of 2^max(0, bias_shift - octave of its scale code).
+
+    Tying the unit to the scale's octave keeps the bias rounding near the same fraction of an output step on
+    every channel (one output step is 1 / (input_scale * weight_scale / output_scale) accumulator units).
+    """
+    return np.left_shift(1, np.maximum(0, bias_shift - np.asarray(codes, np.int64) // SCALE_STEPS_PER_OCTAVE))
+
+
+def bias_encoding(bias, codes):
+    """(bias_bytes, bias_shift) of the narrowest version-2 encoding that holds ``bias`` exactly.
+
+    Falls back to wider biases (2, then 4 bytes) where 1 byte cannot hold the values; 4 bytes with shift 0
+    holds every int32.
+    """
+    bias = np.asarray(bias, np.int64)
+    if bias.size and (bias.min() < -(2 ** 31) or bias.max() >= 2 ** 31):
+        raise ExportError("bias does not fit int32")
+    for width in BIAS_WIDTHS[:-1]:
+        limit = 2 ** (8 * width - 1)
+        for shift in range(_MAX_BIAS_SHIFT + 1):
+            quantum = bias_quantum(codes, shift)
+            if np.all(bias % quantum == 0) and np.all((-limit <= bias // quantum) & (bias // quantum < limit)):
+                return width, shift
+    return BIAS_WIDTHS[-1], 0
+
+
+def round_parameters(int8_tflite):
+    """Moves every weight scale of an int8 .tflite onto the version-2 log grid and rounds every bias to one
+    byte (see :func:`bias_quantum`); returns the new .tflite bytes, which pack with 1-byte biases.
+
+    Codes stay; each bias is first re-expressed in its channel's new scale (as in
+    :func:`tflm_export.convert.snap_tflite`), then rounded to the coarsest unit its layer needs to fit int8.
+    This changes the model slightly (scales by at most 1.1 %, biases by about an output step at most):
+    docs/FORMAT.md has the measured accuracy cost.
+    """
+    model = tflite_model.read(int8_tflite)
+    for op in convert.weight_ops(model):
+        weights = tflite_model.tensor_array(model, op.weights)
+        axis = convert._channel_axis(op)
+        old_scales = np.broadcast_to(convert._scales(model, op.weights)[0], (weights.shape[axis],))
+        exponent, codes = scale_codes(old_scales)
+        convert._rewrite(model, op, convert._channels_last(weights, axis), grid_scales(codes, exponent).astype(
+            np.float64), old_scales)
+        if op.bias < 0:
+            continue
+        bias = tflite_model.tensor_array(model, op.bias).astype(np.int64)
+        for shift in range(_MAX_BIAS_SHIFT + 1):
+            quantum = bias_quantum(codes, shift)
+            units = np.floor(bias / quantum + 0.5).astype(np.int64)
+            if units.min() >= -128 and units.max() <= 127:
+                break
+        if np.any(np.abs(units * quantum) > 2 ** 31 - 1):
+            raise ExportError(f"bias {tflite_model.tensor_name(model, op.bias)!r} overflows int32 when rounded")
+        tflite_model.set_tensor_data(model, op.bias, (units * quantum).astype(np.int32))
+    return tflite_model.write(model)
+
+
 @dataclasses.dataclass
 class PackedLayer:
     """One conv / depthwise / fully connected layer as the packed format describes it."""
@@ -147,6 +241,18 @@ def _bias_bytes(bias):
     raise ExportError("bias does not fit int32")
 
 
+def _weight_scales(model, op, channels):
+    return np.broadcast_to(convert._scales(model, op.weights)[0].astype(np.float32), (channels,))
+
+
+def _multipliers(model, input_tensor, output_tensor, weight_scales):
+    """(int32 multipliers, int8 shifts) per channel, computed as TFLite-Micro's Prepare does (in double)."""
+    input_scale = float(np.float32(convert._scales(model, input_tensor)[0][0]))
+    output_scale = float(np.float32(convert._scales(model, output_tensor)[0][0]))
+    pairs = [quantize_multiplier(input_scale * float(s) / output_scale) for s in weight_scales]
+    return np.array([m for m, _ in pairs], np.int32), np.array([s for _, s in pairs], np.int8)
+
+
 def expected_layers(int8_tflite):
     """The :class:`PackedLayer` of every weight op of an int8 model (what the packed model must hold)."""
     model = tflite_model.read(int8_tflite)
@@ -156,32 +262,56 @@ def expected_layers(int8_tflite):
         if codes.dtype != np.int8:
             raise ExportError(f"weight tensor {tflite_model.tensor_name(model, op.weights)!r} is not int8")
         channels = codes.shape[convert._channel_axis(op)]
-        weight_scales = np.broadcast_to(convert._scales(model, op.weights)[0].astype(np.float32), (channels,))
-        input_scale = float(np.float32(convert._scales(model, op.input)[0][0]))
-        output_scale = float(np.float32(convert._scales(model, op.output)[0][0]))
-        pairs = [quantize_multiplier(input_scale * float(s) / output_scale) for s in weight_scales]
+        multiplier, shift = _multipliers(model, op.input, op.output, _weight_scales(model, op, channels))
         bias = (tflite_model.tensor_array(model, op.bias).astype(np.int32) if op.bias >= 0
                 else np.zeros(channels, np.int32))
-        layers.append(PackedLayer(
-            op.op_index, op.kind, storage_bits(codes), codes,
-            np.array([m for m, _ in pairs], np.int32), bias, np.array([s for _, s in pairs], np.int8),
-            _options(model, op, op.kind, codes)))
+        layers.append(PackedLayer(op.op_index, op.kind, storage_bits(codes), codes, multiplier, bias, shift,
+                                  _options(model, op, op.kind, codes)))
     return layers
 
 
-def _encode_options(layer, bias_bytes):
+@dataclasses.dataclass
+class _Encoding:
+    """How a layer's parameters are stored; bias_shift, scale_exponent and scale_codes are version 2's."""
+    version: int
+    bias_bytes: int
+    bias_shift: int = 0
+    scale_exponent: int = 0
+    scale_codes: np.ndarray = None
+
+
+def _encoding(model, op, layer, version):
+    """The parameter encoding of ``layer`` (of ``op`` in ``model``) in ``version``; raises ExportError when
+    version 2 cannot hold its weight scales exactly."""
+    if version == 1:
+        return _Encoding(1, _bias_bytes(layer.bias))
+    scales = _weight_scales(model, op, len(layer.bias))
+    exponent, codes = scale_codes(scales)
+    if not -128 <= exponent <= 127 or not np.array_equal(grid_scales(codes, exponent), scales):
+        raise ExportError(f"weight scales of {tflite_model.tensor_name(model, op.weights)!r} are not on the "
+                          "version-2 log grid: apply pack.round_parameters to the int8 model, or pack version 1")
+    return _Encoding(2, *bias_encoding(layer.bias, codes), exponent, codes)
+
+
+def _encode_options(layer, encoding):
     o = layer.options
-    return struct.pack(OPTIONS_FORMAT, FORMAT_VERSION, layer.weight_bits, bias_bytes, o["activation"],
-                       o["padding"], _FLAG_KEEP_NUM_DIMS if o["keep_num_dims"] else 0, o["stride_w"],
-                       o["stride_h"], o["dilation_w"], o["dilation_h"], o["depth_multiplier"],
-                       *o["filter_shape"])
+    extra = [encoding.bias_shift, encoding.scale_exponent] if encoding.version == 2 else []
+    return struct.pack(OPTIONS_FORMATS[encoding.version], encoding.version, layer.weight_bits,
+                       encoding.bias_bytes, o["activation"], o["padding"],
+                       _FLAG_KEEP_NUM_DIMS if o["keep_num_dims"] else 0, *extra, o["stride_w"], o["stride_h"],
+                       o["dilation_w"], o["dilation_h"], o["depth_multiplier"], *o["filter_shape"])
 
 
-def _encode_blob(layer, bias_bytes):
-    """multiplier int32[C] | bias int<bias_bytes>[C] | shift int8[C] | packed weights (docs/FORMAT.md)."""
-    bias = layer.bias.astype({1: "<i1", 2: "<i2", 4: "<i4"}[bias_bytes])
-    return (layer.multiplier.astype("<i4").tobytes() + bias.tobytes() + layer.shift.astype(np.int8).tobytes()
-            + pack_codes(layer.codes, layer.weight_bits))
+def _encode_blob(layer, encoding):
+    """Version 1: multiplier int32[C] | bias int<bias_bytes>[C] | shift int8[C] | packed weights;
+    version 2: bias int<bias_bytes>[C] | scale code uint8[C] | packed weights (docs/FORMAT.md)."""
+    bias_type = {1: "<i1", 2: "<i2", 4: "<i4"}[encoding.bias_bytes]
+    weights = pack_codes(layer.codes, layer.weight_bits)
+    if encoding.version == 1:
+        return (layer.multiplier.astype("<i4").tobytes() + layer.bias.astype(bias_type).tobytes()
+                + layer.shift.astype(np.int8).tobytes() + weights)
+    stored_bias = layer.bias.astype(np.int64) // bias_quantum(encoding.scale_codes, encoding.bias_shift)
+    return stored_bias.astype(bias_type).tobytes() + encoding.scale_codes.astype(np.uint8).tobytes() + weights
 
 
 def _opcode_index(model, custom_code):
@@ -249,12 +379,15 @@ def _strip_for_firmware(model):
             tensor.quantization.min = tensor.quantization.max = None
 
 
-def pack_model(int8_tflite, strip=True):
+def pack_model(int8_tflite, strip=True, version=FORMAT_VERSION):
     """The packed variant of an int8 .tflite (bytes); see docs/FORMAT.md.
 
-    ``strip`` drops tensor names, signature definitions, shape signatures and float min/max ranges,
+    ``version`` 2 needs weight scales on its log grid (:func:`round_parameters`); version 1 packs any int8
+    model. ``strip`` drops tensor names, signature definitions, shape signatures and float min/max ranges,
     which TFLite-Micro never reads.
     """
+    if version not in FORMAT_VERSIONS:
+        raise ExportError(f"packed format version must be one of {FORMAT_VERSIONS}, got {version}")
     model = tflite_model.read(int8_tflite)
     tflite_model.check_tflm_ops(model)
     for layer, op in zip(expected_layers(int8_tflite), convert.weight_ops(model)):
@@ -262,14 +395,14 @@ def pack_model(int8_tflite, strip=True):
             if tensor >= 0 and tflite_model.consumers(model, tensor) != [op.op_index]:
                 raise ExportError(f"tensor {tflite_model.tensor_name(model, tensor)!r} is shared by several "
                                   "ops; the packed format needs one weight and bias tensor per op")
-        bias_bytes = _bias_bytes(layer.bias)
-        _store_bytes(model, op.weights, _encode_blob(layer, bias_bytes))
+        encoding = _encoding(model, op, layer, version)
+        _store_bytes(model, op.weights, _encode_blob(layer, encoding))
         operator = model.subgraphs[0].operators[op.op_index]
         operator.opcodeIndex = _opcode_index(model, CUSTOM_CODES[op.kind])
         operator.inputs = [op.input, op.weights]  # the bias tensor is left unused and dropped below
         operator.builtinOptionsType = schema.BuiltinOptions.NONE
         operator.builtinOptions = None
-        operator.customOptions = np.frombuffer(_encode_options(layer, bias_bytes), np.uint8).copy()
+        operator.customOptions = np.frombuffer(_encode_options(layer, encoding), np.uint8).copy()
         operator.customOptionsFormat = schema.CustomOptionsFormat.FLEXBUFFERS  # the schema's only value
     _drop_unused_opcodes(model)
     _drop_unused_tensors_and_buffers(model)
@@ -280,25 +413,34 @@ def pack_model(int8_tflite, strip=True):
 
 def _decode_options(kind, options, where):
     """The custom options block as a dict (see docs/FORMAT.md), with the filter shape of ``kind``."""
-    if len(options) != OPTIONS_BYTES:
-        raise ExportError(f"{where}: custom options of {len(options)} bytes, expected {OPTIONS_BYTES}")
-    (version, bits, bias_bytes, activation, padding, flags, stride_w, stride_h, dilation_w, dilation_h,
-     depth_multiplier, *shape) = struct.unpack(OPTIONS_FORMAT, options)
-    if version != FORMAT_VERSION or bits not in STORAGE_WIDTHS or bias_bytes not in (1, 2, 4):
-        raise ExportError(f"{where}: unsupported version {version}, bits {bits} or bias width {bias_bytes}")
-    return {"weight_bits": bits, "bias_bytes": bias_bytes, "activation": activation, "padding": padding,
+    version = options[0] if options else None
+    if version not in FORMAT_VERSIONS or len(options) != OPTIONS_BYTES[version]:
+        raise ExportError(f"{where}: custom options of {len(options)} bytes with format version {version}; "
+                          f"expected {', '.join(f'version {v} in {n} bytes' for v, n in OPTIONS_BYTES.items())}")
+    fields = list(struct.unpack(OPTIONS_FORMATS[version], options))
+    version, bits, bias_bytes, activation, padding, flags = fields[:6]
+    bias_shift, scale_exponent = fields[6:8] if version == 2 else (0, 0)
+    stride_w, stride_h, dilation_w, dilation_h, depth_multiplier, *shape = fields[-9:]
+    if bits not in STORAGE_WIDTHS or bias_bytes not in BIAS_WIDTHS or bias_shift > _MAX_BIAS_SHIFT:
+        raise ExportError(f"{where}: unsupported weight bits {bits}, bias width {bias_bytes} or bias shift "
+                          f"{bias_shift}")
+    return {"version": version, "weight_bits": bits, "bias_bytes": bias_bytes, "bias_shift": bias_shift,
+            "scale_exponent": scale_exponent, "activation": activation, "padding": padding,
             "keep_num_dims": bool(flags & _FLAG_KEEP_NUM_DIMS), "stride_w": stride_w, "stride_h": stride_h,
             "dilation_w": dilation_w, "dilation_h": dilation_h, "depth_multiplier": depth_multiplier,
             "filter_shape": shape[:2] + [1, 1] if kind == "FULLY_CONNECTED" else shape}
+
+
+def _channels(kind, shape):
+    return shape[3] if kind == "DEPTHWISE_CONV_2D" else shape[0]
 
 
 def blob_sizes(kind, options):
     """(weight bytes, parameter bytes) of a QGT op's blob, from its custom options bytes."""
     decoded = _decode_options(kind, options, kind)
     shape = decoded["filter_shape"]
-    channels = shape[3] if kind == "DEPTHWISE_CONV_2D" else shape[0]
-    return (math.ceil(int(np.prod(shape)) * decoded["weight_bits"] / 8),
-            channels * (5 + decoded["bias_bytes"]))
+    per_channel = decoded["bias_bytes"] + (5 if decoded["version"] == 1 else 1)
+    return math.ceil(int(np.prod(shape)) * decoded["weight_bits"] / 8), _channels(kind, shape) * per_channel
 
 
 def unpack_model(packed_tflite):
@@ -312,19 +454,28 @@ def unpack_model(packed_tflite):
         where = f"op {index} ({kind})"
         raw_options = bytes(np.asarray(op.customOptions, np.uint8)) if op.customOptions is not None else b""
         options = _decode_options(kind, raw_options, where)
-        bits, bias_bytes = options.pop("weight_bits"), options.pop("bias_bytes")
+        version, bits, bias_bytes, bias_shift, scale_exponent = (options.pop(key) for key in (
+            "version", "weight_bits", "bias_bytes", "bias_shift", "scale_exponent"))
         shape = options["filter_shape"]
-        channels = shape[3] if kind == "DEPTHWISE_CONV_2D" else shape[0]
+        channels = _channels(kind, shape)
         weight_bytes, param_bytes = blob_sizes(kind, raw_options)
         blob = bytes(tflite_model.tensor_array(model, int(op.inputs[1])))
         if len(blob) != weight_bytes + param_bytes:
             raise ExportError(f"{where}: blob of {len(blob)} bytes, expected {param_bytes} of parameters and "
                               f"{weight_bytes} of weights")
-        bias_end = (4 + bias_bytes) * channels
         codes = unpack_codes(blob[param_bytes:], bits, int(np.prod(shape)))
-        layers.append(PackedLayer(
-            index, kind, bits, codes.reshape(shape[:2] if kind == "FULLY_CONNECTED" else shape),
-            np.frombuffer(blob[:4 * channels], "<i4").astype(np.int32),
-            np.frombuffer(blob[4 * channels:bias_end], f"<i{bias_bytes}").astype(np.int32),
-            np.frombuffer(blob[bias_end:param_bytes], np.int8).copy(), options))
+        codes = codes.reshape(shape[:2] if kind == "FULLY_CONNECTED" else shape)
+        if version == 1:
+            bias_start, bias_end = 4 * channels, (4 + bias_bytes) * channels
+            multiplier = np.frombuffer(blob[:bias_start], "<i4").astype(np.int32)
+            shift = np.frombuffer(blob[bias_end:param_bytes], np.int8).copy()
+        else:
+            bias_start, bias_end = 0, bias_bytes * channels
+            scale_code = np.frombuffer(blob[bias_end:param_bytes], np.uint8).astype(np.int64)
+            multiplier, shift = _multipliers(model, int(op.inputs[0]), int(op.outputs[0]),
+                                             grid_scales(scale_code, scale_exponent))
+        bias = np.frombuffer(blob[bias_start:bias_end], f"<i{bias_bytes}").astype(np.int64)
+        if version == 2:
+            bias = bias * bias_quantum(scale_code, bias_shift)
+        layers.append(PackedLayer(index, kind, bits, codes, multiplier, bias.astype(np.int32), shift, options))
     return layers
