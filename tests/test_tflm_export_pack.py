@@ -202,7 +202,8 @@ def test_bias_beyond_int32_is_refused():
 def test_round_parameters_moves_scales_and_biases_a_little_and_keeps_codes():
     original = converted_tiny()[1].tflite
     rounded = rounded_tiny()
-    assert pack.round_parameters(rounded) == rounded  # already on the grids
+    assert pack.round_parameters(rounded, wide_bias_channels=0) == rounded  # already on the grids
+    assert 2 in _bias_widths(pack.pack_model(pack.round_parameters(original)))  # narrow layers keep 2 bytes
     before, after = tflite_model.read(original), tflite_model.read(rounded)
     for op in convert.weight_ops(before):
         np.testing.assert_array_equal(tflite_model.tensor_array(before, op.weights),
@@ -211,7 +212,7 @@ def test_round_parameters_moves_scales_and_biases_a_little_and_keeps_codes():
         assert np.max(np.abs(new / old - 1)) <= 2 ** (1 / 64) - 1
         real_bias = [tflite_model.tensor_array(m, op.bias) * convert._scales(m, op.bias)[0] for m in (before, after)]
         output_step = convert._scales(before, op.output)[0][0]
-        assert np.max(np.abs(real_bias[1] - real_bias[0])) <= 2 * output_step
+        assert np.max(np.abs(real_bias[1] - real_bias[0])) <= 2 * output_step  # 1-byte biases
 
 
 def test_version_2_refuses_scales_off_its_grid_and_falls_back_to_wider_biases():
