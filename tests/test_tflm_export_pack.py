@@ -98,7 +98,7 @@ def test_packed_model_round_trip_and_layout(version):
             assert len(op.inputs) == 2
             blob = model.subgraphs[0].tensors[int(op.inputs[1])]
             assert blob.quantization is None and blob.name is None
-            assert len(op.customOptions) == pack.OPTIONS_BYTES[version] == {1: 24, 2: 26}[version]
+            assert len(op.customOptions) == pack.OPTIONS_BYTES[version] == {1: 24, 2: 21}[version]
             assert struct.unpack_from("<B", bytes(op.customOptions))[0] == version
     sizes = verify.size_breakdown(packed), verify.size_breakdown(int8)
     assert sizes[0]["weight_bytes"] < sizes[1]["weight_bytes"] and sizes[0]["param_bytes"] < sizes[1]["param_bytes"]
@@ -143,8 +143,8 @@ def test_third_party_model_packs_at_two_bits():
 
 @pytest.mark.parametrize("options, message", [
     (np.zeros(5, np.uint8), "custom options of 5 bytes with format version 0"),
-    (np.full(26, 2, np.uint8)[:25], "custom options of 25 bytes with format version 2"),
-    (np.array([2, 3] + [1] * 24, np.uint8), "unsupported weight bits 3")])
+    (np.full(24, 2, np.uint8), "custom options of 24 bytes with format version 2"),
+    (np.array([2, 3] + [1] * 19, np.uint8), "unsupported weight bits 3")])
 def test_corrupt_custom_options_are_reported(options, message):
     model = tflite_model.read(pack.pack_model(rounded_tiny()))
     model.subgraphs[0].operators[0].customOptions = options
@@ -258,3 +258,10 @@ def test_packed_layers_match_tflite_micro_on_edge_shapes():
     assert all(a.equals(b) for a, b in zip(pack.expected_layers(int8), decoded))
     check = verify.check_packed_layers(int8, packed, verify.quantize_inputs(int8, images[:4]))
     assert check["bit_exact"], check
+
+
+def test_version_2_refuses_strides_beyond_a_byte():
+    layer = pack.expected_layers(rounded_tiny())[0]
+    layer.options["stride_w"] = 256
+    with pytest.raises(ExportError, match="exceed the 255 of version 2"):
+        pack._encode_options(layer, pack._Encoding(2, 1))

@@ -30,8 +30,9 @@ CUSTOM_CODES = {"CONV_2D": "QGT_CONV_2D", "DEPTHWISE_CONV_2D": "QGT_DEPTHWISE_CO
 BUILTIN_OF_CUSTOM = {custom: builtin for builtin, custom in CUSTOM_CODES.items()}
 STORAGE_WIDTHS = (1, 2, 4, 8)
 # version, weight_bits, bias_bytes, activation, padding, flags, [version 2: bias_shift, scale_exponent,]
-# stride w/h, dilation w/h, depth multiplier, filter shape (4 dims, TFLite layout). Little-endian.
-OPTIONS_FORMATS = {1: "<6B5H4H", 2: "<6BBb5H4H"}
+# stride w/h, dilation w/h, depth multiplier (uint16 in version 1, uint8 in version 2), filter shape (4 dims,
+# TFLite layout). Little-endian.
+OPTIONS_FORMATS = {1: "<6B5H4H", 2: "<6BBb5B4H"}
 OPTIONS_BYTES = {version: struct.calcsize(fmt) for version, fmt in OPTIONS_FORMATS.items()}
 BIAS_WIDTHS = (1, 2, 4)
 # Version 2 weight scales: SCALE_MANTISSAS[code % 32] * 2^(scale_exponent + code // 32), 8 octaves per layer.
@@ -300,6 +301,10 @@ def _encoding(model, op, layer, version):
 
 def _encode_options(layer, encoding):
     o = layer.options
+    small = [o[key] for key in ("stride_w", "stride_h", "dilation_w", "dilation_h", "depth_multiplier")]
+    if encoding.version == 2 and max(small) > 0xFF:
+        raise ExportError(f"op {layer.op_index}: strides, dilations and depth multiplier {small} exceed the 255 "
+                          "of version 2; pack version 1")
     extra = [encoding.bias_shift, encoding.scale_exponent] if encoding.version == 2 else []
     return struct.pack(OPTIONS_FORMATS[encoding.version], encoding.version, layer.weight_bits,
                        encoding.bias_bytes, o["activation"], o["padding"],
