@@ -21,7 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 import tf_keras as keras  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 
 from qgt_keras import conversion, datasets, models, report  # noqa: E402
 from qgt_keras.callbacks import QGTMonitor, QGTScheduler  # noqa: E402
@@ -57,6 +57,7 @@ def _snap_and_recalibrate(model, calibration):
 
 def main(argv):
     del argv
+    logging.set_verbosity(logging.WARNING)  # the TFLite converter logs every step at INFO
     out_dir = pathlib.Path(FLAGS.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     root = datasets.bundled_person96_dir()
