@@ -116,13 +116,8 @@ def _markdown(result):
     lines = ["# Model size: MobileNetV1-0.25 96x96x1 person detection, "
              f"{result['bits']}-bit weights (first layer {result['first_layer_bits']}-bit)", "",
              "Produced by `python benchmarks/model_size.py` (post-training snapping; sizes, not accuracy; packed "
-             "format version 2 on parameters rounded by `pack.round_parameters`).", "",
-             "| model | variant | file B | weights B | params B | graph B | TFLM arena B |",
-             "|---|---|---|---|---|---|---|"]
-    for row in result["rows"]:
-        arena = "n/a" if row["arena_bytes"] is None else f"{row['arena_bytes']:,}"
-        lines.append(f"| {row['model']} | {row['variant']} | {row['file_bytes']:,} | {row['weight_bytes']:,} | "
-                     f"{row['param_bytes']:,} | {row['graph_bytes']:,} | {arena} |")
+             "format version 2 on parameters rounded by `pack.round_parameters`).", ""]
+    lines += export.size_table(result["rows"], [("model", "model"), ("variant", "variant")], "TFLM arena B")
     lines += ["", f"Goal: packed C array <= {result['goal_packed_bytes']:,} B (QGT paper: 81 KB).", ""]
     for row in result["rows"]:
         if row["variant"] == "packed":

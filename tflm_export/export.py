@@ -72,15 +72,22 @@ def _row(name, variant, bits, model_bytes, arena):
             "arena_bytes": arena}
 
 
+def size_table(rows, lead, arena_header="arena B"):
+    """Markdown table lines of size rows: the ``lead`` columns ((header, row key) pairs), then file, weight,
+    parameter and graph bytes and the arena."""
+    headers = [header for header, _ in lead] + ["file B", "weights B", "params B", "graph B", arena_header]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for row in rows:
+        arena = "n/a" if row["arena_bytes"] is None else f"{row['arena_bytes']:,}"
+        sizes = [f"{row[key]:,}" for key in ("file_bytes", "weight_bytes", "param_bytes", "graph_bytes")]
+        lines.append("| " + " | ".join([str(row[key]) for _, key in lead] + sizes + [arena]) + " |")
+    return lines
+
+
 def markdown_report(report):
     """The size report as a markdown table plus the verification lines."""
-    lines = [f"# Size report: {report['model']}", "",
-             "| variant | bits (most weights) | file B | weights B | params B | graph B | arena B |",
-             "|---|---|---|---|---|---|---|"]
-    for row in report["rows"]:
-        arena = "n/a" if row["arena_bytes"] is None else f"{row['arena_bytes']:,}"
-        lines.append(f"| {row['variant']} | {row['bits']} | {row['file_bytes']:,} | {row['weight_bytes']:,} | "
-                     f"{row['param_bytes']:,} | {row['graph_bytes']:,} | {arena} |")
+    lines = [f"# Size report: {report['model']}", ""]
+    lines += size_table(report["rows"], [("variant", "variant"), ("bits (most weights)", "bits")])
     lines += ["", "Verification (model outputs, int8):", ""]
     for variant, result in report["verification"].items():
         against = {"tflite": "tf.lite reference kernels",
