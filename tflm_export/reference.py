@@ -15,10 +15,14 @@ _INT32_MIN = -(2 ** 31)
 _ACTIVATIONS = {0: "NONE", 1: "RELU", 2: "RELU_N1_TO_1", 3: "RELU6"}
 
 
+def _wrap_int32(x):
+    return (x + 2 ** 31) % 2 ** 32 - 2 ** 31
+
+
 def multiply_by_quantized_multiplier(x, multiplier, shift):
     """TFLM's MultiplyByQuantizedMultiplier, elementwise over int64 arrays holding int32 values."""
     x, multiplier, shift = (np.asarray(v, np.int64) for v in (x, multiplier, shift))
-    x = x * (np.int64(1) << np.maximum(shift, 0))
+    x = _wrap_int32(x << np.maximum(shift, 0))  # TFLM's x * (1 << left_shift) is an int32 product
     product = x * multiplier
     nudge = np.where(product >= 0, 2 ** 30, 1 - 2 ** 30)
     total = product + nudge
