@@ -21,7 +21,7 @@ class Run:
         self.started = time.time()
 
     def record(self):
-        dirty = _git("status", "--porcelain", "--untracked-files=no")
+        dirty = _git("status", "--porcelain", "--untracked-files=no", "--", "..", ":!results")  # results: outputs
         return {"commit": _git("rev-parse", "HEAD"), "uncommitted_changes": bool(dirty),
                 "command": " ".join(["python"] + [os.path.relpath(sys.argv[0], os.path.dirname(HERE))] + sys.argv[1:]),
                 "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_implementation()} "

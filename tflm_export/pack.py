@@ -24,7 +24,7 @@ from tflm_export.parameters import BIAS_WIDTHS, MAX_BIAS_SHIFT, bias_encoding, b
 from tflm_export.tflite_model import ExportError
 
 __all__ = ["FORMAT_VERSION", "CUSTOM_CODES", "BUILTIN_OF_CUSTOM", "OPTIONS_BYTES", "PackedLayer", "pack_model",
-           "unpack_model", "expected_layers", "blob_sizes", "weight_rows", "round_parameters"]
+           "unpack_model", "expected_layers", "encode_layer", "blob_sizes", "weight_rows", "round_parameters"]
 
 FORMAT_VERSION = 3
 CUSTOM_CODES = {"CONV_2D": "QGT_CONV_2D", "DEPTHWISE_CONV_2D": "QGT_DEPTHWISE_CONV_2D",
@@ -129,9 +129,9 @@ class _Encoding:
     scale_codes: np.ndarray
 
 
-def _encoding(model, op, layer):
-    """The parameter encoding of ``layer`` (of ``op`` in ``model``); raises ExportError when the grid cannot
-    hold its weight scales exactly."""
+def _scale_grid(model, op, layer):
+    """(scale_exponent, scale codes) of ``layer`` (of ``op`` in ``model``); raises ExportError when the grid
+    cannot hold its weight scales exactly."""
     scales = _weight_scales(model, op, len(layer.bias))
     exponent, codes = requant.scale_codes(scales)
     name = tflite_model.tensor_name(model, op.weights)
@@ -141,7 +141,18 @@ def _encoding(model, op, layer):
     if not np.array_equal(requant.grid_scales(codes, exponent), scales):
         raise ExportError(f"weight scales of {name!r} are not on the packed format's log grid: apply "
                           "pack.round_parameters to the int8 model")
-    return _Encoding(*bias_encoding(layer.bias, codes), exponent, codes)
+    return exponent, codes
+
+
+def encode_layer(layer, scale_exponent, scale_codes):
+    """(custom options, blob) of a :class:`PackedLayer` whose weight scales are the grid scales of
+    ``scale_codes`` (0..255) and ``scale_exponent``; its biases are stored in the narrowest exact width."""
+    if not requant.SCALE_EXPONENT_MIN <= scale_exponent <= requant.SCALE_EXPONENT_MAX:
+        raise ExportError(f"op {layer.op_index}: scale_exponent {scale_exponent} outside "
+                          f"[{requant.SCALE_EXPONENT_MIN}, {requant.SCALE_EXPONENT_MAX}]")
+    scale_codes = np.asarray(scale_codes, np.int64)
+    encoding = _Encoding(*bias_encoding(layer.bias, scale_codes), scale_exponent, scale_codes)
+    return _encode_options(layer, encoding), _encode_blob(layer, encoding)
 
 
 def _encode_options(layer, encoding):
@@ -242,14 +253,14 @@ def pack_model(int8_tflite, strip=True):
             if tensor >= 0 and tflite_model.consumers(model, tensor) != [op.op_index]:
                 raise ExportError(f"tensor {tflite_model.tensor_name(model, tensor)!r} is shared by several "
                                   "ops; the packed format needs one weight and bias tensor per op")
-        encoding = _encoding(model, op, layer)
-        _store_bytes(model, op.weights, _encode_blob(layer, encoding))
+        options, blob = encode_layer(layer, *_scale_grid(model, op, layer))
+        _store_bytes(model, op.weights, blob)
         operator = model.subgraphs[0].operators[op.op_index]
         operator.opcodeIndex = _opcode_index(model, CUSTOM_CODES[op.kind])
         operator.inputs = [op.input, op.weights]  # the bias tensor is left unused and dropped below
         operator.builtinOptionsType = schema.BuiltinOptions.NONE
         operator.builtinOptions = None
-        operator.customOptions = np.frombuffer(_encode_options(layer, encoding), np.uint8).copy()
+        operator.customOptions = np.frombuffer(options, np.uint8).copy()
         operator.customOptionsFormat = schema.CustomOptionsFormat.FLEXBUFFERS  # the schema's only value
     _drop_unused_opcodes(model)
     _drop_unused_tensors_and_buffers(model)

@@ -2,6 +2,8 @@
 #ifndef QGT_INTERNAL_H
 #define QGT_INTERNAL_H
 
+#include <string.h>
+
 #include "qgt_kernels.h"
 
 #if defined(__ARM_FEATURE_DSP) && defined(__ARM_FEATURE_SIMD32) && !defined(QGT_PORTABLE)
@@ -14,11 +16,17 @@
 #define QGT_INT32_MAX 2147483647
 #define QGT_INT32_MIN (-QGT_INT32_MAX - 1)
 
-/* A channel's requantization, expanded from the packed parameters into scratch once per kernel call. */
+/* A channel's requantization, expanded from the packed parameters into scratch once per kernel call, in one
+ * of two forms. Generic (round == 0): TFLite's MultiplyByQuantizedMultiplier of acc + bias with `shift`, then
+ * the output offset. Fast (round != 0; DSP path, layers whose |acc + bias| < 2^30, right shifts 1 <= e <= 22):
+ * bias holds 2 * bias, shift holds e and round holds 2^(e-1) + (output offset << e); SMMULR(2 (acc + bias),
+ * multiplier) is the rounding doubling high multiply, and (high + round - [high < 0]) >> e the rounding right
+ * shift plus the output offset, exactly (|high| < 2^30, |offset << e| < 2^29: no overflow). */
 typedef struct {
   int32_t bias;
   int32_t multiplier;
-  int32_t shift; /* > 0: left shift; <= 0: rounding right shift by -shift */
+  int32_t shift;
+  int32_t round;
 } qgt_channel;
 
 static inline size_t qgt__align4(size_t bytes) { return (bytes + 3u) & ~(size_t)3u; }
@@ -37,10 +45,16 @@ qgt_status qgt__output_size(int32_t size, int32_t kernel, int32_t stride, int32_
 /* Rotate right (a single ROR, or a rotated operand, for a constant n). */
 static inline uint32_t qgt__ror(uint32_t x, uint32_t n) { return (x >> n) | (x << ((32u - n) & 31u)); }
 
-/* Little-endian 32-bit load from any address. */
+/* Little-endian 32-bit load from any address (one LDR on the Cortex-M4, which loads unaligned words). */
 static inline uint32_t qgt__load32(const void *p) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
   const uint8_t *b = (const uint8_t *)p;
   return (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+#else
+  uint32_t word;
+  memcpy(&word, p, sizeof word);
+  return word;
+#endif
 }
 
 /* Product of positive dims, or -1 when one is not positive or the product exceeds INT32_MAX. */
@@ -61,8 +75,10 @@ qgt_status qgt__check_scratch(const void *scratch, size_t scratch_bytes, size_t 
 /* Bytes of the per-channel table in scratch. */
 static inline size_t qgt__channels_bytes(int32_t channels) { return (size_t)channels * sizeof(qgt_channel); }
 
-/* Fills channels[0 .. filter->out_channels) from the packed biases, scale codes and the 32-entry table. */
-void qgt__expand_channels(const qgt_filter *filter, const qgt_quant_params *quant, qgt_channel *channels);
+/* Fills channels[0 .. filter->out_channels) from the packed biases, scale codes and the 32-entry table (the
+ * fast form where the DSP path can use it, with `output_offset` folded in). */
+void qgt__expand_channels(const qgt_filter *filter, const qgt_quant_params *quant, int32_t output_offset,
+                          qgt_channel *channels);
 
 /* TFLite's MultiplyByQuantizedMultiplier (double rounding): a rounding doubling high multiply of
  * x * 2^max(shift, 0) (an int32 product that wraps, as compiled TFLM code computes it), then a rounding
@@ -77,12 +93,28 @@ static inline int32_t qgt__requantize(int32_t x, int32_t multiplier, int32_t shi
   return (high >> right) + ((high & mask) > threshold ? 1 : 0);
 }
 
+/* The generic form of a channel's requantization plus the output offset, saturated to int32 (out of line:
+ * the DSP path's hot loops use the fast form). */
+int32_t qgt__requantized_generic(int32_t acc, const qgt_channel *channel, int32_t output_offset);
+
+/* The requantized accumulator (bias not yet added) plus the output offset, before the activation clamp. */
+static inline int32_t qgt__requantized(int32_t acc, const qgt_channel *channel, int32_t output_offset) {
+#if QGT_DSP
+  if (channel->round != 0) {
+    const int32_t twice = (int32_t)((uint32_t)acc * 2u + (uint32_t)channel->bias);
+    int32_t high;
+    __asm__("smmulr %0, %1, %2" : "=r"(high) : "r"(twice), "r"(channel->multiplier));
+    return (high + channel->round + (high >> 31)) >> channel->shift;
+  }
+#endif
+  return qgt__requantized_generic(acc, channel, output_offset);
+}
+
 /* The int8 output of an accumulator (bias not yet added). */
 static inline int8_t qgt__output(int32_t acc, const qgt_channel *channel, int32_t output_offset,
                                  qgt_range activation) {
-  const int32_t x = (int32_t)((uint32_t)acc + (uint32_t)channel->bias); /* in range: layer bound checked */
-  const int64_t value = (int64_t)qgt__requantize(x, channel->multiplier, channel->shift) + output_offset;
-  return (int8_t)(value < activation.min ? activation.min : value > activation.max ? activation.max : value);
+  const int32_t v = qgt__requantized(acc, channel, output_offset);
+  return (int8_t)(v < activation.min ? activation.min : v > activation.max ? activation.max : v);
 }
 
 /* The code in the field at bit `offset` of a weight word: two's complement; 1 bit: 1 -> +1, 0 -> -1. */

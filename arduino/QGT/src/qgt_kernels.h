@@ -95,6 +95,7 @@ typedef struct {
   uint8_t bias_bytes;         /* 1, 2 or 4 */
   uint8_t bias_shift;         /* 0..30 */
   int8_t scale_exponent;      /* -126..120 */
+  uint8_t narrow;             /* 1: every channel's worst case |acc + bias| < 2^30 (fast requantization) */
 } qgt_filter;
 
 /* One QGT custom op, as its options and blob describe it. */

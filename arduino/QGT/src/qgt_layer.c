@@ -88,12 +88,20 @@ static int32_t bias_shift_of(const qgt_filter *filter, int32_t channel) {
   return s > 0 ? s : 0;
 }
 
-void qgt__expand_channels(const qgt_filter *filter, const qgt_quant_params *quant, qgt_channel *channels) {
+int32_t qgt__requantized_generic(int32_t acc, const qgt_channel *channel, int32_t output_offset) {
+  const int64_t v = (int64_t)qgt__requantize((int32_t)((uint32_t)acc + (uint32_t)channel->bias), channel->multiplier,
+                                             channel->shift) + output_offset;
+  return v > QGT_INT32_MAX ? QGT_INT32_MAX : v < QGT_INT32_MIN ? QGT_INT32_MIN : (int32_t)v;
+}
+
+void qgt__expand_channels(const qgt_filter *filter, const qgt_quant_params *quant, int32_t output_offset,
+                          qgt_channel *channels) {
   for (int32_t c = 0; c < filter->out_channels; ++c) {
     const int32_t code = filter->scale_codes[c];
     const int32_t k = code % QGT_SCALE_STEPS;
     const int32_t shift = (int32_t)quant->shift[k] + code / QGT_SCALE_STEPS;
     channels[c].bias = stored_bias(filter, c) * (int32_t)(1u << bias_shift_of(filter, c));
+    channels[c].round = 0;
     if (shift < -31) { /* QuantizeMultiplier's clamps (FORMAT.md, "Multipliers") */
       channels[c].multiplier = 0;
       channels[c].shift = 0;
@@ -103,6 +111,11 @@ void qgt__expand_channels(const qgt_filter *filter, const qgt_quant_params *quan
     } else {
       channels[c].multiplier = quant->multiplier[k];
       channels[c].shift = shift;
+      if (QGT_DSP && filter->narrow && shift < 0 && shift >= -22) { /* the fast form (qgt_internal.h) */
+        channels[c].bias *= 2;
+        channels[c].shift = -shift;
+        channels[c].round = (int32_t)(1u << (-shift - 1)) + (int32_t)((uint32_t)output_offset << -shift);
+      }
     }
   }
 }
@@ -178,13 +191,17 @@ static qgt_status check_biases(const qgt_filter *filter, int64_t *largest) {
   return QGT_OK;
 }
 
-/* Every channel's worst case 255 * sum(|code|) + |bias| fits int32: the cheap bound first, the codes only when
- * it fails (FORMAT.md, "Arithmetic"). */
-static qgt_status check_accumulators(const qgt_layer *layer, int64_t largest_bias) {
-  const qgt_filter *f = &layer->filter;
+/* Every channel's worst case 255 * sum(|code|) + |bias| fits int32 (FORMAT.md, "Arithmetic"); whether all
+ * stay below 2^30 is recorded for the fast requantization. The cheap bound first, the codes only when it fails. */
+static qgt_status check_accumulators(qgt_layer *layer, int64_t largest_bias) {
+  qgt_filter *f = &layer->filter;
   const int64_t taps = (int64_t)f->kernel_h * f->kernel_w * (layer->op == QGT_OP_DEPTHWISE_CONV_2D ? 1 : f->in_channels);
   const int32_t depthwise = layer->op == QGT_OP_DEPTHWISE_CONV_2D;
-  if (taps * 255 * ((int64_t)1 << (f->weight_bits - 1)) + largest_bias <= QGT_INT32_MAX) return QGT_OK;
+  const int64_t narrow_limit = ((int64_t)1 << 30) - 1;
+  int64_t worst = taps * 255 * ((int64_t)1 << (f->weight_bits - 1)) + largest_bias;
+  f->narrow = worst <= narrow_limit;
+  if (worst <= narrow_limit) return QGT_OK;
+  worst = 0;
   for (int32_t c = 0; c < f->out_channels; ++c) {
     const uint8_t *row = f->weights + (size_t)(depthwise ? 0 : c) * (size_t)f->row_bytes;
     int64_t sum = 0;
@@ -193,8 +210,11 @@ static qgt_status check_accumulators(const qgt_layer *layer, int64_t largest_bia
       sum += code < 0 ? -code : code;
     }
     const int64_t bias = (int64_t)stored_bias(f, c) * ((int64_t)1 << bias_shift_of(f, c));
-    if (255 * sum + (bias < 0 ? -bias : bias) > QGT_INT32_MAX) return QGT_ERR_RANGE;
+    const int64_t channel_worst = 255 * sum + (bias < 0 ? -bias : bias);
+    if (channel_worst > QGT_INT32_MAX) return QGT_ERR_RANGE;
+    if (channel_worst > worst) worst = channel_worst;
   }
+  f->narrow = worst <= narrow_limit;
   return QGT_OK;
 }
 
