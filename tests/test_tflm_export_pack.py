@@ -8,7 +8,7 @@ import pytest
 
 from qgt_keras import quantizers
 from test_tflm_export_common import calibration_images, converted_tiny, read_reference, rounded_tiny
-from tflm_export import convert, pack, reference, tflite_model, verify
+from tflm_export import keras_convert, pack, reference, snap, tflite_model, verify
 from tflm_export.tflite_model import ExportError
 
 
@@ -91,7 +91,7 @@ def test_packed_model_round_trip_and_layout(version):
 
     model = tflite_model.read(packed)
     names = tflite_model.op_names(model)
-    assert not set(names) & set(convert.WEIGHT_OPS)
+    assert not set(names) & set(tflite_model.WEIGHT_OPS)
     assert set(pack.CUSTOM_CODES.values()) <= set(names)
     for op in model.subgraphs[0].operators:
         if tflite_model.op_name(model, op) in pack.BUILTIN_OF_CUSTOM:
@@ -130,7 +130,7 @@ def test_a_wrong_parameter_is_caught_by_the_layer_check(version, bias_offset):
 
 
 def test_third_party_model_packs_at_two_bits():
-    snapped = convert.snap_tflite(read_reference("tflm_person_detect.tflite"), default_bits=2, bits={0: 8})
+    snapped = snap.snap_tflite(read_reference("tflm_person_detect.tflite"), default_bits=2, bits={0: 8})
     rounded = pack.round_parameters(snapped)
     packed = pack.pack_model(rounded)
     decoded = pack.unpack_model(packed)
@@ -205,13 +205,13 @@ def test_round_parameters_moves_scales_and_biases_a_little_and_keeps_codes():
     assert pack.round_parameters(rounded, wide_bias_channels=0) == rounded  # already on the grids
     assert 2 in _bias_widths(pack.pack_model(pack.round_parameters(original)))  # narrow layers keep 2 bytes
     before, after = tflite_model.read(original), tflite_model.read(rounded)
-    for op in convert.weight_ops(before):
+    for op in tflite_model.weight_ops(before):
         np.testing.assert_array_equal(tflite_model.tensor_array(before, op.weights),
                                       tflite_model.tensor_array(after, op.weights))
-        old, new = convert._scales(before, op.weights)[0], convert._scales(after, op.weights)[0]
+        old, new = tflite_model.tensor_scales(before, op.weights)[0], tflite_model.tensor_scales(after, op.weights)[0]
         assert np.max(np.abs(new / old - 1)) <= 2 ** (1 / 64) - 1
-        real_bias = [tflite_model.tensor_array(m, op.bias) * convert._scales(m, op.bias)[0] for m in (before, after)]
-        output_step = convert._scales(before, op.output)[0][0]
+        real_bias = [tflite_model.tensor_array(m, op.bias) * tflite_model.tensor_scales(m, op.bias)[0] for m in (before, after)]
+        output_step = tflite_model.tensor_scales(before, op.output)[0][0]
         assert np.max(np.abs(real_bias[1] - real_bias[0])) <= 2 * output_step  # 1-byte biases
 
 
@@ -221,7 +221,7 @@ def test_version_2_refuses_scales_off_its_grid_and_falls_back_to_wider_biases():
     with pytest.raises(ExportError, match="version must be one of"):
         pack.pack_model(rounded_tiny(), version=3)
     model = tflite_model.read(rounded_tiny())
-    op = convert.weight_ops(model)[0]
+    op = tflite_model.weight_ops(model)[0]
     bias = tflite_model.tensor_array(model, op.bias).copy()
     bias[0] = 40001  # odd and beyond what 1 byte holds: needs 4 bytes (documented fallback)
     tflite_model.set_tensor_data(model, op.bias, bias)
@@ -250,7 +250,7 @@ def test_packed_layers_match_tflite_micro_on_edge_shapes():
         if layer.weights:
             layer.set_weights([rng.normal(0, 0.5, w.shape) for w in layer.get_weights()])
     images = rng.random((8, 11, 13, 3), dtype=np.float32)
-    result = convert.convert_keras(model, images, {"conv_valid": 1, "dw_dilated": 2, "conv_odd": 3, "dense": 4})
+    result = keras_convert.convert_keras(model, images, {"conv_valid": 1, "dw_dilated": 2, "conv_odd": 3, "dense": 4})
     int8 = pack.round_parameters(result.tflite)
     packed = pack.pack_model(int8)
     decoded = pack.unpack_model(packed)

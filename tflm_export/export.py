@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from tflm_export import c_source, convert, lut, pack, tflite_model, verify
+from tflm_export import c_source, keras_convert, lut, pack, snap, tflite_model, verify
 from tflm_export.files import write_atomic
 
 C_VARIANTS = ("int8", "lut", "packed")
@@ -42,8 +42,8 @@ def _load(model_path, calibration, bits, default_bits, method, calibration_count
     if head[4:8] == tflite_model.FILE_IDENTIFIER or model_path.endswith(".tflite"):
         with open(model_path, "rb") as f:
             source = f.read()
-        layer_bits = convert.resolve_tflite_bits(tflite_model.read(source), bits, default_bits)
-        return None, convert.snap_tflite(source, bits, default_bits, method), layer_bits, None
+        layer_bits = snap.resolve_tflite_bits(tflite_model.read(source), bits, default_bits)
+        return None, snap.snap_tflite(source, bits, default_bits, method), layer_bits, None
     import tf_keras as keras  # deferred: a .tflite export needs no Keras
     if calibration is None:
         raise tflite_model.ExportError("a Keras model needs calibration samples (real data: TFLite-Micro "
@@ -51,16 +51,16 @@ def _load(model_path, calibration, bits, default_bits, method, calibration_count
     keras_model = keras.models.load_model(model_path, compile=False)
     if isinstance(calibration, (str, os.PathLike)):
         calibration = calibration_images(calibration, tuple(keras_model.input_shape[1:]), calibration_count)
-    plain, bits = convert.plain_keras_model(keras_model, bits)
-    conversion = convert.convert_keras(plain, calibration, bits, default_bits, method)
-    return convert.to_float_tflite(plain), conversion.tflite, conversion.bits, np.asarray(calibration)
+    plain, bits = keras_convert.plain_keras_model(keras_model, bits)
+    conversion = keras_convert.convert_keras(plain, calibration, bits, default_bits, method)
+    return keras_convert.to_float_tflite(plain), conversion.tflite, conversion.bits, np.asarray(calibration)
 
 
 def nominal_bits(int8_tflite, layer_bits):
     """The bit width that most weights of the model have (``layer_bits``: weight tensor name -> bits)."""
     model = tflite_model.read(int8_tflite)
     counts = {}
-    for op in convert.weight_ops(model):
+    for op in tflite_model.weight_ops(model):
         bits = layer_bits[tflite_model.tensor_name(model, op.weights)]
         size = int(np.prod(model.subgraphs[0].tensors[op.weights].shape))
         counts[bits] = counts.get(bits, 0) + size

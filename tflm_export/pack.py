@@ -1,6 +1,6 @@
 """The packed model: b-bit weights and compact per-channel parameters in QGT custom ops (docs/FORMAT.md).
 
-:func:`pack_model` turns an int8 .tflite (from :mod:`tflm_export.convert`) into the packed variant: every
+:func:`pack_model` turns an int8 .tflite (from :mod:`tflm_export.keras_convert`) into the packed variant: every
 CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED op becomes the custom op QGT_CONV_2D,
 QGT_DEPTHWISE_CONV_2D or QGT_FULLY_CONNECTED with one constant input, a blob of per-channel parameters
 followed by the bit-packed codes. Version 2 (the default) stores per channel a bias of 1 byte where it can
@@ -20,7 +20,7 @@ import struct
 import numpy as np
 from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
 
-from tflm_export import convert, tflite_model
+from tflm_export import snap, tflite_model
 from tflm_export.tflite_model import ExportError
 
 FORMAT_VERSION = 2
@@ -174,17 +174,17 @@ def round_parameters(int8_tflite, wide_bias_channels=64):
     on TFLM's person_detect they hold 432 of 2,738 channels and most of the accuracy cost of 1-byte biases.
 
     Codes stay; each bias is first re-expressed in its channel's new scale (as in
-    :func:`tflm_export.convert.snap_tflite`), then rounded to the finest unit in which its layer fits the
+    :func:`tflm_export.snap.snap_tflite`), then rounded to the finest unit in which its layer fits the
     width. This changes the model slightly (scales by at most 1.1 %, 1-byte biases by up to about two output
     steps): docs/FORMAT.md has the measured accuracy cost.
     """
     model = tflite_model.read(int8_tflite)
-    for op in convert.weight_ops(model):
+    for op in tflite_model.weight_ops(model):
         weights = tflite_model.tensor_array(model, op.weights)
-        axis = convert._channel_axis(op)
-        old_scales = np.broadcast_to(convert._scales(model, op.weights)[0], (weights.shape[axis],))
+        axis = tflite_model.channel_axis(op.kind)
+        old_scales = np.broadcast_to(tflite_model.tensor_scales(model, op.weights)[0], (weights.shape[axis],))
         exponent, codes = scale_codes(old_scales)
-        convert._rewrite(model, op, convert._channels_last(weights, axis), grid_scales(codes, exponent).astype(
+        snap.rewrite_weights(model, op, tflite_model.channels_last(weights, axis), grid_scales(codes, exponent).astype(
             np.float64), old_scales)
         if op.bias < 0:
             continue
@@ -248,13 +248,13 @@ def _bias_bytes(bias):
 
 
 def _weight_scales(model, op, channels):
-    return np.broadcast_to(convert._scales(model, op.weights)[0].astype(np.float32), (channels,))
+    return np.broadcast_to(tflite_model.tensor_scales(model, op.weights)[0].astype(np.float32), (channels,))
 
 
 def _multipliers(model, input_tensor, output_tensor, weight_scales):
     """(int32 multipliers, int8 shifts) per channel, computed as TFLite-Micro's Prepare does (in double)."""
-    input_scale = float(np.float32(convert._scales(model, input_tensor)[0][0]))
-    output_scale = float(np.float32(convert._scales(model, output_tensor)[0][0]))
+    input_scale = float(np.float32(tflite_model.tensor_scales(model, input_tensor)[0][0]))
+    output_scale = float(np.float32(tflite_model.tensor_scales(model, output_tensor)[0][0]))
     pairs = [quantize_multiplier(input_scale * float(s) / output_scale) for s in weight_scales]
     return np.array([m for m, _ in pairs], np.int32), np.array([s for _, s in pairs], np.int8)
 
@@ -263,11 +263,11 @@ def expected_layers(int8_tflite):
     """The :class:`PackedLayer` of every weight op of an int8 model (what the packed model must hold)."""
     model = tflite_model.read(int8_tflite)
     layers = []
-    for op in convert.weight_ops(model):
+    for op in tflite_model.weight_ops(model):
         codes = tflite_model.tensor_array(model, op.weights)
         if codes.dtype != np.int8:
             raise ExportError(f"weight tensor {tflite_model.tensor_name(model, op.weights)!r} is not int8")
-        channels = codes.shape[convert._channel_axis(op)]
+        channels = codes.shape[tflite_model.channel_axis(op.kind)]
         multiplier, shift = _multipliers(model, op.input, op.output, _weight_scales(model, op, channels))
         bias = (tflite_model.tensor_array(model, op.bias).astype(np.int32) if op.bias >= 0
                 else np.zeros(channels, np.int32))
@@ -400,7 +400,7 @@ def pack_model(int8_tflite, strip=True, version=FORMAT_VERSION):
         raise ExportError(f"packed format version must be one of {FORMAT_VERSIONS}, got {version}")
     model = tflite_model.read(int8_tflite)
     tflite_model.check_tflm_ops(model)
-    for layer, op in zip(expected_layers(int8_tflite), convert.weight_ops(model)):
+    for layer, op in zip(expected_layers(int8_tflite), tflite_model.weight_ops(model)):
         for tensor in (op.weights, op.bias):
             if tensor >= 0 and tflite_model.consumers(model, tensor) != [op.op_index]:
                 raise ExportError(f"tensor {tflite_model.tensor_name(model, tensor)!r} is shared by several "

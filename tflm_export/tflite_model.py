@@ -6,6 +6,7 @@ and packed again. Buffers are then re-aligned by tflite-micro's C++ alignment to
 flatbuffers builder ignores the schema's ``force_align: 16`` on buffer data.
 """
 
+import dataclasses
 import os
 import tempfile
 
@@ -15,6 +16,7 @@ from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as sch
 from tflite_micro.tensorflow.lite.micro.tools import tflite_flatbuffer_align_wrapper
 
 FILE_IDENTIFIER = b"TFL3"
+WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 SCHEMA_VERSION = 3
 
 BUILTIN_NAMES = {code: name for name, code in vars(schema.BuiltinOperator).items()
@@ -193,6 +195,54 @@ def set_tensor_data(model, index, array):
         model.buffers.append(schema.BufferT())
         tensor.buffer = len(model.buffers) - 1
     model.buffers[tensor.buffer].data = np.frombuffer(raw, dtype=np.uint8).copy()
+
+
+def tensor_scales(model, index):
+    """(float64 scales, quantized dimension) of tensor ``index`` of subgraph 0; ExportError if it has none."""
+    q = model.subgraphs[0].tensors[index].quantization
+    if q is None or q.scale is None or len(q.scale) == 0:
+        raise ExportError(f"tensor {tensor_name(model, index)!r} is not quantized")
+    return np.asarray(q.scale, np.float64), int(q.quantizedDimension)
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightOp:
+    """A conv / depthwise / fully connected op of subgraph 0 and the tensors it reads and writes."""
+    op_index: int
+    kind: str
+    input: int
+    weights: int
+    bias: int  # -1 when the op has no bias
+    output: int
+
+
+def weight_ops(model):
+    """The :class:`WeightOp` of every op in :data:`WEIGHT_OPS`, in execution order."""
+    found = []
+    for index, op in enumerate(model.subgraphs[0].operators or []):
+        kind = op_name(model, op)
+        if kind in WEIGHT_OPS:
+            inputs = _as_list(op.inputs)
+            found.append(WeightOp(index, kind, inputs[0], inputs[1], inputs[2] if len(inputs) > 2 else -1,
+                                  int(op.outputs[0])))
+    return found
+
+
+def channel_axis(kind):
+    """The output-channel axis of a TFLite weight tensor of op ``kind``: depthwise (1, kh, kw, channels)
+    keeps its channels last, conv (out, kh, kw, in) and fully connected (out, in) first."""
+    return 3 if kind == "DEPTHWISE_CONV_2D" else 0
+
+
+def channels_last(w, axis):
+    """(elements, channels) view of a TFLite weight array with output channels on ``axis``."""
+    return np.moveaxis(w, axis, -1).reshape(-1, w.shape[axis])
+
+
+def from_channels_last(w2d, shape, axis):
+    """Inverse of :func:`channels_last`: the (elements, channels) array back in ``shape``."""
+    moved = list(shape[:axis]) + list(shape[axis + 1:]) + [shape[axis]]
+    return np.moveaxis(w2d.reshape(moved), -1, axis)
 
 
 def consumers(model, tensor_index):
