@@ -129,6 +129,7 @@ def test_qgt_model_is_stripped_and_keeps_its_codes():
     from qgt_keras import conversion, models
     from qgt_keras.layers import quantized_kernels
     qgt_model = conversion.quantize_model(models.small_cnn((16, 16, 3)), bits=2)
+    conversion.set_hard_quantization(qgt_model)  # its forward pass is on the grid: snapping changes nothing
     images = np.random.default_rng(2).random((8, 16, 16, 3), dtype=np.float32)
     result = keras_convert.convert_keras(qgt_model, images)
     assert {layer: result.bits[tensor] for layer, tensor in result.layer_tensors.items()} == \

@@ -23,7 +23,7 @@ import tf_keras as keras
 
 from qgt_keras import conversion as qgt_conversion
 from qgt_keras import layer_kinds, quantizers
-from qgt_keras.layers import QUANTIZED_LAYERS
+from qgt_keras.layers import quantized_kernels
 from tflm_export import snap, tflite_model
 from tflm_export.tflite_model import ExportError
 
@@ -151,26 +151,48 @@ def _fit_scales(name, keras_codes, weights, old_scales, bits, method):
     return codes.astype(np.int8), scales, int(off_grid.sum())
 
 
-def plain_keras_model(model, bits=None):
-    """(plain tf_keras model, bits): a QGT model (qgt_keras quantized layers) stripped to Conv2D /
-    DepthwiseConv2D / Dense with its kernels snapped by their own quantizers, and its layers' bits updated
-    by ``bits``; any other model and ``bits`` unchanged."""
-    if not any(isinstance(layer, QUANTIZED_LAYERS) for layer in _flat_layers(model)):
+def plain_keras_model(model, bits=None, resnap=False):
+    """(plain tf_keras model, bits): a QGT model (qgt_keras quantized layers, or plain layers with a
+    QGTRegularizer) stripped to Conv2D / DepthwiseConv2D / Dense with its kernels snapped to their grids, and
+    its layers' bits (``qgt_keras.conversion.layer_bits``) updated by ``bits``; any other model and ``bits``
+    unchanged.
+
+    A layer below 8 bits whose forward pass is float (not hard-quantized) must already be on its grid:
+    snapping it here would change what the model computes. Such a layer off its grid is an OffGridError
+    naming it and how far off it is, unless ``resnap``, which snaps it anyway with a warning saying so.
+    Layers whose bits ``bits`` sets are snapped at those bits, as asked.
+    """
+    entries = quantized_kernels(model)
+    if not entries:
         return model, bits
-    return (qgt_conversion.strip_quantization(model, snap=True),
-            {**qgt_conversion.layer_bits(model), **dict(bits or {})})
+    given = dict(bits or {})
+    off_grid = [entry for entry in entries
+                if entry.bits < 8 and entry.name not in given and not entry.hard_quantized and not entry.on_grid()]
+    if off_grid:
+        how_far = {entry.name: f"{entry.bits}-bit, a weight {entry.grid_distance():.2f} grid steps from its code, "
+                               f"relative error ||W - Q(W)||^2 / ||W||^2 {entry.relative_error():.2e}"
+                   for entry in off_grid}
+        if not resnap:
+            others = "".join(f"; also {name} ({text})" for name, text in list(how_far.items())[1:])
+            raise snap.OffGridError(
+                off_grid[0].name, f"is off its grid ({how_far[off_grid[0].name]}){others}. Snap the model first "
+                "(qgt_keras.conversion.snap_weights) or re-snap it at export (resnap; qgt-export --resnap)",
+                what="Keras layer")
+        warnings.warn("re-snapping Keras layers that were off their grid: "
+                      + "; ".join(f"{name} ({text})" for name, text in how_far.items()))
+    return (qgt_conversion.strip_quantization(model, snap=True), {**qgt_conversion.layer_bits(model), **given})
 
 
-def convert_keras(model, representative_data, bits=None, default_bits=8, method="mse"):
+def convert_keras(model, representative_data, bits=None, default_bits=8, method="mse", resnap=False):
     """Converts a tf_keras model to an int8 .tflite whose listed layers hold exactly their b-bit codes.
 
     ``bits`` maps Conv2D / DepthwiseConv2D / Dense layer names to 1..8 (others get ``default_bits``);
     ``representative_data`` is an array of input samples (first axis) or a TFLite representative dataset
     callable; ``method`` is the scale search of the snap ("mse" or "max"). The model is not modified.
-    A QGT model (qgt_keras quantized layers) is first stripped to plain layers with its kernels snapped by
-    their own quantizers, and its layers' bits are the defaults of ``bits``. Returns a :class:`Conversion`.
+    A QGT model is first stripped by :func:`plain_keras_model` (``resnap`` is its), and its layers' bits are
+    the defaults of ``bits``. Returns a :class:`Conversion`.
     """
-    model, bits = plain_keras_model(model, bits)
+    model, bits = plain_keras_model(model, bits, resnap)
     layers = [layer for layer in _flat_layers(model) if layer_kinds.kind_of(layer)]
     layer_bits = snap.resolve_bits([layer.name for layer in layers], bits, default_bits, "Keras kernel layers")
     snapped_model = keras.models.clone_model(model)

@@ -20,11 +20,12 @@ _INT32 = np.iinfo(np.int32)
 
 
 class OffGridError(ExportError):
-    """A weight tensor holds values that are not codes of its b-bit grid; ``tensor`` names it."""
+    """A weight tensor (or Keras layer) holds values that are not codes of its b-bit grid; ``tensor`` names
+    it."""
 
-    def __init__(self, tensor, message):
+    def __init__(self, tensor, message, what="weight tensor"):
         self.tensor = tensor
-        super().__init__(f"weight tensor {tensor!r} {message}")
+        super().__init__(f"{what} {tensor!r} {message}")
 
 
 def dequantized_weights(model, op):

@@ -8,7 +8,7 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from tflm_export import pack, reference, tflite_model
+from tflm_export import pack, reference, termination, tflite_model
 from tflm_export.tflite_model import ExportError
 
 DECODE_OP = "TFLM_DECODE"
@@ -57,9 +57,10 @@ def run_tflm(model_bytes, inputs, tensors=(), timeout_s=600):
     a child process; ``tensors`` lists the subgraph-0 tensors whose values to return.
 
     Raises ExportError when the runtime fails or aborts (it kills its process on, e.g., a model whose
-    activation ranges were calibrated on no real data).
+    activation ranges were calibrated on no real data). SIGTERM kills the child and removes its folder
+    (see :mod:`tflm_export.termination`).
     """
-    with tempfile.TemporaryDirectory() as folder:
+    with termination.sigterm_raises(), tempfile.TemporaryDirectory() as folder:
         model_path, inputs_path, outputs_path = (os.path.join(folder, n) for n in
                                                  ("model.tflite", "inputs.npy", "outputs.npz"))
         with open(model_path, "wb") as f:
