@@ -11,14 +11,13 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from qgt_keras import quantizers
-from qgt_keras.layers import QUANTIZED_COUNTERPART, QUANTIZED_LAYERS, quantized_kernels
+from qgt_keras import layer_kinds, quantizers
+from qgt_keras.layers import QUANTIZED_CLASSES, QUANTIZED_LAYERS, quantized_kernels
 from qgt_keras.regularizers import DEFAULT_STRENGTH, QGTRegularizer
 
 # Layers with weights that QGT passes through unchanged (BatchNormalization is folded into the preceding
 # kernel at export; a per-channel grid survives folding).
 PASS_THROUGH_WITH_WEIGHTS = (keras.layers.BatchNormalization,)
-LAYER_TYPE_NAMES = {cls.__name__: cls for cls in QUANTIZED_COUNTERPART}
 
 
 @dataclasses.dataclass
@@ -42,6 +41,11 @@ class QuantizationPolicy:
     skip: tuple = ()
 
     def __post_init__(self):
+        if not isinstance(self.overrides, dict):
+            raise TypeError(f"policy overrides must be a dict {{layer name or type: bits}}, got {self.overrides!r}")
+        if isinstance(self.skip, str) or not all(isinstance(name, str) for name in self.skip):
+            raise TypeError(f"policy skip must be a list of layer names, got {self.skip!r}"
+                            + (f" (did you mean skip=({self.skip!r},)?)" if isinstance(self.skip, str) else ""))
         quantizers.check_bits(self.bits, "policy bits")
         if self.edge_bits is not None:
             quantizers.check_bits(self.edge_bits, "policy edge_bits")
@@ -57,10 +61,10 @@ class QuantizationPolicy:
         layers = _quantizable_layers(model)
         names = {layer.name for layer in model.layers}
         for key in list(self.overrides) + list(self.skip):
-            if key not in names and key not in LAYER_TYPE_NAMES:
+            if key not in names and key not in layer_kinds.BY_NAME:
                 raise ValueError(
                     f"policy names {key!r}, which is neither a layer of model {model.name!r} nor one of "
-                    f"{sorted(LAYER_TYPE_NAMES)}; quantizable layers: {[layer.name for layer in layers]}")
+                    f"{sorted(layer_kinds.BY_NAME)}; quantizable layers: {[layer.name for layer in layers]}")
             if key in names and key not in {layer.name for layer in layers}:
                 raise ValueError(
                     f"policy names layer {key!r} ({type(model.get_layer(key)).__name__}), which has no kernel "
@@ -74,7 +78,7 @@ class QuantizationPolicy:
             elif layer.name in edges:
                 resolved[layer.name] = int(self.edge_bits)
             else:
-                resolved[layer.name] = int(self.overrides.get(type(layer).__name__, self.bits))
+                resolved[layer.name] = int(self.overrides.get(layer_kinds.kind_of(layer).name, self.bits))
         return resolved
 
 
@@ -97,16 +101,16 @@ def _quantizable_layers(model):
     """Layers QGT quantizes, in order; raises for layers with weights it does not support."""
     quantizable = []
     for layer in model.layers:
-        if type(layer) in QUANTIZED_COUNTERPART:
-            quantizable.append(layer)
-        elif isinstance(layer, QUANTIZED_LAYERS):
+        if isinstance(layer, QUANTIZED_LAYERS):
             raise ValueError(f"layer {layer.name!r} is already quantized; pass the float model")
+        if layer_kinds.kind_of(layer) is not None:
+            quantizable.append(layer)
         elif isinstance(layer, keras.Model):
             raise ValueError(f"layer {layer.name!r} is a nested model; flatten it into one Functional model")
         elif layer.weights and not isinstance(layer, PASS_THROUGH_WITH_WEIGHTS):
             raise ValueError(
                 f"layer {layer.name!r} of type {type(layer).__name__} is not supported by QGT (supported: "
-                f"{sorted(LAYER_TYPE_NAMES)}, BatchNormalization and layers without weights)")
+                f"{sorted(layer_kinds.BY_NAME)}, BatchNormalization and layers without weights)")
     return quantizable
 
 
@@ -131,13 +135,12 @@ def quantize_model(model, policy=None, **policy_kwargs):
             config["gamma_constraint"] = keras.constraints.serialize(keras.constraints.NonNeg())
         if layer.name not in bits_by_layer:
             return layer.__class__.from_config(config)
-        quantized_class = QUANTIZED_COUNTERPART[type(layer)]
+        kind = layer_kinds.kind_of(layer)
         bits = bits_by_layer[layer.name]
-        base = config.get(quantized_class.regularizer_argument)
-        config[quantized_class.regularizer_argument] = QGTRegularizer(
-            bits, policy.strength, policy.outlier_weight, policy.regularizer_scale, quantized_class.channel_axes,
-            base=base)
-        return quantized_class.from_config({**config, "bits": bits, "scale": policy.scale})
+        config[kind.regularizer_argument] = QGTRegularizer(
+            bits, policy.strength, policy.outlier_weight, policy.regularizer_scale, kind.channel_axes,
+            base=config.get(kind.regularizer_argument))
+        return QUANTIZED_CLASSES[kind].from_config({**config, "bits": bits, "scale": policy.scale})
 
     quantized = keras.models.clone_model(model, clone_function=clone)
     for original in model.layers:
@@ -175,8 +178,8 @@ def _make_gamma_nonnegative(layer, norm):
     sign = np.where(gamma < 0, -1.0, 1.0).astype(gamma.dtype)
     if np.all(sign > 0):
         return
-    kernel = getattr(layer, layer.kernel_attribute)
-    flipped = quantizers.channels_last_2d(kernel, layer.channel_axes) * sign
+    kernel = layer.layer_kind.kernel(layer)
+    flipped = quantizers.channels_last_2d(kernel, layer.layer_kind.channel_axes) * sign
     kernel.assign(tf.reshape(flipped, kernel.shape))
     if layer.use_bias:
         layer.bias.assign(layer.bias * sign)
@@ -214,20 +217,18 @@ def strip_quantization(model, snap=True):
     each quantized kernel replaced by its grid values when ``snap``. Use ``layer_bits(model)`` for the bits.
     This is what the exporter converts."""
     check_tf_keras_model(model)
-    plain_types = {quantized: plain for plain, quantized in QUANTIZED_COUNTERPART.items()}
 
     def clone(layer):
         config = layer.get_config()
-        plain = plain_types.get(type(layer))
-        if plain is None:
-            regularizers = [key for key in ("kernel_regularizer", "depthwise_regularizer") if key in config]
-            for key in regularizers:
-                config[key] = _without_qgt(config[key])
+        kind = layer_kinds.kind_of(layer)
+        if kind is None:
+            return layer.__class__.from_config(config)
+        config[kind.regularizer_argument] = _without_qgt(config[kind.regularizer_argument])
+        if not isinstance(layer, QUANTIZED_LAYERS):
             return layer.__class__.from_config(config)
         config.pop("bits")
         config.pop("scale")
-        config[layer.regularizer_argument] = _without_qgt(config[layer.regularizer_argument])
-        return plain.from_config(config)
+        return kind.keras_class.from_config(config)
 
     plain_model = keras.models.clone_model(model, clone_function=clone)
     snapped = {entry.name: entry.snapped() for entry in quantized_kernels(model)} if snap else {}

@@ -16,25 +16,25 @@ import dataclasses
 import tensorflow as tf
 import tf_keras as keras
 
-from qgt_keras import quantizers
+from qgt_keras import layer_kinds, quantizers
 from qgt_keras.regularizers import QGTRegularizer
 from qgt_keras.serialization import register
 
 
 class QuantizedKernelMixin:
-    """Adds ``bits``, a ``WeightQuantizer`` and the phase gate to a Keras layer with one kernel."""
+    """Adds ``bits``, a ``WeightQuantizer`` and the phase gate to a Keras layer with one kernel; the class's
+    ``layer_kind`` (qgt_keras.layer_kinds) says which attribute holds the kernel and its channel axes."""
 
-    kernel_attribute = "kernel"
-    regularizer_argument = "kernel_regularizer"
-    channel_axes = -1
+    layer_kind = None
 
     def __init__(self, *args, bits=2, scale="mse", **kwargs):
+        kind = self.layer_kind
         self.bits = quantizers.check_bits(bits, f"bits of layer {kwargs.get('name', type(self).__name__)!r}")
-        regularizer = keras.regularizers.get(kwargs.get(self.regularizer_argument))
+        regularizer = keras.regularizers.get(kwargs.get(kind.regularizer_argument))
         if isinstance(regularizer, QGTRegularizer) and regularizer.bits != self.bits:
             raise ValueError(
                 f"layer {kwargs.get('name')!r}: QGTRegularizer bits {regularizer.bits} != layer bits {self.bits}")
-        self.kernel_quantizer = quantizers.WeightQuantizer(self.bits, scale, self.channel_axes)
+        self.kernel_quantizer = quantizers.WeightQuantizer(self.bits, scale, kind.channel_axes)
         super().__init__(*args, **kwargs)
 
     @property
@@ -44,7 +44,7 @@ class QuantizedKernelMixin:
     @property
     def qgt_regularizer(self):
         """The layer's QGTRegularizer, or None."""
-        regularizer = getattr(self, self.regularizer_argument)
+        regularizer = getattr(self, self.layer_kind.regularizer_argument)
         return regularizer if isinstance(regularizer, QGTRegularizer) else None
 
     def build(self, input_shape):
@@ -53,18 +53,19 @@ class QuantizedKernelMixin:
             "quantize_gate", shape=(), initializer="zeros", trainable=False)
 
     def call(self, inputs):
-        float_kernel = getattr(self, self.kernel_attribute)
+        attribute = self.layer_kind.kernel_attribute
+        float_kernel = getattr(self, attribute)
         used = tf.cond(
             self.quantize_gate > 0.5,
             lambda: self.kernel_quantizer(float_kernel),
             lambda: tf.identity(float_kernel))
         # Keras' call reads the kernel attribute: lend it the quantized tensor for this call only, bypassing
         # Keras' attribute tracking (which would reorder the layer's weights).
-        object.__setattr__(self, self.kernel_attribute, used)
+        object.__setattr__(self, attribute, used)
         try:
             return super().call(inputs)
         finally:
-            object.__setattr__(self, self.kernel_attribute, float_kernel)
+            object.__setattr__(self, attribute, float_kernel)
 
     def set_hard_quantization(self, enabled):
         self.quantize_gate.assign(1.0 if enabled else 0.0)
@@ -77,28 +78,29 @@ class QuantizedKernelMixin:
 class QConv2D(QuantizedKernelMixin, keras.layers.Conv2D):
     """Conv2D with a b-bit per-output-channel kernel."""
 
+    layer_kind = layer_kinds.CONV_2D
+
 
 @register
 class QDepthwiseConv2D(QuantizedKernelMixin, keras.layers.DepthwiseConv2D):
     """DepthwiseConv2D with a b-bit kernel, one scale per output channel (input channel x multiplier)."""
 
-    kernel_attribute = "depthwise_kernel"
-    regularizer_argument = "depthwise_regularizer"
-    channel_axes = (2, 3)
+    layer_kind = layer_kinds.DEPTHWISE_CONV_2D
 
 
 @register
 class QDense(QuantizedKernelMixin, keras.layers.Dense):
     """Dense with a b-bit per-output-unit kernel."""
 
+    layer_kind = layer_kinds.DENSE
 
-# Keras layer type -> its quantized counterpart. Exact types: subclasses such as Conv2DTranspose differ.
-QUANTIZED_COUNTERPART = {
-    keras.layers.Conv2D: QConv2D,
-    keras.layers.DepthwiseConv2D: QDepthwiseConv2D,
-    keras.layers.Dense: QDense,
-}
-QUANTIZED_LAYERS = tuple(QUANTIZED_COUNTERPART.values())
+
+# Layer kind -> its quantized layer class.
+QUANTIZED_CLASSES = {cls.layer_kind: cls for cls in (QConv2D, QDepthwiseConv2D, QDense)}
+QUANTIZED_LAYERS = tuple(QUANTIZED_CLASSES.values())
+# Largest distance of a weight from its grid value, in grid steps, that still counts as on the grid (a
+# snapped kernel saved and loaded again is ~1e-5 steps off).
+ON_GRID_STEPS = 1e-2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +117,12 @@ class QuantizedKernel:
     @property
     def name(self):
         return self.layer.name
+
+    @property
+    def hard_quantized(self):
+        """Whether the layer's forward pass uses the snapped kernel (quantize gate 1)."""
+        gate = getattr(self.layer, "quantize_gate", None)
+        return gate is not None and float(gate.numpy()) > 0.5
 
     def codes(self):
         """(codes, scales) of the current kernel."""
@@ -133,6 +141,16 @@ class QuantizedKernel:
         error, power = self.squared_error()
         return error / power if power > 0 else 0.0
 
+    def grid_distance(self):
+        """The largest distance of a weight from its grid value, in grid steps of its channel."""
+        codes, scale = self.codes()
+        w2d = quantizers.channels_last_2d(self.kernel, self.channel_axes)
+        distance = tf.abs(w2d - quantizers.channels_last_2d(codes, self.channel_axes) * scale) / scale
+        return float(tf.reduce_max(distance))
+
+    def on_grid(self):
+        return self.grid_distance() <= ON_GRID_STEPS
+
     def qgt_term(self):
         """What the layer's QGT regularizer adds to the loss now (0 without one)."""
         return float(self.regularizer.qgt_term(self.kernel)) if self.regularizer is not None else 0.0
@@ -143,15 +161,18 @@ def quantized_kernels(model):
     Dense layers whose kernel regularizer is a QGTRegularizer. In model layer order."""
     found = []
     for layer in model.layers:
-        if isinstance(layer, QUANTIZED_LAYERS):
-            found.append(QuantizedKernel(
-                layer, getattr(layer, layer.kernel_attribute), layer.bits, layer.qgt_regularizer,
-                layer.channel_axes, layer.kernel_quantizer.scale))
+        kind = layer_kinds.kind_of(layer)
+        if kind is None:
             continue
-        counterpart = QUANTIZED_COUNTERPART.get(type(layer))
-        regularizer = getattr(layer, counterpart.regularizer_argument, None) if counterpart else None
+        if isinstance(layer, QUANTIZED_LAYERS):
+            found.append(QuantizedKernel(layer, kind.kernel(layer), layer.bits, layer.qgt_regularizer,
+                                         kind.channel_axes, layer.kernel_quantizer.scale))
+            continue
+        regularizer = getattr(layer, kind.regularizer_argument, None)
         if isinstance(regularizer, QGTRegularizer):
-            found.append(QuantizedKernel(
-                layer, getattr(layer, counterpart.kernel_attribute), regularizer.bits, regularizer,
-                regularizer.channel_axes, regularizer.scale))
+            if regularizer.channel_axes not in (None, kind.channel_axes):
+                raise ValueError(f"layer {layer.name!r}: its QGTRegularizer has channel_axes "
+                                 f"{regularizer.channel_axes!r}, a {kind.name} kernel's are {kind.channel_axes!r}")
+            found.append(QuantizedKernel(layer, kind.kernel(layer), regularizer.bits, regularizer,
+                                         kind.channel_axes, regularizer.scale))
     return found

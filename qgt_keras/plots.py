@@ -7,8 +7,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from qgt_keras import quantizers  # noqa: E402
-from qgt_keras.layers import QUANTIZED_COUNTERPART  # noqa: E402
+from qgt_keras import layer_kinds, quantizers  # noqa: E402
 
 _HISTOGRAM_COLUMNS = 4
 # Grid lines are drawn up to this width; wider grids are too dense to see.
@@ -29,10 +28,10 @@ def kernel_in_steps(kernel, bits, channel_axes, scale="mse"):
 
 def _kernel(model, name):
     layer = model.get_layer(name)
-    for plain, quantized in QUANTIZED_COUNTERPART.items():
-        if isinstance(layer, (plain, quantized)):
-            return getattr(layer, quantized.kernel_attribute).numpy(), quantized.channel_axes
-    raise ValueError(f"layer {name!r} has no kernel")
+    kind = layer_kinds.kind_of(layer)
+    if kind is None:
+        raise ValueError(f"layer {name!r} of model {model.name!r} has no kernel")
+    return kind.kernel(layer).numpy(), kind.channel_axes
 
 
 def weight_histograms(before, after, bits_by_layer, path, title=None):

@@ -28,10 +28,13 @@ channel: the distribution that results is a few tight clusters on a fine grid in
 stretched to fit the tails.
 """
 
+import numbers
+
 import tensorflow as tf
 import tf_keras as keras
 
 from qgt_keras import quantizers
+from qgt_keras.layer_kinds import DEPTHWISE_CONV_2D
 from qgt_keras.serialization import register
 
 # Pulls a lone 2-bit Dense layer's relative quantization error down >10x on a toy regression in ~600 Adam
@@ -51,17 +54,18 @@ class QGTRegularizer(keras.regularizers.Regularizer):
       outlier_weight: weight of the beyond-range term O relative to the grid term D.
       scale: how s_c is derived from the weights at every step: "lloyd" (default; near-MSE and cheap),
         "mse" (searched; more exact, slower) or "max" (clips nothing, so O is always 0).
-      channel_axes: the kernel's output-channel axes; -1 for Conv2D/Dense, (2, 3) for DepthwiseConv2D
-        (``quantize_model`` sets it for you).
+      channel_axes: the kernel's output-channel axes: -1 for Conv2D/Dense, (2, 3) for DepthwiseConv2D. None
+        (the default) takes them from the kernel the term is called on: (2, 3) for a layer's
+        ``depthwise_kernel``, -1 for a ``kernel`` or a matrix; any other 4-D tensor is an error.
       base: an optional regularizer (e.g. the model's own L2) added to the QGT term.
     """
 
-    def __init__(self, bits=2, strength=DEFAULT_STRENGTH, outlier_weight=1.0, scale="lloyd", channel_axes=-1,
+    def __init__(self, bits=2, strength=DEFAULT_STRENGTH, outlier_weight=1.0, scale="lloyd", channel_axes=None,
                  base=None):
         self.bits = quantizers.check_bits(bits)
-        if strength < 0 or outlier_weight < 0:
-            raise ValueError(
-                f"strength and outlier_weight must be >= 0, got {strength!r} and {outlier_weight!r}")
+        for value, what in ((strength, "strength"), (outlier_weight, "outlier_weight")):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < float("inf"):
+                raise ValueError(f"QGTRegularizer {what} must be a finite number >= 0, got {value!r}")
         if scale not in quantizers.SCALE_METHODS:
             raise ValueError(f"scale must be one of {quantizers.SCALE_METHODS}, got {scale!r}")
         self.outlier_weight = float(outlier_weight)
@@ -78,9 +82,23 @@ class QGTRegularizer(keras.regularizers.Regularizer):
     def strength(self, value):
         self._strength.assign(float(value))
 
+    def kernel_channel_axes(self, kernel):
+        """The output-channel axes the term uses for ``kernel`` (see ``channel_axes``)."""
+        if self.channel_axes is not None:
+            return self.channel_axes
+        rank = len(kernel.shape)
+        # A layer's kernel variable is named "<layer>/kernel:0" or "<layer>/depthwise_kernel:0".
+        variable = str(getattr(kernel, "name", "") or "").rsplit("/", 1)[-1]
+        if variable.startswith("depthwise_kernel"):
+            return DEPTHWISE_CONV_2D.channel_axes
+        if rank <= 2 or variable.startswith("kernel"):
+            return -1
+        raise ValueError(f"QGTRegularizer cannot tell the output channels of a rank-{rank} tensor "
+                         f"{variable or '(unnamed)'}: pass channel_axes=-1 (Conv2D) or (2, 3) (DepthwiseConv2D)")
+
     def terms(self, kernel):
         """(D, O): the grid and outlier terms of ``kernel``, without strength."""
-        w2d = quantizers.channels_last_2d(tf.cast(kernel, tf.float32), self.channel_axes)
+        w2d = quantizers.channels_last_2d(tf.cast(kernel, tf.float32), self.kernel_channel_axes(kernel))
         scale = tf.stop_gradient(quantizers.estimate_scale(w2d, self.bits, self.scale, channel_axes=-1))
         reach = float(-quantizers.code_range(self.bits)[0])
         codes = tf.stop_gradient(quantizers.quantize(w2d, self.bits, scale=scale)[0])

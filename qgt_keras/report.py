@@ -14,9 +14,9 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from qgt_keras import quantizers
+from qgt_keras import layer_kinds, quantizers
 from qgt_keras.conversion import QuantizationPolicy, check_tf_keras_model, float_forward
-from qgt_keras.layers import QUANTIZED_COUNTERPART, QuantizedKernel, quantized_kernels
+from qgt_keras.layers import QuantizedKernel, quantized_kernels
 
 _EVAL_CHUNK = 64
 
@@ -116,16 +116,17 @@ def _kernels(model, bits):
         return entries
     if isinstance(bits, int):
         bits = QuantizationPolicy(bits=bits, edge_bits=None)
+    # the scale the policy's layers would snap with; a bare {layer: bits} gets the policy default
+    scale = bits.scale if isinstance(bits, QuantizationPolicy) else QuantizationPolicy.scale
     bits_by_layer = bits.resolve(model) if isinstance(bits, QuantizationPolicy) else dict(bits)
     found = []
     for name, layer_bits in bits_by_layer.items():
         layer = model.get_layer(name)
-        counterpart = QUANTIZED_COUNTERPART.get(type(layer))
-        if counterpart is None:
+        kind = layer_kinds.kind_of(layer)
+        if kind is None:
             raise ValueError(f"layer {name!r} of type {type(layer).__name__} has no kernel to quantize")
-        found.append(QuantizedKernel(
-            layer, getattr(layer, counterpart.kernel_attribute), quantizers.check_bits(layer_bits, name), None,
-            counterpart.channel_axes, "mse"))
+        found.append(QuantizedKernel(layer, kind.kernel(layer), quantizers.check_bits(layer_bits, name), None,
+                                     kind.channel_axes, scale))
     return found
 
 

@@ -6,8 +6,7 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from qgt_keras import conversion, quantizers, recipes
-from qgt_keras.layers import QUANTIZED_COUNTERPART
+from qgt_keras import conversion, layer_kinds, quantizers, recipes
 
 
 @pytest.fixture(scope="module")
@@ -21,9 +20,9 @@ def _kernels(model):
     """{layer name: (kernel array, channel axes)} of the Conv2D / DepthwiseConv2D / Dense layers."""
     found = {}
     for layer in model.layers:
-        counterpart = QUANTIZED_COUNTERPART.get(type(layer))
-        if counterpart is not None:
-            found[layer.name] = (getattr(layer, counterpart.kernel_attribute).numpy(), counterpart.channel_axes)
+        kind = layer_kinds.kind_of(layer)
+        if kind is not None:
+            found[layer.name] = (kind.kernel(layer).numpy(), kind.channel_axes)
     return found
 
 

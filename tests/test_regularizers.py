@@ -4,6 +4,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from qgt_keras import quantizers
+from qgt_keras.layers import quantized_kernels
 from qgt_keras.regularizers import QGTRegularizer
 
 
@@ -36,14 +37,14 @@ def test_value_and_gradient_match_numpy(bits):
 @pytest.mark.parametrize("method", ["mse", "lloyd"])
 def test_term_uses_the_grid_scale(method):
     w = np.random.default_rng(0).normal(size=(3, 3, 4, 5)).astype(np.float32)
-    grid, outlier = QGTRegularizer(2, scale=method).terms(w)
+    grid, outlier = QGTRegularizer(2, scale=method, channel_axes=-1).terms(w)
     codes, scale = quantizers.quantize(w, 2, method)
     steps = w.reshape(-1, 5) / scale.numpy()
     expected = ((steps - codes.numpy().reshape(-1, 5)) ** 2).sum() / 2 ** 2  # the 2-bit range is 2 steps
     np.testing.assert_allclose(float(grid), expected, rtol=1e-4)
     assert float(outlier) >= 0
     on_grid = quantizers.snap(w, 2).numpy()
-    assert float(QGTRegularizer(2, scale=method)(on_grid)) == pytest.approx(0, abs=1e-6)
+    assert float(QGTRegularizer(2, scale=method, channel_axes=-1)(on_grid)) == pytest.approx(0, abs=1e-6)
 
 
 def test_outlier_term_only_counts_weights_beyond_the_range():
@@ -73,6 +74,33 @@ def test_an_8bit_grid_pulls_far_less_than_a_2bit_grid():
     assert float(QGTRegularizer(8)(w)) < float(QGTRegularizer(2)(w)) / 1000
 
 
+def test_a_standalone_regularizer_finds_the_channels_of_its_layer():
+    inputs = keras.Input((6, 6, 4))
+    depthwise = keras.layers.DepthwiseConv2D(3, depthwise_regularizer=QGTRegularizer(2), name="dw")
+    conv = keras.layers.Conv2D(5, 1, kernel_regularizer=QGTRegularizer(2), name="conv")
+    keras.Model(inputs, conv(depthwise(inputs)))
+    assert depthwise.depthwise_regularizer.kernel_channel_axes(depthwise.depthwise_kernel) == (2, 3)
+    assert conv.kernel_regularizer.kernel_channel_axes(conv.kernel) == -1
+    # Per channel, not one scale per tensor: rescaling one depthwise channel leaves the term unchanged.
+    kernel = depthwise.depthwise_kernel.numpy()
+    before = float(depthwise.losses[0])
+    kernel[:, :, 1] *= 50
+    depthwise.depthwise_kernel.assign(kernel)
+    assert float(depthwise.losses[0]) == pytest.approx(before, rel=1e-4)
+    with pytest.raises(ValueError, match=r"cannot tell the output channels of a rank-4 tensor.*channel_axes=-1"):
+        QGTRegularizer(2)(np.zeros((3, 3, 4, 1), np.float32))
+    matrix = np.random.default_rng(3).normal(size=(4, 3)).astype(np.float32)  # a matrix: channels last
+    assert float(QGTRegularizer(2)(matrix)) == float(QGTRegularizer(2, channel_axes=-1)(matrix))
+
+
+def test_a_regularizer_whose_channel_axes_contradict_its_layer_is_refused():
+    inputs = keras.Input((6, 6, 4))
+    model = keras.Model(inputs, keras.layers.DepthwiseConv2D(
+        3, depthwise_regularizer=QGTRegularizer(2, channel_axes=-1), name="dw")(inputs))
+    with pytest.raises(ValueError, match=r"layer 'dw': its QGTRegularizer has channel_axes -1, a DepthwiseConv2D"):
+        quantized_kernels(model)
+
+
 def test_depthwise_channel_axes_and_scale_invariance():
     w = np.random.default_rng(1).normal(size=(3, 3, 6, 1)).astype(np.float32)
     regularizer = QGTRegularizer(2, channel_axes=(2, 3))
@@ -99,7 +127,9 @@ def test_config_round_trip_and_registration():
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"bits": 0}, "bits must be an integer in 1..8"),
-    ({"bits": 2, "strength": -1}, "must be >= 0"),
+    ({"bits": 2, "strength": -1}, "strength must be a finite number >= 0, got -1"),
+    ({"bits": 2, "strength": "x"}, "strength must be a finite number >= 0, got 'x'"),
+    ({"bits": 2, "outlier_weight": float("nan")}, "outlier_weight must be a finite number >= 0, got nan"),
     ({"bits": 2, "scale": "p99"}, "scale must be one of"),
 ])
 def test_bad_arguments(kwargs, message):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tf_keras as keras
 
-from tflm_export import convert, files, pack, tflite_model
+from tflm_export import files, keras_convert, pack, snap, tflite_model
 from tflm_export.tflite_model import CorruptModelError, UnsupportedOpsError
 
 TINY_BITS = {"conv1": 2, "dw1": 3, "pw1": 1, "dense": 4}
@@ -74,7 +74,7 @@ def converted_tiny():
     """(Keras model, Conversion) of :func:`tiny_model` at TINY_BITS, converted once per test session."""
     if "tiny" not in _converted:
         model = tiny_model()
-        _converted["tiny"] = model, convert.convert_keras(model, calibration_images(), TINY_BITS)
+        _converted["tiny"] = model, keras_convert.convert_keras(model, calibration_images(), TINY_BITS)
     return _converted["tiny"]
 
 
@@ -119,7 +119,7 @@ def test_unsupported_ops_are_listed():
     _, conversion = converted_tiny()
     bad = with_op_renamed(conversion.tflite, 0, "MY_SECRET_OP")
     with pytest.raises(UnsupportedOpsError, match="MY_SECRET_OP") as error:
-        convert.snap_tflite(bad, default_bits=4)
+        snap.snap_tflite(bad, default_bits=4)
     assert error.value.ops == ["MY_SECRET_OP"]
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from test_tflm_export_common import calibration_images, converted_tiny, read_reference, rounded_tiny
 from test_tflm_export_parameters import bias_widths
-from tflm_export import bitpack, convert, pack, tflite_model, verify
+from tflm_export import bitpack, keras_convert, pack, snap, tflite_model, verify
 from tflm_export.tflite_model import ExportError
 
 
@@ -25,7 +25,7 @@ def test_packed_model_round_trip_and_layout():
 
     model = tflite_model.read(packed)
     names = tflite_model.op_names(model)
-    assert not set(names) & set(convert.WEIGHT_OPS)
+    assert not set(names) & set(tflite_model.WEIGHT_OPS)
     assert set(pack.CUSTOM_CODES.values()) <= set(names)
     for op, layer in zip(_qgt_ops(model), decoded):
         assert len(op.inputs) == 2
@@ -70,7 +70,7 @@ def test_a_wrong_parameter_is_caught_by_the_layer_check():
 
 
 def test_third_party_model_packs_at_two_bits():
-    snapped = convert.snap_tflite(read_reference("tflm_person_detect.tflite"), default_bits=2, bits={0: 8})
+    snapped = snap.snap_tflite(read_reference("tflm_person_detect.tflite"), default_bits=2, bits={0: 8})
     rounded = pack.round_parameters(snapped)
     packed = pack.pack_model(rounded)
     decoded = pack.unpack_model(packed)
@@ -119,7 +119,7 @@ def test_scales_off_the_grid_are_refused_and_odd_biases_fall_back_to_wider_ones(
     with pytest.raises(ExportError, match="not on the packed format's log grid.*round_parameters"):
         pack.pack_model(converted_tiny()[1].tflite)
     model = tflite_model.read(rounded_tiny())
-    op = convert.weight_ops(model)[0]
+    op = tflite_model.weight_ops(model)[0]
     bias = tflite_model.tensor_array(model, op.bias).copy()
     bias[0] = 40001  # odd and beyond what 1 byte holds: needs 4 bytes (documented fallback)
     tflite_model.set_tensor_data(model, op.bias, bias)
@@ -148,7 +148,7 @@ def test_packed_layers_match_tflite_micro_on_edge_shapes():
         if layer.weights:
             layer.set_weights([rng.normal(0, 0.5, w.shape) for w in layer.get_weights()])
     images = rng.random((8, 11, 13, 3), dtype=np.float32)
-    result = convert.convert_keras(model, images, {"conv_valid": 1, "dw_dilated": 2, "conv_odd": 3, "dense": 4})
+    result = keras_convert.convert_keras(model, images, {"conv_valid": 1, "dw_dilated": 2, "conv_odd": 3, "dense": 4})
     int8 = pack.round_parameters(result.tflite)
     packed = pack.pack_model(int8)
     decoded = pack.unpack_model(packed)

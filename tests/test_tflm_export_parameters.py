@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from test_tflm_export_common import converted_tiny, rounded_tiny
-from tflm_export import convert, pack, parameters, tflite_model
+from tflm_export import pack, parameters, tflite_model
 from tflm_export.tflite_model import ExportError
 
 
@@ -49,11 +49,11 @@ def test_round_parameters_moves_scales_and_biases_a_little_and_keeps_codes():
     assert parameters.round_parameters(rounded, wide_bias_channels=0) == rounded  # already on the grids
     assert 2 in bias_widths(pack.pack_model(parameters.round_parameters(original)))  # narrow layers keep 2 bytes
     before, after = tflite_model.read(original), tflite_model.read(rounded)
-    for op in convert.weight_ops(before):
+    for op in tflite_model.weight_ops(before):
         np.testing.assert_array_equal(tflite_model.tensor_array(before, op.weights),
                                       tflite_model.tensor_array(after, op.weights))
-        old, new = convert._scales(before, op.weights)[0], convert._scales(after, op.weights)[0]
+        old, new = tflite_model.tensor_scales(before, op.weights)[0], tflite_model.tensor_scales(after, op.weights)[0]
         assert np.max(np.abs(new / old - 1)) <= 2 ** (1 / 64) - 1
-        real_bias = [tflite_model.tensor_array(m, op.bias) * convert._scales(m, op.bias)[0] for m in (before, after)]
-        output_step = convert._scales(before, op.output)[0][0]
+        real_bias = [tflite_model.tensor_array(m, op.bias) * tflite_model.tensor_scales(m, op.bias)[0] for m in (before, after)]
+        output_step = tflite_model.tensor_scales(before, op.output)[0][0]
         assert np.max(np.abs(real_bias[1] - real_bias[0])) <= 2 * output_step  # 1-byte biases

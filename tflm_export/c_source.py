@@ -20,6 +20,7 @@ from tflm_export.tflite_model import ExportError
 _BYTES_PER_LINE = 12
 # Host (64-bit) arenas are larger than on a 32-bit MCU; round the host figure up to whole KiB.
 _ARENA_ROUND = 1024
+FILE_NAMES = ("model_data.h", "model_data.cc")
 
 
 def identifier(name):
@@ -137,10 +138,15 @@ def render(model_bytes, name, arena_bytes=None, source="", arena_origin="measure
     return header, source_text
 
 
+def render_files(model_bytes, name, arena_bytes=None, source="", arena_origin="measured on a 64-bit host"):
+    """{file name: text} of the two C files of :func:`render`."""
+    return dict(zip(FILE_NAMES, render(model_bytes, name, arena_bytes, source, arena_origin)))
+
+
 def write(folder, model_bytes, name, arena_bytes=None, source="", arena_origin="measured on a 64-bit host"):
     """Writes ``folder``/model_data.h and model_data.cc atomically; returns their paths."""
-    header, source_text = render(model_bytes, name, arena_bytes, source, arena_origin)
-    paths = os.path.join(folder, "model_data.h"), os.path.join(folder, "model_data.cc")
-    write_atomic(paths[0], header)
-    write_atomic(paths[1], source_text)
-    return paths
+    paths = []
+    for file_name, text in render_files(model_bytes, name, arena_bytes, source, arena_origin).items():
+        paths.append(os.path.join(folder, file_name))
+        write_atomic(paths[-1], text)
+    return tuple(paths)

@@ -16,7 +16,7 @@ import numpy as np
 from tflite_micro.tensorflow.lite.micro import compression
 from tflite_micro.tensorflow.lite.micro.compression import spec
 
-from tflm_export import convert, tflite_model
+from tflm_export import tflite_model
 from tflm_export.tflite_model import ExportError
 
 MAX_INDEX_BITS = 7  # the tool's limit; 8-bit indices would save nothing over int8
@@ -35,8 +35,8 @@ def compress_model(int8_tflite):
     tflite_model.check_tflm_ops(model)
     builder = compression.SpecBuilder()
     compressed = 0
-    for op in convert.weight_ops(model):
-        scales, axis = convert._scales(model, op.weights)
+    for op in tflite_model.weight_ops(model):
+        scales, axis = tflite_model.tensor_scales(model, op.weights)
         per_channel = len(scales) > 1
         bits = index_bits(tflite_model.tensor_array(model, op.weights), axis if per_channel else None)
         if bits <= MAX_INDEX_BITS:

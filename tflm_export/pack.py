@@ -1,6 +1,6 @@
 """The packed model: b-bit weights and compact per-channel parameters in QGT custom ops (docs/FORMAT.md).
 
-:func:`pack_model` turns an int8 .tflite (from :mod:`tflm_export.convert`, with its parameters on the
+:func:`pack_model` turns an int8 .tflite (from :mod:`tflm_export.keras_convert`, with its parameters on the
 format's grids: :func:`round_parameters`) into the packed variant, format version 3: every CONV_2D,
 DEPTHWISE_CONV_2D and FULLY_CONNECTED op becomes the custom op QGT_CONV_2D, QGT_DEPTHWISE_CONV_2D or
 QGT_FULLY_CONNECTED with one constant input, a blob of the bit-packed codes in word-padded rows
@@ -19,7 +19,7 @@ import struct
 import numpy as np
 from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
 
-from tflm_export import bitpack, convert, requant, tflite_model
+from tflm_export import bitpack, requant, tflite_model
 from tflm_export.parameters import BIAS_WIDTHS, MAX_BIAS_SHIFT, bias_encoding, bias_quantum, round_parameters
 from tflm_export.tflite_model import ExportError
 
@@ -92,11 +92,11 @@ def _options(model, op, kind, codes):
 
 
 def _weight_scales(model, op, channels):
-    return np.broadcast_to(convert._scales(model, op.weights)[0].astype(np.float32), (channels,))
+    return np.broadcast_to(tflite_model.tensor_scales(model, op.weights)[0].astype(np.float32), (channels,))
 
 
 def _activation_scales(model, op):
-    return (np.float32(convert._scales(model, op.input)[0][0]), np.float32(convert._scales(model, op.output)[0][0]))
+    return (np.float32(tflite_model.tensor_scales(model, op.input)[0][0]), np.float32(tflite_model.tensor_scales(model, op.output)[0][0]))
 
 
 def expected_layers(int8_tflite):
@@ -104,11 +104,11 @@ def expected_layers(int8_tflite):
     multipliers computed as TFLite-Micro's Prepare does (in double precision)."""
     model = tflite_model.read(int8_tflite)
     layers = []
-    for op in convert.weight_ops(model):
+    for op in tflite_model.weight_ops(model):
         codes = tflite_model.tensor_array(model, op.weights)
         if codes.dtype != np.int8:
             raise ExportError(f"weight tensor {tflite_model.tensor_name(model, op.weights)!r} is not int8")
-        channels = codes.shape[convert._channel_axis(op)]
+        channels = codes.shape[tflite_model.channel_axis(op.kind)]
         input_scale, output_scale = _activation_scales(model, op)
         pairs = [requant.quantize_multiplier(float(input_scale) * float(s) / float(output_scale))
                  for s in _weight_scales(model, op, channels)]
@@ -248,7 +248,7 @@ def pack_model(int8_tflite, strip=True):
     """
     model = tflite_model.read(int8_tflite)
     tflite_model.check_tflm_ops(model)
-    for layer, op in zip(expected_layers(int8_tflite), convert.weight_ops(model)):
+    for layer, op in zip(expected_layers(int8_tflite), tflite_model.weight_ops(model)):
         for tensor in (op.weights, op.bias):
             if tensor >= 0 and tflite_model.consumers(model, tensor) != [op.op_index]:
                 raise ExportError(f"tensor {tflite_model.tensor_name(model, tensor)!r} is shared by several "

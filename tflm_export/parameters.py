@@ -5,7 +5,7 @@ int8 model's weight scales and biases on those grids.
 
 import numpy as np
 
-from tflm_export import convert, tflite_model
+from tflm_export import snap, tflite_model
 from tflm_export.requant import SCALE_STEPS_PER_OCTAVE, grid_scales, scale_codes
 from tflm_export.tflite_model import ExportError
 
@@ -63,17 +63,17 @@ def round_parameters(int8_tflite, wide_bias_channels=64):
     on TFLM's person_detect they hold 432 of 2,738 channels and most of the accuracy cost of 1-byte biases.
 
     Codes stay; each bias is first re-expressed in its channel's new scale (as in
-    :func:`tflm_export.convert.snap_tflite`), then rounded to the finest unit in which its layer fits the
+    :func:`tflm_export.snap.snap_tflite`), then rounded to the finest unit in which its layer fits the
     width. This changes the model slightly (scales by at most 1.1 %, 1-byte biases by up to about two output
     steps): docs/FORMAT.md has the measured accuracy cost.
     """
     model = tflite_model.read(int8_tflite)
-    for op in convert.weight_ops(model):
+    for op in tflite_model.weight_ops(model):
         weights = tflite_model.tensor_array(model, op.weights)
-        axis = convert._channel_axis(op)
-        old_scales = np.broadcast_to(convert._scales(model, op.weights)[0], (weights.shape[axis],))
+        axis = tflite_model.channel_axis(op.kind)
+        old_scales = np.broadcast_to(tflite_model.tensor_scales(model, op.weights)[0], (weights.shape[axis],))
         exponent, codes = scale_codes(old_scales)
-        convert._rewrite(model, op, convert._channels_last(weights, axis), grid_scales(codes, exponent).astype(
+        snap.rewrite_weights(model, op, tflite_model.channels_last(weights, axis), grid_scales(codes, exponent).astype(
             np.float64), old_scales)
         if op.bias < 0:
             continue

@@ -8,7 +8,7 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from tflm_export import convert, pack, reference, tflite_model
+from tflm_export import pack, reference, termination, tflite_model
 from tflm_export.tflite_model import ExportError
 
 DECODE_OP = "TFLM_DECODE"
@@ -57,9 +57,10 @@ def run_tflm(model_bytes, inputs, tensors=(), timeout_s=600):
     a child process; ``tensors`` lists the subgraph-0 tensors whose values to return.
 
     Raises ExportError when the runtime fails or aborts (it kills its process on, e.g., a model whose
-    activation ranges were calibrated on no real data).
+    activation ranges were calibrated on no real data). SIGTERM kills the child and removes its folder
+    (see :mod:`tflm_export.termination`).
     """
-    with tempfile.TemporaryDirectory() as folder:
+    with termination.sigterm_raises(), tempfile.TemporaryDirectory() as folder:
         model_path, inputs_path, outputs_path = (os.path.join(folder, n) for n in
                                                  ("model.tflite", "inputs.npy", "outputs.npz"))
         with open(model_path, "wb") as f:
@@ -107,8 +108,8 @@ def compare(model_bytes, inputs, reference_bytes=None, reference_runtime="tflite
 def has_per_channel_fully_connected(model_bytes):
     """Whether a FULLY_CONNECTED op has per-channel weights (where tf.lite and TFLM may differ by one step)."""
     model = tflite_model.read(model_bytes)
-    return any(op.kind == "FULLY_CONNECTED" and len(convert._scales(model, op.weights)[0]) > 1
-               for op in convert.weight_ops(model))
+    return any(op.kind == "FULLY_CONNECTED" and len(tflite_model.tensor_scales(model, op.weights)[0]) > 1
+               for op in tflite_model.weight_ops(model))
 
 
 def agrees_with_tflite(result, model_bytes):
@@ -126,7 +127,7 @@ def check_packed_layers(int8_bytes, packed_bytes, inputs):
     Returns {"layers", "inputs", "bit_exact", "mismatched_layers"}.
     """
     packed = tflite_model.read(packed_bytes)
-    ops = {op.op_index: op for op in convert.weight_ops(tflite_model.read(int8_bytes))}
+    ops = {op.op_index: op for op in tflite_model.weight_ops(tflite_model.read(int8_bytes))}
     layers = pack.unpack_model(packed_bytes)
     if sorted(ops) != [layer.op_index for layer in layers]:
         raise ExportError("the packed model's QGT ops are not the int8 model's weight ops")
@@ -180,7 +181,7 @@ def size_breakdown(model_bytes):
         name = tflite_model.op_name(model, op)
         inputs = [int(i) for i in op.inputs]
         fresh = [i for i in inputs if i >= 0 and i not in counted]
-        if name in convert.WEIGHT_OPS:
+        if name in tflite_model.WEIGHT_OPS:
             weights += _buffer_bytes(model, inputs[1]) if inputs[1] in fresh else 0
             params += sum(_quantization_bytes(model, i) for i in inputs[1:] if i >= 0 and i in fresh)
             params += _buffer_bytes(model, inputs[2]) if len(inputs) > 2 and inputs[2] in fresh else 0

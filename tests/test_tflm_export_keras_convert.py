@@ -1,4 +1,4 @@
-"""tflm_export.convert: grid exactness after BatchNorm folding, TFLM bit-exactness, third-party models."""
+"""tflm_export.keras_convert and snap: grid exactness after BatchNorm folding, TFLM bit-exactness, third-party models."""
 
 import numpy as np
 import pytest
@@ -6,8 +6,8 @@ import pytest
 from qgt_keras import quantizers
 from test_tflm_export_common import (TINY_BITS, calibration_images, converted_tiny, read_reference,
                                      reference_model, tiny_model)
-from tflm_export import convert, tflite_model, verify
-from tflm_export.convert import OffGridError
+from tflm_export import keras_convert, snap, tflite_model, verify
+from tflm_export.snap import OffGridError
 from tflm_export.tflite_model import ExportError
 
 
@@ -60,20 +60,20 @@ def test_check_grid_names_the_offending_tensor():
     _, conversion = converted_tiny()
     dense_tensor = conversion.layer_tensors["dense"]
     with pytest.raises(OffGridError, match="MatMul|dense") as error:
-        convert.check_grid(conversion.tflite, {dense_tensor: 2})  # 4-bit codes declared as 2 bits
+        snap.check_grid(conversion.tflite, {dense_tensor: 2})  # 4-bit codes declared as 2 bits
     assert error.value.tensor == dense_tensor
     model, tensors = _weights_by_layer(conversion)
     binary = tflite_model.tensor_array(model, tensors["pw1"]).copy()
     binary.flat[0] = 0
     tflite_model.set_tensor_data(model, tensors["pw1"], binary)
     with pytest.raises(OffGridError, match="not a 1-bit code"):
-        convert.check_grid(tflite_model.write(model), {conversion.layer_tensors["pw1"]: 1})
+        snap.check_grid(tflite_model.write(model), {conversion.layer_tensors["pw1"]: 1})
 
 
 def test_negative_batchnorm_gamma_negates_codes_or_resnaps_the_channel():
     keras_model = tiny_model(seed=3, negative_gamma=True)
     with pytest.warns(UserWarning, match="re-snapped"):
-        result = convert.convert_keras(keras_model, calibration_images(), {"conv1": 2, "pw1": 1})
+        result = keras_convert.convert_keras(keras_model, calibration_images(), {"conv1": 2, "pw1": 1})
     model, tensors = _weights_by_layer(result)
     keras_codes = quantizers.quantize(keras_model.get_layer("conv1").kernel.numpy(), 2)[0].numpy()
     keras_codes = keras_codes.transpose(3, 0, 1, 2).reshape(5, -1)
@@ -83,22 +83,22 @@ def test_negative_batchnorm_gamma_negates_codes_or_resnaps_the_channel():
     np.testing.assert_array_equal(stored[~uses_lowest], -keras_codes[~uses_lowest])
     assert result.resnapped[result.layer_tensors["conv1"]] == uses_lowest.sum() > 0
     assert result.layer_tensors["pw1"] not in result.resnapped  # binary codes always negate onto the grid
-    convert.check_grid(result.tflite, result.bits)
+    snap.check_grid(result.tflite, result.bits)
 
 
 @pytest.mark.parametrize("bits, message", [({"nope": 2}, "unknown"), ({"conv1": 9}, "1..8")])
 def test_bad_bits_are_refused(bits, message):
     with pytest.raises(ValueError, match=message):
-        convert.convert_keras(tiny_model(), calibration_images(4), bits)
+        keras_convert.convert_keras(tiny_model(), calibration_images(4), bits)
 
 
 @pytest.mark.parametrize("file_name", ["tflm_person_detect.tflite", "mlperf_tiny_vww_96_int8.tflite"])
 @pytest.mark.parametrize("bits", [4, 2])
 def test_third_party_int8_models_snap_and_stay_bit_exact(file_name, bits):
     source = read_reference(file_name)
-    snapped = convert.snap_tflite(source, default_bits=bits, bits={0: 8})
+    snapped = snap.snap_tflite(source, default_bits=bits, bits={0: 8})
     model = tflite_model.read(snapped)
-    ops = convert.weight_ops(model)
+    ops = tflite_model.weight_ops(model)
     for op in ops[1:]:
         codes = tflite_model.tensor_array(model, op.weights)
         assert len(np.unique(codes)) <= 2 ** bits
@@ -111,7 +111,7 @@ def test_third_party_keras_model_converts_on_grid():
     model = keras.models.load_model(reference_model("mlperf_tiny_vww_96.h5"), compile=False)
     first = model.layers[1].name
     images = np.random.default_rng(0).random((4, 96, 96, 3), dtype=np.float32)
-    result = convert.convert_keras(model, images, {first: 8}, default_bits=4)
+    result = keras_convert.convert_keras(model, images, {first: 8}, default_bits=4)
     assert sorted(set(result.bits.values())) == [4, 8]
     result_check = verify.compare(result.tflite, verify.quantize_inputs(result.tflite, images[:2]))
     assert result_check["bit_exact"], result_check
@@ -120,27 +120,28 @@ def test_third_party_keras_model_converts_on_grid():
 def test_snap_tflite_refuses_unknown_keys_and_float_models():
     source = converted_tiny()[1].tflite
     with pytest.raises(ExportError, match="neither a weight tensor name"):
-        convert.snap_tflite(source, bits={"no_such_tensor": 2})
+        snap.snap_tflite(source, bits={"no_such_tensor": 2})
     with pytest.raises(ExportError, match="not int8|FLOAT32|expected int8|not quantized"):
-        convert.snap_tflite(convert.to_float_tflite(tiny_model()), default_bits=2)
+        snap.snap_tflite(keras_convert.to_float_tflite(tiny_model()), default_bits=2)
 
 
 def test_qgt_model_is_stripped_and_keeps_its_codes():
     from qgt_keras import conversion, models
     from qgt_keras.layers import quantized_kernels
     qgt_model = conversion.quantize_model(models.small_cnn((16, 16, 3)), bits=2)
+    conversion.set_hard_quantization(qgt_model)  # its forward pass is on the grid: snapping changes nothing
     images = np.random.default_rng(2).random((8, 16, 16, 3), dtype=np.float32)
-    result = convert.convert_keras(qgt_model, images)
+    result = keras_convert.convert_keras(qgt_model, images)
     assert {layer: result.bits[tensor] for layer, tensor in result.layer_tensors.items()} == \
         conversion.layer_bits(qgt_model)
     model, tensors = _weights_by_layer(result)
-    ops = {op.weights: op for op in convert.weight_ops(model)}
+    ops = {op.weights: op for op in tflite_model.weight_ops(model)}
     checked = 0
     for entry in quantized_kernels(qgt_model):
         if entry.bits == 8:
             continue
         codes = entry.codes()[0].numpy()  # the layer's own quantizer; BatchNorm gammas start at 1 (no flips)
-        expected = convert._keras_codes_to_tflite(ops[tensors[entry.name]].kind, codes)
+        expected = keras_convert.keras_codes_to_tflite(ops[tensors[entry.name]].kind, codes)
         np.testing.assert_array_equal(tflite_model.tensor_array(model, tensors[entry.name]), expected,
                                       err_msg=entry.name)
         checked += 1
