@@ -95,7 +95,8 @@ def build_cortex_m4(generated, folder, portable=False):
     name = "model_runner_portable.elf" if portable else "model_runner.elf"
     return toolchain.build_cortex_m4([RUNNER_SOURCE, source], folder, name, portable=portable, include_dirs=[folder],
                                      defines=[*_defines(generated), "QGT_RUNNER_SEMIHOST"],
-                                     extra_flags=["-save-temps=obj", f"-Wl,-Map={os.path.join(folder, MAP_FILE)}"])
+                                     extra_flags=["-save-temps=obj", f"-Wl,-Map={os.path.join(folder, MAP_FILE)}",
+                                                  "-Wl,--cref"])
 
 
 def _encode(generated, inputs):
@@ -170,11 +171,13 @@ _SECTION_VALUES = re.compile(r"^\s+(0x[0-9a-f]+)\s+(0x[0-9a-f]+)\s+(\S.*)$")
 _KINDS = ((".text", "text"), (".rodata", "rodata"), (".data", "data"), (".bss", "bss"), ("COMMON", "bss"))
 
 
-def _part(object_path):
-    """Which part of the image an object file of the link map belongs to."""
+def _part(object_path, library_members=frozenset()):
+    """Which part of the image an object file of the link map belongs to; an archive member (libc_nano.a(
+    lib_a-memcpy.o), libgcc.a(...)) is "libc" when it is in ``library_members`` (needed by the kernels or
+    the model), else the runner's."""
     name = os.path.basename(object_path)
-    if "(" in name:  # an archive member: libc_nano.a(libc_a-memcpy.o), libgcc.a(...)
-        return "libc"
+    if "(" in object_path:
+        return "libc" if object_path in library_members else "runner"
     source = name.split("-", 1)[-1][:-2] if name.endswith(".o") else name  # -save-temps: <elf>-<source>.o
     if source + ".c" in {os.path.basename(s) for s in toolchain.library_sources()}:
         return "kernels"
@@ -185,13 +188,15 @@ def footprint(elf):
     """The :class:`Footprint` of an image built by :func:`build_cortex_m4`, from its link map."""
     with open(os.path.join(os.path.dirname(elf), MAP_FILE)) as f:
         text = f.read()
-    memory_map = text[text.index("Linker script and memory map"):]
+    start, cref = text.index("Linker script and memory map"), text.find("Cross Reference Table")
+    members = _library_members(text[cref:]) if cref >= 0 else frozenset()
+    memory_map = text[start:cref if cref > start else len(text)]
     parts, pending = {}, None
     for line in memory_map.splitlines():
         if pending is not None:
             values = _SECTION_VALUES.match(line)
             if values:
-                _add(parts, pending, int(values.group(2), 16), values.group(3))
+                _add(parts, pending, int(values.group(2), 16), values.group(3), members)
             pending = None
             continue
         match = _INPUT_SECTION.match(line)
@@ -200,13 +205,34 @@ def footprint(elf):
         if match.group(2) is None:
             pending = match.group(1)  # a long section name: address, size and file on the next line
         else:
-            _add(parts, match.group(1), int(match.group(3), 16), match.group(4))
+            _add(parts, match.group(1), int(match.group(3), 16), match.group(4), members)
     return Footprint(parts)
 
 
-def _add(parts, section, size, object_path):
+def _library_members(cross_reference):
+    """The archive members of the link map's cross reference table that the kernels or the model need,
+    directly or through other such members."""
+    referrers, symbol_file = {}, None
+    for line in cross_reference.splitlines()[3:]:
+        fields = line.split()
+        if not fields:
+            continue
+        if not line[0].isspace():  # "symbol    defining file"
+            symbol_file = fields[-1] if len(fields) >= 2 else None
+        elif symbol_file is not None:
+            referrers.setdefault(symbol_file, set()).add(fields[-1])
+    needed = set()
+    while True:
+        more = {member for member, users in referrers.items() if "(" in member and member not in needed and any(
+            user in needed or ("(" not in user and _part(user) in ("kernels", "model")) for user in users)}
+        if not more:
+            return frozenset(needed)
+        needed |= more
+
+
+def _add(parts, section, size, object_path, members):
     for prefix, kind in _KINDS:
         if section.startswith(prefix) and size and object_path.strip().endswith((".o", ".o)")):
-            part = parts.setdefault(_part(object_path.strip()), {})
+            part = parts.setdefault(_part(object_path.strip(), members), {})
             part[kind] = part.get(kind, 0) + size
             return
