@@ -27,21 +27,33 @@ def _host_check(generated, inputs, expected, folder):
     return {"inputs": int(len(inputs)), "bit_exact": not bool(differs.any()), "mismatched_outputs": int(differs.sum())}
 
 
-def _cortex_m4_measurement(generated, inputs, expected, folder):
+def cortex_m4_run(generated, inputs, folder):
+    """Builds ``generated`` for the Cortex-M4 (DSP path) in ``folder`` and runs it on int8 ``inputs`` on qemu:
+    {"statuses", "outputs" (inputs, output bytes), "instructions" (the first input's inference),
+    "stack_bytes", "ram_bytes", "kernels_flash_bytes", "model_code_flash_bytes", "model_data_flash_bytes",
+    "libc_flash_bytes", "firmware_flash_bytes"}. Raises toolchain.ToolchainMissing without the cross compiler
+    or qemu, ExportError when the image fails to build or run."""
     try:
         elf = model_runner.build_cortex_m4(generated, folder)
-        run = model_runner.run_cortex_m4(elf, generated, inputs[:1], folder)
-    except toolchain.ToolchainMissing:
-        return {"note": NOT_MEASURED}
+        run = model_runner.run_cortex_m4(elf, generated, inputs, folder)
     except (emulator.EmulatorError, toolchain.BuildError) as error:
         raise ExportError(f"the generated C model failed on the emulated Cortex-M4: {error}") from error
     footprint = model_runner.footprint(elf)
-    stack = run.results.stack_bytes[0]
-    return {"bit_exact": run.results.statuses == [0] and bool(np.array_equal(run.results.outputs[0], expected[0])),
-            "instructions": run.invoke_instructions, "stack_bytes": stack,
-            "ram_bytes": footprint.static_ram + stack, "kernels_flash_bytes": footprint.kernel_flash,
-            "model_code_flash_bytes": footprint.model_code_flash, "model_data_flash_bytes": footprint.model_data_flash,
-            "libc_flash_bytes": footprint.libc_flash, "firmware_flash_bytes": footprint.firmware_flash}
+    stack = max(run.results.stack_bytes)
+    return {"statuses": run.results.statuses, "outputs": run.results.outputs, "instructions": run.invoke_instructions,
+            "stack_bytes": stack, "ram_bytes": footprint.static_ram + stack,
+            "kernels_flash_bytes": footprint.kernel_flash, "model_code_flash_bytes": footprint.model_code_flash,
+            "model_data_flash_bytes": footprint.model_data_flash, "libc_flash_bytes": footprint.libc_flash,
+            "firmware_flash_bytes": footprint.firmware_flash}
+
+
+def _cortex_m4_measurement(generated, inputs, expected, folder):
+    try:
+        run = cortex_m4_run(generated, inputs[:1], folder)
+    except toolchain.ToolchainMissing:
+        return {"note": NOT_MEASURED}
+    outputs, statuses = run.pop("outputs"), run.pop("statuses")
+    return {"bit_exact": statuses == [0] and bool(np.array_equal(outputs[0], expected[0])), **run}
 
 
 def report_entry(generated, inputs, expected, files):
