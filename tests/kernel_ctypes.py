@@ -32,7 +32,7 @@ class Filter(ctypes.Structure):
     _fields_ = [("weights", ctypes.c_void_p), ("bias", ctypes.c_void_p), ("scale_codes", ctypes.c_void_p),
                 ("out_channels", c_int32), ("kernel_h", c_int32), ("kernel_w", c_int32), ("in_channels", c_int32),
                 ("row_length", c_int32), ("row_bytes", c_int32), ("weight_bits", c_uint8), ("bias_bytes", c_uint8),
-                ("bias_shift", c_uint8), ("scale_exponent", c_int8), ("narrow", c_uint8)]
+                ("bias_shift", c_uint8), ("scale_exponent", c_int8), ("accumulator_bits", c_uint8)]
 
 
 class Layer(ctypes.Structure):

@@ -114,7 +114,7 @@ def test_the_parser_fills_views_into_the_blob(lib):
         6, 3, 2, 5, 30, 8, 2)
     weight_bytes, _ = pack.blob_sizes("CONV_2D", case.options)
     assert f.weights == blob and f.bias == blob + weight_bytes and f.scale_codes == blob + weight_bytes + 6 * f.bias_bytes
-    assert f.narrow == 1
+    assert 10 <= f.accumulator_bits <= 30
 
 
 @pytest.mark.parametrize("offset", [1, 2, 3])

@@ -8,7 +8,7 @@ import re
 
 _HEADER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "arduino", "QGT", "src",
                        "qgt_kernels.h")
-CHANNEL_BYTES = 16  # the per-channel requantization record each weight kernel expands into its scratch
+CHANNEL_BYTES = 24  # the per-channel requantization record each weight kernel expands into its scratch
 
 
 def status_codes():
@@ -32,10 +32,10 @@ def conv_scratch_bytes(out_channels, row_length):
 
 
 def depthwise_scratch_bytes(input_channels, out_channels, kernel_hw, stride_hw, dilation_hw, output_width):
-    """qgt_depthwise_conv2d_scratch_size: channel records, the ring of the window's input rows (padded, plus 4
-    bytes a 4-channel load may read past the last channel) and the filter widened to 16 bits."""
+    """qgt_depthwise_conv2d_scratch_size: channel records, the ring of the window's input rows (padding
+    columns included, input channels in groups of 4) and the filter widened to 16 bits (groups of 4)."""
     (kh, kw), (_, sw), (dh, dw) = kernel_hw, stride_hw, dilation_hw
     rows = (kh - 1) * dh + 1
     width = (output_width - 1) * sw + (kw - 1) * dw + 1
-    ring = _align4((width * input_channels + 4) * rows)
+    ring = 4 * width * _quads(input_channels) * rows
     return _align4(CHANNEL_BYTES * out_channels) + ring + 8 * _quads(out_channels) * kh * kw
