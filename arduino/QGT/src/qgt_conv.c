@@ -15,11 +15,11 @@
 static inline int32_t quads_of(int32_t length) { return (length + 3) / 4; }
 
 /* Copy words for a pixel pair: 2 words per quad per pixel. */
-static size_t copy_bytes(const qgt_filter *filter) { return (size_t)16 * (size_t)quads_of(filter->row_length); }
+static size_t pair_copy_bytes(const qgt_filter *filter) { return (size_t)16 * (size_t)quads_of(filter->row_length); }
 
 /* channels | pair copy | gathered field */
 static size_t conv_scratch_size(const qgt_filter *filter) {
-  return qgt__align4(qgt__channels_bytes(filter->out_channels)) + copy_bytes(filter) +
+  return qgt__align4(qgt__channels_bytes(filter->out_channels)) + pair_copy_bytes(filter) +
          (size_t)4 * (size_t)quads_of(filter->row_length);
 }
 
@@ -43,8 +43,8 @@ static inline void copy_bytes_to(int8_t *to, const int8_t *from, int32_t n) {
 }
 
 /* Gathers the receptive field of output pixel `pixel` (batch-major raster order) into `field`, K int8 values
- * in the filter's order, padded to whole quads; positions outside the input hold the input zero point, whose
- * value plus the input offset is zero. */
+ * in the filter's order; positions outside the input hold the input zero point, whose value plus the input
+ * offset is zero. */
 static void gather_field(const qgt_conv_params *params, const qgt_dims *input_dims, const int8_t *input,
                          const qgt_filter *filter, const qgt_dims *output_dims, int32_t pixel, int8_t *field) {
   const int32_t out_w = output_dims->w, out_h = output_dims->h, in_c = input_dims->c, kw = filter->kernel_w;
@@ -73,17 +73,17 @@ static void gather_field(const qgt_conv_params *params, const qgt_dims *input_di
     }
     out += kw * in_c;
   }
-  for (int8_t *end = field + 4 * quads_of(filter->row_length); out < end; ++out) *out = zero;
 }
 
-/* Widens whole quads of int8 values (the input offset added) into pixel p of the pair copy; returns their sum. */
-static int32_t widen_quads(const int8_t *values, int32_t quads, int32_t input_offset, int32_t p, int16_t *copy) {
-  int32_t sum = 0;
+/* Widens `length` int8 values (the input offset added) into pixel p of the pair copy, zeros up to the next
+ * whole quad; returns their sum. */
+static int32_t widen(const int8_t *values, int32_t length, int32_t input_offset, int32_t p, int16_t *copy) {
+  int32_t sum = 0, k = 0;
 #if QGT_DSP
   const uint32_t offset = (uint32_t)(input_offset & 0xFFFF) * kOnes;
   uint32_t *words = (uint32_t *)(void *)copy + p;
-  for (int32_t q = 0; q < quads; ++q, words += 4) {
-    const uint32_t x4 = qgt__load32(values + 4 * q);
+  for (; k + 4 <= length; k += 4, words += 4) {
+    const uint32_t x4 = qgt__load32(values + k);
     const uint32_t even = (uint32_t)__sxtab16((int32_t)offset, (int32_t)x4);
     const uint32_t odd = (uint32_t)__sxtab16((int32_t)offset, (int32_t)qgt__ror(x4, 8));
     words[0] = even;
@@ -91,52 +91,16 @@ static int32_t widen_quads(const int8_t *values, int32_t quads, int32_t input_of
     sum = __smlad((int32_t)even, (int32_t)kOnes, sum);
     sum = __smlad((int32_t)odd, (int32_t)kOnes, sum);
   }
-#else
-  for (int32_t k = 0; k < 4 * quads; ++k) {
-    const int32_t value = values[k] + input_offset;
+#endif
+  for (; k < 4 * quads_of(length); ++k) {
+    const int32_t value = k < length ? values[k] + input_offset : 0;
     copy[copy_halfword(k, p)] = (int16_t)value;
     sum += value;
   }
-#endif
   return sum;
 }
 
 #if QGT_DSP
-/* The pixel pair of a pointwise layer (1x1, stride 1, no padding): `in0`, `in1` are its input pixels. */
-static void copy_pointwise(const int8_t *in0, const int8_t *in1, int32_t length, int32_t input_offset,
-                           uint32_t *copy, int32_t sums[2]) {
-  const uint32_t offset = (uint32_t)(input_offset & 0xFFFF) * kOnes;
-  int32_t s0 = 0, s1 = 0, k = 0;
-  for (; k + 4 <= length; k += 4) {
-    const uint32_t a = qgt__load32(in0 + k), b = qgt__load32(in1 + k);
-    const uint32_t a_even = (uint32_t)__sxtab16((int32_t)offset, (int32_t)a);
-    const uint32_t b_even = (uint32_t)__sxtab16((int32_t)offset, (int32_t)b);
-    const uint32_t a_odd = (uint32_t)__sxtab16((int32_t)offset, (int32_t)qgt__ror(a, 8));
-    const uint32_t b_odd = (uint32_t)__sxtab16((int32_t)offset, (int32_t)qgt__ror(b, 8));
-    copy[0] = a_even;
-    copy[1] = b_even;
-    copy[2] = a_odd;
-    copy[3] = b_odd;
-    copy += 4;
-    s0 = __smlad((int32_t)a_even, (int32_t)kOnes, s0);
-    s0 = __smlad((int32_t)a_odd, (int32_t)kOnes, s0);
-    s1 = __smlad((int32_t)b_even, (int32_t)kOnes, s1);
-    s1 = __smlad((int32_t)b_odd, (int32_t)kOnes, s1);
-  }
-  if (k < length) { /* the last, partial quad: missing values are zero */
-    int16_t *half = (int16_t *)(void *)copy;
-    for (int32_t i = 0; i < 4; ++i) {
-      const int32_t a = k + i < length ? in0[k + i] + input_offset : 0, b = k + i < length ? in1[k + i] + input_offset : 0;
-      half[copy_halfword(i, 0)] = (int16_t)a;
-      half[copy_halfword(i, 1)] = (int16_t)b;
-      s0 += a;
-      s1 += b;
-    }
-  }
-  sums[0] = s0;
-  sums[1] = s1;
-}
-
 /* One quad of the 2 x 2 block on the DSP path: copy words 2q and 2q+1 of both pixels (two LDRD at byte offset
  * `offset` of c) against fields j = 2q and 2q+1 of both rows' weight words, which are one AND each of the
  * word rotated by `rot0` and `rot1` bits (j * bits). Hand-scheduled because the block needs 14 live
@@ -409,24 +373,20 @@ static channel_loop channel_loop_of(int32_t bits) {
 static void conv_rows(const conv_job *job) {
   const qgt_filter *filter = job->filter;
   const int32_t pixels = job->output_dims->n * job->output_dims->h * job->output_dims->w;
-  const int32_t out_c = filter->out_channels, quads = quads_of(filter->row_length);
+  const int32_t out_c = filter->out_channels;
   const channel_loop channels_of_pair = channel_loop_of(filter->weight_bits);
   for (int32_t p = 0; p < pixels; p += 2) {
     const int32_t second = p + 1 < pixels ? p + 1 : p;
     int32_t sums[2];
-#if QGT_DSP
-    if (job->pointwise) {
-      const int8_t *in0 = job->input + (size_t)p * job->input_dims->c;
-      copy_pointwise(in0, job->input + (size_t)second * job->input_dims->c, filter->row_length,
-                     job->params->input_offset, (uint32_t *)(void *)job->copy, sums);
-    } else
-#endif
-    {
-      const int32_t offset = job->params->input_offset;
+    const int32_t offset = job->params->input_offset, length = filter->row_length;
+    if (job->pointwise) { /* the receptive field is the input pixel */
+      sums[0] = widen(job->input + (size_t)p * length, length, offset, 0, job->copy);
+      sums[1] = widen(job->input + (size_t)second * length, length, offset, 1, job->copy);
+    } else {
       gather_field(job->params, job->input_dims, job->input, filter, job->output_dims, p, job->field);
-      sums[0] = widen_quads(job->field, quads, offset, 0, job->copy);
+      sums[0] = widen(job->field, length, offset, 0, job->copy);
       gather_field(job->params, job->input_dims, job->input, filter, job->output_dims, second, job->field);
-      sums[1] = widen_quads(job->field, quads, offset, 1, job->copy);
+      sums[1] = widen(job->field, length, offset, 1, job->copy);
     }
     channels_of_pair(job, sums, job->output + (size_t)p * out_c, job->output + (size_t)second * out_c);
   }
@@ -531,7 +491,7 @@ qgt_status qgt_conv2d(const qgt_conv_params *params, const qgt_quant_params *qua
   const int form = qgt__expand_channels(filter, quant, params->output_offset, channels);
   const int full_range = params->activation.min == -128 && params->activation.max == 127;
   const conv_job job = {params, input_dims, output_dims, input, filter, output, channels,
-                        (int16_t *)(void *)copy, (int8_t *)(copy + copy_bytes(filter)), pointwise,
+                        (int16_t *)(void *)copy, (int8_t *)(copy + pair_copy_bytes(filter)), pointwise,
                         full_range ? form : QGT_GENERIC};
   conv_rows(&job);
   return QGT_OK;

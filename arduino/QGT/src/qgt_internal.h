@@ -90,8 +90,6 @@ enum { QGT_GENERIC = 0, QGT_FAST = 1, QGT_FAST_RIGHT = 2 };
 int qgt__expand_channels(const qgt_filter *filter, const qgt_quant_params *quant, int32_t output_offset,
                          qgt_channel *channels);
 
-
-
 /* TFLite's MultiplyByQuantizedMultiplier (double rounding): a rounding doubling high multiply of
  * x * 2^max(shift, 0) (an int32 product that wraps, as compiled TFLM code computes it), then a rounding
  * arithmetic right shift by max(-shift, 0). Assumes arithmetic right shifts of negative values. */
@@ -109,7 +107,6 @@ static inline int32_t qgt__requantize(int32_t x, int32_t multiplier, int32_t shi
  * the DSP path's hot loops use the fast form). */
 int32_t qgt__requantized_generic(int32_t acc, const qgt_channel *channel, int32_t output_offset);
 
-/* The requantized accumulator (bias not yet added) plus the output offset, before the activation clamp. */
 #if QGT_DSP
 /* The fast form's value (qgt_channel); `form` QGT_FAST_RIGHT, a compile-time constant in the kernels, drops
  * the left shift and the sign mask. */
@@ -130,6 +127,7 @@ static inline __attribute__((always_inline)) int32_t qgt__fast_output(int32_t ac
   return __ssat(qgt__fast_value(acc, channel, form), 8);
 }
 
+/* The requantized accumulator (bias not yet added) plus the output offset, before the activation clamp. */
 static inline int32_t qgt__requantized(int32_t acc, const qgt_channel *channel, int32_t output_offset) {
   if (channel->right >= 0) return qgt__fast_value(acc, channel, QGT_FAST);
   return qgt__requantized_generic(acc, channel, output_offset);
