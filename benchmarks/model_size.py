@@ -10,7 +10,7 @@ Runs the qgt-export pipeline (tflm_export.export) on
 at 2 bits with the first layer at 8 bits (post-training snapping: these numbers are sizes, not accuracy),
 and writes benchmarks/results/model_size.{json,md}. Goal (issue 4): the packed C array <= 64 KB (QGT paper
 81 KB; TFLM LUT-2bit ~192 KB; int8 ~300 KB). The export rounds the int8 model's parameters to the packed
-format's version-2 grids (tflm_export.pack.round_parameters); what that costs is measured on the trained
+format's grids (tflm_export.pack.round_parameters); what that costs is measured on the trained
 8-bit int8 models (TFLM person_detect, MLPerf Tiny VWW) over the bundled person96 test images, because
 post-training 2-bit snapping leaves the 2-bit models at chance. Usage: python benchmarks/model_size.py
 """
@@ -21,6 +21,8 @@ import sys
 import tempfile
 
 import numpy as np
+
+import provenance
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -88,6 +90,7 @@ def parameter_rounding_accuracy():
 
 
 def main():
+    run = provenance.Run()
     reports = []
     with tempfile.TemporaryDirectory() as folder:
         keras_path = _keras_model(folder)
@@ -106,6 +109,7 @@ def main():
               for report in reports}
     result = {"bits": BITS, "first_layer_bits": FIRST_LAYER_BITS, "goal_packed_bytes": GOAL_BYTES,
               "rows": rows, "checks": checks, "parameter_rounding_accuracy": parameter_rounding_accuracy()}
+    result["provenance"] = run.record()
     os.makedirs(RESULTS, exist_ok=True)
     write_atomic(os.path.join(RESULTS, "model_size.json"), json.dumps(result, indent=2) + "\n")
     write_atomic(os.path.join(RESULTS, "model_size.md"), _markdown(result))
@@ -116,7 +120,10 @@ def _markdown(result):
     lines = ["# Model size: MobileNetV1-0.25 96x96x1 person detection, "
              f"{result['bits']}-bit weights (first layer {result['first_layer_bits']}-bit)", "",
              "Produced by `python benchmarks/model_size.py` (post-training snapping; sizes, not accuracy; packed "
-             "format version 2 on parameters rounded by `pack.round_parameters`).", ""]
+             f"format version {pack.FORMAT_VERSION} on parameters rounded by `pack.round_parameters`).", ""]
+    run = result["provenance"]
+    lines += [f"Commit {run['commit']}{' (with uncommitted changes)' if run['uncommitted_changes'] else ''}, "
+              f"{run['machine']}, {run['wall_s']} s.", ""]
     lines += export.size_table(result["rows"], [("model", "model"), ("variant", "variant")], "TFLM arena B")
     lines += ["", f"Goal: packed C array <= {result['goal_packed_bytes']:,} B (QGT paper: 81 KB).", ""]
     for row in result["rows"]:
@@ -127,7 +134,7 @@ def _markdown(result):
     for model, checks in result["checks"].items():
         lines.append(f"- {model}: " + ", ".join(f"{name} {'yes' if ok else 'NO'}" for name, ok in checks.items()))
     lines += ["", "Packed arena: n/a until the QGT kernels run in TFLM (the int8 arena bounds it).", "",
-              "Cost of rounding the int8 parameters to the packed version-2 grids (`pack.round_parameters`), "
+              "Cost of rounding the int8 parameters to the packed format's grids (`pack.round_parameters`), "
               "trained 8-bit int8 models on the bundled person96 test images (accuracy; share of unchanged "
               "predictions):", "",
               "| model | images | int8 | rounded (default) | same | all biases 1 byte | same |",

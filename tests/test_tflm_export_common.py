@@ -79,7 +79,7 @@ def converted_tiny():
 
 
 def rounded_tiny():
-    """The int8 model of :func:`converted_tiny` with its parameters on the packed format's version-2 grids,
+    """The int8 model of :func:`converted_tiny` with its parameters on the packed format's grids,
     every bias in one byte (the tiny layers would otherwise keep 2-byte biases)."""
     if "rounded" not in _converted:
         _converted["rounded"] = pack.round_parameters(converted_tiny()[1].tflite, wide_bias_channels=0)

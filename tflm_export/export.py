@@ -5,7 +5,7 @@ written and ExportError raised):
 
     <name>_float.tflite        Keras input only: the float baseline
     <name>_int8.tflite         full-integer, weights on their b-bit grids, weight scales and biases rounded
-                               to the packed format's version-2 grids (pack.round_parameters)
+                               to the packed format's grids (pack.round_parameters)
     <name>_lut.tflite          TFLM LUT compression (TFLM_DECODE), runs on stock TFLite-Micro
     <name>_packed.tflite       bit-packed QGT custom ops (docs/FORMAT.md)
     c/<variant>/model_data.h, model_data.cc   for int8, lut and packed
@@ -117,7 +117,7 @@ def export(model_path, out_dir, bits=None, default_bits=8, calibration=None, nam
     name = c_source.identifier(name or os.path.splitext(os.path.basename(model_path))[0])
     float_bytes, int8, layer_bits, calibration = _load(model_path, calibration, bits, default_bits, method,
                                                        calibration_count)
-    int8 = pack.round_parameters(int8)  # so that int8, LUT and packed (version 2) compute the same thing
+    int8 = pack.round_parameters(int8)  # so that int8, LUT and packed compute the same thing
     lut_bytes = lut.compress_model(int8)
     packed = pack.pack_model(int8)
     round_trip = all(a.equals(b) for a, b in zip(pack.expected_layers(int8), pack.unpack_model(packed)))

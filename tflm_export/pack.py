@@ -1,204 +1,43 @@
 """The packed model: b-bit weights and compact per-channel parameters in QGT custom ops (docs/FORMAT.md).
 
-:func:`pack_model` turns an int8 .tflite (from :mod:`tflm_export.convert`) into the packed variant: every
-CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED op becomes the custom op QGT_CONV_2D,
-QGT_DEPTHWISE_CONV_2D or QGT_FULLY_CONNECTED with one constant input, a blob of per-channel parameters
-followed by the bit-packed codes. Version 2 (the default) stores per channel a bias of 1 byte where it can
-and a 1-byte code of the weight scale on a fixed log grid; the kernel computes the multipliers in Prepare.
-It needs an int8 model whose parameters lie on those grids: :func:`round_parameters` puts them there (a
-small, measured change of the model, so that int8, LUT and packed variants still compute the same thing).
-Version 1 stores int32 multiplier, bias and shift and packs any int8 model unchanged. The float scales and
-int64 zero points of weight and bias tensors are dropped, and with them the bias tensors.
-:func:`unpack_model` is the decoder; :func:`expected_layers` computes what it must return from the int8
-model, so a round trip can be checked. docs/FORMAT.md is the specification; keep the two in step.
+:func:`pack_model` turns an int8 .tflite (from :mod:`tflm_export.convert`, with its parameters on the
+format's grids: :func:`round_parameters`) into the packed variant, format version 3: every CONV_2D,
+DEPTHWISE_CONV_2D and FULLY_CONNECTED op becomes the custom op QGT_CONV_2D, QGT_DEPTHWISE_CONV_2D or
+QGT_FULLY_CONNECTED with one constant input, a blob of the bit-packed codes in word-padded rows
+(:mod:`tflm_export.bitpack`) followed by per channel a bias of 1 byte where it can
+(:mod:`tflm_export.parameters`) and a 1-byte code of the weight scale on a fixed log grid
+(:mod:`tflm_export.requant`). The float scales and int64 zero points of weight and bias tensors are dropped,
+and with them the bias tensors. :func:`unpack_model` is the decoder (it derives multipliers as a kernel
+does, with integers only); :func:`expected_layers` computes what it must return from the int8 model (with
+TFLite-Micro's double-precision arithmetic), so a round trip can be checked. docs/FORMAT.md is the
+specification; keep the two in step.
 """
 
 import dataclasses
-import math
 import struct
 
 import numpy as np
 from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
 
-from tflm_export import convert, tflite_model
+from tflm_export import bitpack, convert, requant, tflite_model
+from tflm_export.parameters import BIAS_WIDTHS, MAX_BIAS_SHIFT, bias_encoding, bias_quantum, round_parameters
 from tflm_export.tflite_model import ExportError
 
-FORMAT_VERSION = 2
-FORMAT_VERSIONS = (1, 2)
+__all__ = ["FORMAT_VERSION", "CUSTOM_CODES", "BUILTIN_OF_CUSTOM", "OPTIONS_BYTES", "PackedLayer", "pack_model",
+           "unpack_model", "expected_layers", "encode_layer", "blob_sizes", "weight_rows", "round_parameters"]
+
+FORMAT_VERSION = 3
 CUSTOM_CODES = {"CONV_2D": "QGT_CONV_2D", "DEPTHWISE_CONV_2D": "QGT_DEPTHWISE_CONV_2D",
                 "FULLY_CONNECTED": "QGT_FULLY_CONNECTED"}
 BUILTIN_OF_CUSTOM = {custom: builtin for builtin, custom in CUSTOM_CODES.items()}
-STORAGE_WIDTHS = (1, 2, 4, 8)
-# version, weight_bits, bias_bytes, activation, padding, flags, [version 2: bias_shift, scale_exponent,]
-# stride w/h, dilation w/h, depth multiplier (uint16 in version 1, uint8 in version 2), filter shape (4 dims,
-# TFLite layout). Little-endian.
-OPTIONS_FORMATS = {1: "<6B5H4H", 2: "<6BBb5B4H"}
-OPTIONS_BYTES = {version: struct.calcsize(fmt) for version, fmt in OPTIONS_FORMATS.items()}
-BIAS_WIDTHS = (1, 2, 4)
-# Version 2 weight scales: SCALE_MANTISSAS[code % 32] * 2^(scale_exponent + code // 32), 8 octaves per layer.
-SCALE_STEPS_PER_OCTAVE = 32
-SCALE_CODES = 256
-SCALE_MANTISSAS = np.array([2.0 ** (k / SCALE_STEPS_PER_OCTAVE) for k in range(SCALE_STEPS_PER_OCTAVE)],
-                           np.float32)  # the float32 nearest to 2^(k/32); a kernel holds this table
-_MAX_BIAS_SHIFT = 31
-_FLAG_KEEP_NUM_DIMS = 1
-_UINT16_MAX = 0xFFFF
-
-
-def storage_bits(codes):
-    """Smallest width in 1, 2, 4, 8 that holds ``codes`` (1 bit: only -1 and +1)."""
-    codes = np.asarray(codes)
-    if codes.size == 0:
-        return 8
-    low, high = int(codes.min()), int(codes.max())
-    if set(np.unique(codes).tolist()) <= {-1, 1}:
-        return 1
-    for bits in (2, 4, 8):
-        if -(2 ** (bits - 1)) <= low and high <= 2 ** (bits - 1) - 1:
-            return bits
-    raise ExportError(f"codes in [{low}, {high}] do not fit int8")
-
-
-def pack_codes(codes, bits):
-    """Packs integer codes into bytes, ``8 // bits`` per byte, first code in the least significant bits.
-
-    A code's field is its low ``bits`` bits in two's complement; 1 bit stores +1 as 1 and -1 as 0.
-    The last byte is padded with zero bits.
-    """
-    if bits not in STORAGE_WIDTHS:
-        raise ExportError(f"storage width must be one of {STORAGE_WIDTHS}, got {bits}")
-    codes = np.asarray(codes).reshape(-1).astype(np.int64)
-    if bits == 1:
-        if not np.all(np.abs(codes) == 1):
-            raise ExportError("1-bit codes must be -1 or +1")
-        fields = (codes > 0).astype(np.uint8)
-    else:
-        low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-        if codes.size and (codes.min() < low or codes.max() > high):
-            raise ExportError(f"codes in [{codes.min()}, {codes.max()}] do not fit {bits} bits")
-        fields = (codes & (2 ** bits - 1)).astype(np.uint8)
-    per_byte = 8 // bits
-    fields = np.concatenate([fields, np.zeros(-len(fields) % per_byte, np.uint8)]).reshape(-1, per_byte)
-    shifts = (np.arange(per_byte) * bits).astype(np.uint8)
-    return np.bitwise_or.reduce(fields << shifts, axis=1).astype(np.uint8).tobytes()
-
-
-def unpack_codes(data, bits, count):
-    """Inverse of :func:`pack_codes`: ``count`` int8 codes."""
-    if bits not in STORAGE_WIDTHS:
-        raise ExportError(f"storage width must be one of {STORAGE_WIDTHS}, got {bits}")
-    raw = np.frombuffer(bytes(data), np.uint8)
-    per_byte = 8 // bits
-    if len(raw) != math.ceil(count / per_byte):
-        raise ExportError(f"{len(raw)} bytes cannot hold exactly {count} codes of {bits} bits")
-    shifts = (np.arange(per_byte) * bits).astype(np.uint8)
-    fields = ((raw[:, None] >> shifts) & (2 ** bits - 1)).reshape(-1)[:count].astype(np.int16)
-    if bits == 1:
-        return np.where(fields == 1, 1, -1).astype(np.int8)
-    return np.where(fields >= 2 ** (bits - 1), fields - 2 ** bits, fields).astype(np.int8)
-
-
-def quantize_multiplier(real_multiplier):
-    """(int32 multiplier, shift) with real = multiplier * 2^(shift - 31), as TFLite-Micro computes them."""
-    if real_multiplier == 0:
-        return 0, 0
-    fraction, shift = math.frexp(real_multiplier)
-    fixed = int(math.floor(abs(fraction) * 2 ** 31 + 0.5)) * (1 if fraction > 0 else -1)  # std::round
-    if abs(fixed) == 2 ** 31:
-        fixed //= 2
-        shift += 1
-    if shift < -31:
-        return 0, 0
-    if shift > 30:
-        return 2 ** 31 - 1, 30
-    return fixed, shift
-
-
-def grid_scales(codes, exponent):
-    """float32 weight scales of version-2 scale ``codes`` (0..255) in a layer with ``scale_exponent``."""
-    codes = np.asarray(codes, np.int64)
-    return np.ldexp(SCALE_MANTISSAS[codes % SCALE_STEPS_PER_OCTAVE],
-                    exponent + codes // SCALE_STEPS_PER_OCTAVE).astype(np.float32)
-
-
-def scale_codes(scales):
-    """(scale_exponent, codes): the nearest version-2 grid scales of positive ``scales``.
-
-    The top octave holds the largest scale; a scale more than 8 octaves below it gets code 0 (the scale
-    moves up to the grid's bottom, see docs/FORMAT.md).
-    """
-    steps = np.log2(np.asarray(scales, np.float64)) * SCALE_STEPS_PER_OCTAVE
-    exponent = int(np.floor(np.round(steps.max()) / SCALE_STEPS_PER_OCTAVE)) - (
-        SCALE_CODES // SCALE_STEPS_PER_OCTAVE - 1)
-    codes = np.clip(np.round(steps) - exponent * SCALE_STEPS_PER_OCTAVE, 0, SCALE_CODES - 1).astype(np.int64)
-    # log rounding can miss the float32 neighbour that is nearer; take the nearer of the two candidates
-    for other in (np.maximum(codes - 1, 0), np.minimum(codes + 1, SCALE_CODES - 1)):
-        nearer = (np.abs(grid_scales(other, exponent) - scales) < np.abs(grid_scales(codes, exponent) - scales))
-        codes = np.where(nearer, other, codes)
-    return exponent, codes
-
-
-def bias_quantum(codes, bias_shift):
-    """Version 2: a channel's stored bias counts units of 2^max(0, bias_shift - octave of its scale code).
-
-    Tying the unit to the scale's octave keeps the bias rounding near the same fraction of an output step on
-    every channel (one output step is 1 / (input_scale * weight_scale / output_scale) accumulator units).
-    """
-    return np.left_shift(1, np.maximum(0, bias_shift - np.asarray(codes, np.int64) // SCALE_STEPS_PER_OCTAVE))
-
-
-def bias_encoding(bias, codes):
-    """(bias_bytes, bias_shift) of the narrowest version-2 encoding that holds ``bias`` exactly.
-
-    Falls back to wider biases (2, then 4 bytes) where 1 byte cannot hold the values; 4 bytes with shift 0
-    holds every int32.
-    """
-    bias = np.asarray(bias, np.int64)
-    if bias.size and (bias.min() < -(2 ** 31) or bias.max() >= 2 ** 31):
-        raise ExportError("bias does not fit int32")
-    for width in BIAS_WIDTHS[:-1]:
-        limit = 2 ** (8 * width - 1)
-        for shift in range(_MAX_BIAS_SHIFT + 1):
-            quantum = bias_quantum(codes, shift)
-            if np.all(bias % quantum == 0) and np.all((-limit <= bias // quantum) & (bias // quantum < limit)):
-                return width, shift
-    return BIAS_WIDTHS[-1], 0
-
-
-def round_parameters(int8_tflite, wide_bias_channels=64):
-    """Moves every weight scale of an int8 .tflite onto the version-2 log grid and rounds every bias to one
-    byte, or to two in layers with at most ``wide_bias_channels`` output channels (see :func:`bias_quantum`);
-    returns the new .tflite bytes, which pack with biases of those widths.
-
-    The narrow early layers keep 2-byte biases because a bias error there travels through the whole network:
-    on TFLM's person_detect they hold 432 of 2,738 channels and most of the accuracy cost of 1-byte biases.
-
-    Codes stay; each bias is first re-expressed in its channel's new scale (as in
-    :func:`tflm_export.convert.snap_tflite`), then rounded to the finest unit in which its layer fits the
-    width. This changes the model slightly (scales by at most 1.1 %, 1-byte biases by up to about two output
-    steps): docs/FORMAT.md has the measured accuracy cost.
-    """
-    model = tflite_model.read(int8_tflite)
-    for op in convert.weight_ops(model):
-        weights = tflite_model.tensor_array(model, op.weights)
-        axis = convert._channel_axis(op)
-        old_scales = np.broadcast_to(convert._scales(model, op.weights)[0], (weights.shape[axis],))
-        exponent, codes = scale_codes(old_scales)
-        convert._rewrite(model, op, convert._channels_last(weights, axis), grid_scales(codes, exponent).astype(
-            np.float64), old_scales)
-        if op.bias < 0:
-            continue
-        bias = tflite_model.tensor_array(model, op.bias).astype(np.int64)
-        limit = 2 ** (16 - 1) if len(codes) <= wide_bias_channels else 2 ** (8 - 1)
-        for shift in range(_MAX_BIAS_SHIFT + 1):
-            quantum = bias_quantum(codes, shift)
-            units = np.floor(bias / quantum + 0.5).astype(np.int64)
-            if units.min() >= -limit and units.max() < limit:
-                break
-        if np.any(np.abs(units * quantum) > 2 ** 31 - 1):
-            raise ExportError(f"bias {tflite_model.tensor_name(model, op.bias)!r} overflows int32 when rounded")
-        tflite_model.set_tensor_data(model, op.bias, (units * quantum).astype(np.int32))
-    return tflite_model.write(model)
+# version, weight_bits, bias_bytes, activation, padding, flags, bias_shift, scale_exponent, stride w/h,
+# dilation w/h, depth multiplier, filter shape (4 dims, TFLite layout). Little-endian, unaligned.
+OPTIONS_FORMAT = "<6BBb5B4H"
+OPTIONS_BYTES = struct.calcsize(OPTIONS_FORMAT)
+FLAG_KEEP_NUM_DIMS = 1
+FLAG_WORD_ROWS = 2  # version 3: rows padded to whole 32-bit words; set in every op
+KNOWN_FLAGS = FLAG_KEEP_NUM_DIMS | FLAG_WORD_ROWS
+_UINT8_MAX, _UINT16_MAX = 0xFF, 0xFFFF
 
 
 @dataclasses.dataclass
@@ -220,6 +59,19 @@ class PackedLayer:
                         for f in ("codes", "multiplier", "bias", "shift")))
 
 
+def weight_rows(kind, shape):
+    """(rows, codes per row) of a filter shape in TFLite layout: one row per output channel of a conv or fully
+    connected layer ([out, kh, kw, in], [out, in, 1, 1]); a depthwise filter [1, kh, kw, C] is one row."""
+    shape = [int(d) for d in shape]
+    if kind == "DEPTHWISE_CONV_2D":
+        return 1, int(np.prod(shape))
+    return shape[0], int(np.prod(shape[1:]))
+
+
+def _channels(kind, shape):
+    return shape[3] if kind == "DEPTHWISE_CONV_2D" else shape[0]
+
+
 def _options(model, op, kind, codes):
     """The op's builtin options as the fields of the custom options block."""
     builtin = model.subgraphs[0].operators[op.op_index].builtinOptions
@@ -239,28 +91,17 @@ def _options(model, op, kind, codes):
     return options
 
 
-def _bias_bytes(bias):
-    for width in (1, 2, 4):
-        limit = 2 ** (8 * width - 1)
-        if bias.size == 0 or (-limit <= bias.min() and bias.max() < limit):
-            return width
-    raise ExportError("bias does not fit int32")
-
-
 def _weight_scales(model, op, channels):
     return np.broadcast_to(convert._scales(model, op.weights)[0].astype(np.float32), (channels,))
 
 
-def _multipliers(model, input_tensor, output_tensor, weight_scales):
-    """(int32 multipliers, int8 shifts) per channel, computed as TFLite-Micro's Prepare does (in double)."""
-    input_scale = float(np.float32(convert._scales(model, input_tensor)[0][0]))
-    output_scale = float(np.float32(convert._scales(model, output_tensor)[0][0]))
-    pairs = [quantize_multiplier(input_scale * float(s) / output_scale) for s in weight_scales]
-    return np.array([m for m, _ in pairs], np.int32), np.array([s for _, s in pairs], np.int8)
+def _activation_scales(model, op):
+    return (np.float32(convert._scales(model, op.input)[0][0]), np.float32(convert._scales(model, op.output)[0][0]))
 
 
 def expected_layers(int8_tflite):
-    """The :class:`PackedLayer` of every weight op of an int8 model (what the packed model must hold)."""
+    """The :class:`PackedLayer` of every weight op of an int8 model (what the packed model must hold), with
+    multipliers computed as TFLite-Micro's Prepare does (in double precision)."""
     model = tflite_model.read(int8_tflite)
     layers = []
     for op in convert.weight_ops(model):
@@ -268,60 +109,70 @@ def expected_layers(int8_tflite):
         if codes.dtype != np.int8:
             raise ExportError(f"weight tensor {tflite_model.tensor_name(model, op.weights)!r} is not int8")
         channels = codes.shape[convert._channel_axis(op)]
-        multiplier, shift = _multipliers(model, op.input, op.output, _weight_scales(model, op, channels))
+        input_scale, output_scale = _activation_scales(model, op)
+        pairs = [requant.quantize_multiplier(float(input_scale) * float(s) / float(output_scale))
+                 for s in _weight_scales(model, op, channels)]
+        multiplier, shift = np.array([m for m, _ in pairs], np.int32), np.array([s for _, s in pairs], np.int8)
         bias = (tflite_model.tensor_array(model, op.bias).astype(np.int32) if op.bias >= 0
                 else np.zeros(channels, np.int32))
-        layers.append(PackedLayer(op.op_index, op.kind, storage_bits(codes), codes, multiplier, bias, shift,
-                                  _options(model, op, op.kind, codes)))
+        layers.append(PackedLayer(op.op_index, op.kind, bitpack.storage_bits(codes), codes, multiplier, bias,
+                                  shift, _options(model, op, op.kind, codes)))
     return layers
 
 
 @dataclasses.dataclass
 class _Encoding:
-    """How a layer's parameters are stored; bias_shift, scale_exponent and scale_codes are version 2's."""
-    version: int
+    """How a layer's parameters are stored."""
     bias_bytes: int
-    bias_shift: int = 0
-    scale_exponent: int = 0
-    scale_codes: np.ndarray = None
+    bias_shift: int
+    scale_exponent: int
+    scale_codes: np.ndarray
 
 
-def _encoding(model, op, layer, version):
-    """The parameter encoding of ``layer`` (of ``op`` in ``model``) in ``version``; raises ExportError when
-    version 2 cannot hold its weight scales exactly."""
-    if version == 1:
-        return _Encoding(1, _bias_bytes(layer.bias))
+def _scale_grid(model, op, layer):
+    """(scale_exponent, scale codes) of ``layer`` (of ``op`` in ``model``); raises ExportError when the grid
+    cannot hold its weight scales exactly."""
     scales = _weight_scales(model, op, len(layer.bias))
-    exponent, codes = scale_codes(scales)
-    if not -128 <= exponent <= 127 or not np.array_equal(grid_scales(codes, exponent), scales):
-        raise ExportError(f"weight scales of {tflite_model.tensor_name(model, op.weights)!r} are not on the "
-                          "version-2 log grid: apply pack.round_parameters to the int8 model, or pack version 1")
-    return _Encoding(2, *bias_encoding(layer.bias, codes), exponent, codes)
+    exponent, codes = requant.scale_codes(scales)
+    name = tflite_model.tensor_name(model, op.weights)
+    if not requant.SCALE_EXPONENT_MIN <= exponent <= requant.SCALE_EXPONENT_MAX:
+        raise ExportError(f"weight scales of {name!r} ({scales.min():g} .. {scales.max():g}) leave the normal "
+                          f"float32 range the format's scale_exponent covers")
+    if not np.array_equal(requant.grid_scales(codes, exponent), scales):
+        raise ExportError(f"weight scales of {name!r} are not on the packed format's log grid: apply "
+                          "pack.round_parameters to the int8 model")
+    return exponent, codes
+
+
+def encode_layer(layer, scale_exponent, scale_codes):
+    """(custom options, blob) of a :class:`PackedLayer` whose weight scales are the grid scales of
+    ``scale_codes`` (0..255) and ``scale_exponent``; its biases are stored in the narrowest exact width."""
+    if not requant.SCALE_EXPONENT_MIN <= scale_exponent <= requant.SCALE_EXPONENT_MAX:
+        raise ExportError(f"op {layer.op_index}: scale_exponent {scale_exponent} outside "
+                          f"[{requant.SCALE_EXPONENT_MIN}, {requant.SCALE_EXPONENT_MAX}]")
+    scale_codes = np.asarray(scale_codes, np.int64)
+    encoding = _Encoding(*bias_encoding(layer.bias, scale_codes), scale_exponent, scale_codes)
+    return _encode_options(layer, encoding), _encode_blob(layer, encoding)
 
 
 def _encode_options(layer, encoding):
     o = layer.options
     small = [o[key] for key in ("stride_w", "stride_h", "dilation_w", "dilation_h", "depth_multiplier")]
-    if encoding.version == 2 and max(small) > 0xFF:
+    if max(small) > _UINT8_MAX:
         raise ExportError(f"op {layer.op_index}: strides, dilations and depth multiplier {small} exceed the 255 "
-                          "of version 2; pack version 1")
-    extra = [encoding.bias_shift, encoding.scale_exponent] if encoding.version == 2 else []
-    return struct.pack(OPTIONS_FORMATS[encoding.version], encoding.version, layer.weight_bits,
-                       encoding.bias_bytes, o["activation"], o["padding"],
-                       _FLAG_KEEP_NUM_DIMS if o["keep_num_dims"] else 0, *extra, o["stride_w"], o["stride_h"],
-                       o["dilation_w"], o["dilation_h"], o["depth_multiplier"], *o["filter_shape"])
+                          "the format holds")
+    flags = FLAG_WORD_ROWS | (FLAG_KEEP_NUM_DIMS if o["keep_num_dims"] else 0)
+    return struct.pack(OPTIONS_FORMAT, FORMAT_VERSION, layer.weight_bits, encoding.bias_bytes, o["activation"],
+                       o["padding"], flags, encoding.bias_shift, encoding.scale_exponent, *small, *o["filter_shape"])
 
 
 def _encode_blob(layer, encoding):
-    """Version 1: multiplier int32[C] | bias int<bias_bytes>[C] | shift int8[C] | packed weights;
-    version 2: bias int<bias_bytes>[C] | scale code uint8[C] | packed weights (docs/FORMAT.md)."""
-    bias_type = {1: "<i1", 2: "<i2", 4: "<i4"}[encoding.bias_bytes]
-    weights = pack_codes(layer.codes, layer.weight_bits)
-    if encoding.version == 1:
-        return (layer.multiplier.astype("<i4").tobytes() + layer.bias.astype(bias_type).tobytes()
-                + layer.shift.astype(np.int8).tobytes() + weights)
+    """Packed weight rows | bias int<bias_bytes>[C] | scale code uint8[C] (docs/FORMAT.md)."""
+    rows, length = weight_rows(layer.kind, layer.options["filter_shape"])
+    weights = bitpack.pack_rows(layer.codes.reshape(rows, length), layer.weight_bits)
     stored_bias = layer.bias.astype(np.int64) // bias_quantum(encoding.scale_codes, encoding.bias_shift)
-    return stored_bias.astype(bias_type).tobytes() + encoding.scale_codes.astype(np.uint8).tobytes() + weights
+    return (weights + stored_bias.astype(f"<i{encoding.bias_bytes}").tobytes()
+            + encoding.scale_codes.astype(np.uint8).tobytes())
 
 
 def _opcode_index(model, custom_code):
@@ -389,15 +240,12 @@ def _strip_for_firmware(model):
             tensor.quantization.min = tensor.quantization.max = None
 
 
-def pack_model(int8_tflite, strip=True, version=FORMAT_VERSION):
-    """The packed variant of an int8 .tflite (bytes); see docs/FORMAT.md.
+def pack_model(int8_tflite, strip=True):
+    """The packed variant (format version 3) of an int8 .tflite (bytes); see docs/FORMAT.md.
 
-    ``version`` 2 needs weight scales on its log grid (:func:`round_parameters`); version 1 packs any int8
-    model. ``strip`` drops tensor names, signature definitions, shape signatures and float min/max ranges,
-    which TFLite-Micro never reads.
+    Needs weight scales on the format's log grid (:func:`round_parameters`). ``strip`` drops tensor names,
+    signature definitions, shape signatures and float min/max ranges, which TFLite-Micro never reads.
     """
-    if version not in FORMAT_VERSIONS:
-        raise ExportError(f"packed format version must be one of {FORMAT_VERSIONS}, got {version}")
     model = tflite_model.read(int8_tflite)
     tflite_model.check_tflm_ops(model)
     for layer, op in zip(expected_layers(int8_tflite), convert.weight_ops(model)):
@@ -405,14 +253,14 @@ def pack_model(int8_tflite, strip=True, version=FORMAT_VERSION):
             if tensor >= 0 and tflite_model.consumers(model, tensor) != [op.op_index]:
                 raise ExportError(f"tensor {tflite_model.tensor_name(model, tensor)!r} is shared by several "
                                   "ops; the packed format needs one weight and bias tensor per op")
-        encoding = _encoding(model, op, layer, version)
-        _store_bytes(model, op.weights, _encode_blob(layer, encoding))
+        options, blob = encode_layer(layer, *_scale_grid(model, op, layer))
+        _store_bytes(model, op.weights, blob)
         operator = model.subgraphs[0].operators[op.op_index]
         operator.opcodeIndex = _opcode_index(model, CUSTOM_CODES[op.kind])
         operator.inputs = [op.input, op.weights]  # the bias tensor is left unused and dropped below
         operator.builtinOptionsType = schema.BuiltinOptions.NONE
         operator.builtinOptions = None
-        operator.customOptions = np.frombuffer(_encode_options(layer, encoding), np.uint8).copy()
+        operator.customOptions = np.frombuffer(options, np.uint8).copy()
         operator.customOptionsFormat = schema.CustomOptionsFormat.FLEXBUFFERS  # the schema's only value
     _drop_unused_opcodes(model)
     _drop_unused_tensors_and_buffers(model)
@@ -424,37 +272,38 @@ def pack_model(int8_tflite, strip=True, version=FORMAT_VERSION):
 def _decode_options(kind, options, where):
     """The custom options block as a dict (see docs/FORMAT.md), with the filter shape of ``kind``."""
     version = options[0] if options else None
-    if version not in FORMAT_VERSIONS or len(options) != OPTIONS_BYTES[version]:
+    if version in (1, 2):
+        raise ExportError(f"{where}: packed format version {version} is no longer supported (kernels read "
+                          f"version {FORMAT_VERSION} only); re-export with qgt-export")
+    if version != FORMAT_VERSION or len(options) != OPTIONS_BYTES:
         raise ExportError(f"{where}: custom options of {len(options)} bytes with format version {version}; "
-                          f"expected {', '.join(f'version {v} in {n} bytes' for v, n in OPTIONS_BYTES.items())}")
-    fields = list(struct.unpack(OPTIONS_FORMATS[version], options))
-    version, bits, bias_bytes, activation, padding, flags = fields[:6]
-    bias_shift, scale_exponent = fields[6:8] if version == 2 else (0, 0)
-    stride_w, stride_h, dilation_w, dilation_h, depth_multiplier, *shape = fields[-9:]
-    if bits not in STORAGE_WIDTHS or bias_bytes not in BIAS_WIDTHS or bias_shift > _MAX_BIAS_SHIFT:
+                          f"expected version {FORMAT_VERSION} in {OPTIONS_BYTES} bytes")
+    (version, bits, bias_bytes, activation, padding, flags, bias_shift, scale_exponent, stride_w, stride_h,
+     dilation_w, dilation_h, depth_multiplier, *shape) = struct.unpack(OPTIONS_FORMAT, options)
+    if flags & ~KNOWN_FLAGS or not flags & FLAG_WORD_ROWS:
+        raise ExportError(f"{where}: flags 0x{flags:02x}: unknown bits, or the word-aligned-rows bit (0x02) "
+                          "missing")
+    if bits not in bitpack.STORAGE_WIDTHS or bias_bytes not in BIAS_WIDTHS or bias_shift > MAX_BIAS_SHIFT:
         raise ExportError(f"{where}: unsupported weight bits {bits}, bias width {bias_bytes} or bias shift "
                           f"{bias_shift}")
-    return {"version": version, "weight_bits": bits, "bias_bytes": bias_bytes, "bias_shift": bias_shift,
+    return {"weight_bits": bits, "bias_bytes": bias_bytes, "bias_shift": bias_shift,
             "scale_exponent": scale_exponent, "activation": activation, "padding": padding,
-            "keep_num_dims": bool(flags & _FLAG_KEEP_NUM_DIMS), "stride_w": stride_w, "stride_h": stride_h,
+            "keep_num_dims": bool(flags & FLAG_KEEP_NUM_DIMS), "stride_w": stride_w, "stride_h": stride_h,
             "dilation_w": dilation_w, "dilation_h": dilation_h, "depth_multiplier": depth_multiplier,
             "filter_shape": shape[:2] + [1, 1] if kind == "FULLY_CONNECTED" else shape}
-
-
-def _channels(kind, shape):
-    return shape[3] if kind == "DEPTHWISE_CONV_2D" else shape[0]
 
 
 def blob_sizes(kind, options):
     """(weight bytes, parameter bytes) of a QGT op's blob, from its custom options bytes."""
     decoded = _decode_options(kind, options, kind)
     shape = decoded["filter_shape"]
-    per_channel = decoded["bias_bytes"] + (5 if decoded["version"] == 1 else 1)
-    return math.ceil(int(np.prod(shape)) * decoded["weight_bits"] / 8), _channels(kind, shape) * per_channel
+    rows, length = weight_rows(kind, shape)
+    return rows * bitpack.row_bytes(length, decoded["weight_bits"]), _channels(kind, shape) * (decoded["bias_bytes"] + 1)
 
 
 def unpack_model(packed_tflite):
-    """Decodes every QGT op of a packed model back into :class:`PackedLayer` objects."""
+    """Decodes every QGT op of a packed model back into :class:`PackedLayer` objects; multipliers and shifts
+    come from the scale codes and the activation scales, integer-only (:func:`requant.layer_multipliers`)."""
     model = tflite_model.read(packed_tflite)
     layers = []
     for index, op in enumerate(model.subgraphs[0].operators):
@@ -464,28 +313,24 @@ def unpack_model(packed_tflite):
         where = f"op {index} ({kind})"
         raw_options = bytes(np.asarray(op.customOptions, np.uint8)) if op.customOptions is not None else b""
         options = _decode_options(kind, raw_options, where)
-        version, bits, bias_bytes, bias_shift, scale_exponent = (options.pop(key) for key in (
-            "version", "weight_bits", "bias_bytes", "bias_shift", "scale_exponent"))
+        bits, bias_bytes, bias_shift, scale_exponent = (options.pop(key) for key in (
+            "weight_bits", "bias_bytes", "bias_shift", "scale_exponent"))
         shape = options["filter_shape"]
         channels = _channels(kind, shape)
         weight_bytes, param_bytes = blob_sizes(kind, raw_options)
         blob = bytes(tflite_model.tensor_array(model, int(op.inputs[1])))
         if len(blob) != weight_bytes + param_bytes:
-            raise ExportError(f"{where}: blob of {len(blob)} bytes, expected {param_bytes} of parameters and "
-                              f"{weight_bytes} of weights")
-        codes = unpack_codes(blob[param_bytes:], bits, int(np.prod(shape)))
+            raise ExportError(f"{where}: blob of {len(blob)} bytes, expected {weight_bytes} of weights and "
+                              f"{param_bytes} of parameters")
+        rows, length = weight_rows(kind, shape)
+        codes = bitpack.unpack_rows(blob[:weight_bytes], bits, rows, length)
         codes = codes.reshape(shape[:2] if kind == "FULLY_CONNECTED" else shape)
-        if version == 1:
-            bias_start, bias_end = 4 * channels, (4 + bias_bytes) * channels
-            multiplier = np.frombuffer(blob[:bias_start], "<i4").astype(np.int32)
-            shift = np.frombuffer(blob[bias_end:param_bytes], np.int8).copy()
-        else:
-            bias_start, bias_end = 0, bias_bytes * channels
-            scale_code = np.frombuffer(blob[bias_end:param_bytes], np.uint8).astype(np.int64)
-            multiplier, shift = _multipliers(model, int(op.inputs[0]), int(op.outputs[0]),
-                                             grid_scales(scale_code, scale_exponent))
-        bias = np.frombuffer(blob[bias_start:bias_end], f"<i{bias_bytes}").astype(np.int64)
-        if version == 2:
-            bias = bias * bias_quantum(scale_code, bias_shift)
+        bias_end = weight_bytes + bias_bytes * channels
+        scale_code = np.frombuffer(blob[bias_end:], np.uint8).astype(np.int64)
+        stored_bias = np.frombuffer(blob[weight_bytes:bias_end], f"<i{bias_bytes}").astype(np.int64)
+        input_scale, output_scale = (np.float32(model.subgraphs[0].tensors[int(t)].quantization.scale[0])
+                                     for t in (op.inputs[0], op.outputs[0]))
+        multiplier, shift = requant.layer_multipliers(input_scale, output_scale, scale_code, scale_exponent)
+        bias = stored_bias * bias_quantum(scale_code, bias_shift)
         layers.append(PackedLayer(index, kind, bits, codes, multiplier, bias.astype(np.int32), shift, options))
     return layers
