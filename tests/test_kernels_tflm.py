@@ -22,7 +22,7 @@ def person_model():
     from qgt_keras import datasets, models
     weights = reference_model("mlperf_tiny_vww_96.h5")
     model = models.init_from(models.mobilenet_v1((96, 96, 1), alpha=0.25), weights)
-    images = export.calibration_images(str(datasets.bundled_person96_dir() / "test"), (96, 96, 1), 48)
+    images, _ = export.calibration_images(str(datasets.bundled_person96_dir() / "test"), (96, 96, 1), 48)
     plain, bits = keras_convert.plain_keras_model(model, {"conv1": 8})
     int8 = pack.round_parameters(keras_convert.convert_keras(plain, images, bits, default_bits=2).tflite)
     return int8, pack.pack_model(int8), verify.quantize_inputs(int8, images[:IMAGES])
