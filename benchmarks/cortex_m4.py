@@ -82,20 +82,23 @@ def _labels(layers):
 
 
 def measure(generated, int8, inputs, portable, folder):
-    """One row: every input run on qemu and checked against TFLite-Micro, the first one counted alone (the
-    runner passes it in place, without a copy)."""
-    elf = model_runner.build_cortex_m4(generated, folder, portable=portable)
-    checked = model_runner.run_cortex_m4(elf, generated, inputs, folder, count=False).results
+    """One row. The model built as firmware builds it: every input run and checked against TFLite-Micro, the
+    first one (passed in place, without a copy) counted alone, its flash and RAM; built with the layer hook:
+    the first input's instructions per op."""
+    elf = model_runner.build_cortex_m4(generated, os.path.join(folder, "firmware"), portable=portable)
+    checked = model_runner.run_cortex_m4(elf, generated, inputs, count=False).results
     expected = verify.run_tflm(int8, inputs)[0].reshape(len(inputs), -1)
     if checked.statuses != [0] * len(inputs) or not np.array_equal(checked.outputs, expected):
         raise SystemExit(f"the generated C model differs from TFLite-Micro ({'portable' if portable else 'DSP'} path): "
                          f"statuses {checked.statuses}, outputs {checked.outputs.tolist()} vs {expected.tolist()}")
-    run = model_runner.run_cortex_m4(elf, generated, inputs[:1], folder)
+    run = model_runner.run_cortex_m4(elf, generated, inputs[:1])
+    hooked = model_runner.build_cortex_m4(generated, os.path.join(folder, "layers"), portable=portable, layer_hook=True)
+    per_op = model_runner.run_cortex_m4(hooked, generated, inputs[:1], per_op=True).op_instructions
     footprint = model_runner.footprint(elf)
     names, kinds = _labels(generated.layers)
     layers = [{"layer": name, "kind": kind, "op": layer.op, "weights_bits": layer.weight_bits, "macs": layer.macs,
                "instructions": n, "instructions_per_mac": round(n / layer.macs, 3) if layer.macs else None}
-              for name, kind, layer, n in zip(names, kinds, generated.layers, run.op_instructions)]
+              for name, kind, layer, n in zip(names, kinds, generated.layers, per_op)]
     macs = sum(layer.macs for layer in generated.layers if layer.weight_bits)
     stack = max(checked.stack_bytes)
     return {"instructions": run.invoke_instructions, "macs": macs,
@@ -186,9 +189,10 @@ def markdown(result):
              "flash = kernel library + generated code + the C library functions they call (text + rodata), "
              "everything but the model's constants; model = the generated constants (blobs, filters, "
              "multiplier tables, params, pixel table); RAM = data + bss (the one activation buffer) + the peak "
-             "stack of invoke (painted). The per-op marker that delimits layers costs about 4 instructions and "
-             "6 bytes of code per op. Glue: the instructions of the generated invoke itself (marker calls included), "
-             "outside the kernels.", "",
+             "stack of invoke (painted). Totals, flash and RAM are of the model built as firmware builds it "
+             "(QGT_WEIGHT_BITS_MASK set to the model's widths); the per-layer counts come from a second build with a "
+             "marker call after each op (a few instructions per op more). Glue: the instructions of the generated "
+             "invoke itself, outside the kernels and the C library.", "",
              "| weights | runtime | instructions | per MAC | pointwise /MAC | depthwise /MAC | first conv /MAC | glue | "
              "flash B | model B | RAM B (buffer + stack) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:

@@ -96,9 +96,9 @@ def test_mobilenet_fits_one_buffer_near_its_largest_activation(mobilenet):
 
 
 def test_the_cortex_m4_dsp_build_is_bit_exact_on_real_images(exported, tmp_path):
-    elf = _toolchain_or_skip(lambda: model_runner.build_cortex_m4(exported.generated, str(tmp_path)))
+    elf = _toolchain_or_skip(lambda: model_runner.build_cortex_m4(exported.generated, str(tmp_path), layer_hook=True))
     run = _toolchain_or_skip(lambda: model_runner.run_cortex_m4(elf, exported.generated, exported.inputs[:4],
-                                                                str(tmp_path)))
+                                                                per_op=True))
     assert run.results.statuses == [0] * 4
     np.testing.assert_array_equal(run.results.outputs, exported.expected[:4])
     assert 0 < run.results.stack_bytes[0] < 4096
@@ -143,7 +143,7 @@ def _check_program(exported, folder):
                 lines.append(f"    SAME({i}, \"{field}\", (const uint8_t *){m('filter')}.{field} - (const uint8_t *)0, "
                              f"parsed.filter.{field} - (const uint8_t *)0);")
             for field in ("out_channels", "kernel_h", "kernel_w", "in_channels", "row_length", "row_bytes", "weight_bits",
-                          "bias_bytes", "bias_shift", "scale_exponent", "narrow"):
+                          "bias_bytes", "bias_shift", "scale_exponent", "accumulator_bits"):
                 lines.append(f"    SAME({i}, \"{field}\", {m('filter')}.{field}, parsed.filter.{field});")
             lines += [f"    s = qgt_quant_params_init(&parsed.filter, {layer.input.scale_bits}u, "
                       f"{layer.output.scale_bits}u, &quant);", f"    SAME({i}, \"quant init\", s, QGT_OK);",
@@ -223,6 +223,12 @@ def test_the_sources_compile_warning_free_for_the_cortex_m4_and_the_header_as_cp
     for portable in (False, True):  # the runner build uses -Wall -Wextra -Werror -pedantic (toolchain.C_FLAGS)
         _toolchain_or_skip(lambda: model_runner.build_cortex_m4(small.generated, os.path.join(folder, str(portable)),
                                                                 portable=portable))
+    header = small.generated.header
+    assert f"#define SMALL_MODEL_WEIGHT_BITS_MASK 0x{(1 << 8) | (1 << 4) | (1 << 2) | (1 << 1):x}u" in header
+    refused = subprocess.run([toolchain.require("gcc"), "-std=c99", "-fsyntax-only", "-DQGT_WEIGHT_BITS_MASK=0x104",
+                              f"-I{toolchain.library_dir()}", f"-I{folder}", os.path.join(folder, "qgt_model.c")],
+                             capture_output=True, text=True)  # a kernel build without the 1- and 4-bit loops
+    assert refused.returncode != 0 and "QGT_WEIGHT_BITS_MASK leaves out weight widths this model uses" in refused.stderr
     cxx = _toolchain_or_skip(lambda: toolchain.require("g++"))
     done = subprocess.run([cxx, "-std=c++11", "-Wall", "-Wextra", "-Werror", "-pedantic", "-fsyntax-only", "-x", "c++",
                            os.path.join(folder, "qgt_model.h")], capture_output=True, text=True)

@@ -35,7 +35,7 @@ def cortex_m4_run(generated, inputs, folder):
     or qemu, ExportError when the image fails to build or run."""
     try:
         elf = model_runner.build_cortex_m4(generated, folder)
-        run = model_runner.run_cortex_m4(elf, generated, inputs, folder)
+        run = model_runner.run_cortex_m4(elf, generated, inputs)
     except (emulator.EmulatorError, toolchain.BuildError) as error:
         raise ExportError(f"the generated C model failed on the emulated Cortex-M4: {error}") from error
     footprint = model_runner.footprint(elf)

@@ -26,7 +26,7 @@ import struct
 import numpy as np
 from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
 
-from tflm_export import bitpack, memory_plan, pack, reference, requant, tflite_model
+from tflm_export import bitpack, kernel_abi, memory_plan, pack, reference, requant, tflite_model
 from tflm_export.parameters import bias_quantum
 from tflm_export.tflite_model import ExportError, UnsupportedOpsError
 
@@ -35,7 +35,6 @@ SUPPORTED_OPS = ("QGT_CONV_2D", "QGT_DEPTHWISE_CONV_2D", "QGT_FULLY_CONNECTED", 
                  "RESHAPE")
 PERSON_INDEX = 1  # 2-class models: classes in sorted folder order (non_person, person), as MLPerf and TFLM
 _INT32_MAX = 2 ** 31 - 1
-_NARROW_LIMIT = 2 ** 30 - 1  # qgt_layer_parse: every worst case |acc + bias| below 2^30 -> fast requantization
 _SOFTMAX_MAX_DEPTH = 511
 _SOFTMAX_OUTPUT = (requant.float32_bits(1 / 256), -128)
 _BYTES_PER_LINE = 16
@@ -115,6 +114,12 @@ class GeneratedModel:
         return max(t.bytes for layer in self.layers for t in (layer.input, layer.output))
 
     @property
+    def weight_bits_mask(self):
+        """QGT_WEIGHT_BITS_MASK of the widths the model uses (bit b for b-bit weights): a kernel library built
+        with it compiles only those widths' loops."""
+        return _weight_bits_mask(self.layers)
+
+    @property
     def input_offset(self):
         return self.plan.offsets[self.input.index]
 
@@ -189,35 +194,10 @@ def _check_output(tensor, expected, where, exact=True):
                           f"computes {list(expected)}")
 
 
-# Scratch sizes as the kernels compute them (qgt_conv.c, qgt_depthwise.c); tests hold them against
-# qgt_*_scratch_size. 16 bytes per output channel: the expanded requantization table.
-_CHANNEL_BYTES = 16
-
-
-def _align4(n):
-    return -(-n // 4) * 4
-
-
-def conv_scratch_bytes(out_channels, row_length):
-    """qgt_conv2d / qgt_fully_connected: channel table, the pair copy of two receptive fields (16-bit), one
-    gathered field."""
-    quads = -(-row_length // 4)
-    return _align4(_CHANNEL_BYTES * out_channels) + 16 * quads + 4 * quads
-
-
-def depthwise_scratch_bytes(out_channels, kernel_hw, stride_w, dilation_hw, in_channels, out_w):
-    """qgt_depthwise_conv2d: channel table, a ring of the window's input rows, the filter widened to 16 bits
-    in groups of 4 channels."""
-    (kh, kw), (dh, dw) = kernel_hw, dilation_hw
-    rows = (kh - 1) * dh + 1
-    width = (out_w - 1) * stride_w + (kw - 1) * dw + 1
-    ring = _align4((width * in_channels + 4) * rows)
-    return _align4(_CHANNEL_BYTES * out_channels) + ring + 8 * (-(-out_channels // 4)) * kh * kw
-
-
 def _filter_fields(layer, raw_options, blob, where):
     """The qgt_filter of a packed layer: byte offsets into its blob and the scalar fields, as qgt_layer_parse
-    fills them (``narrow`` from the worst-case accumulator of every channel)."""
+    fills them (``accumulator_bits`` from the worst-case |acc + bias|: the cheap bound ``taps * 255 *
+    2^(bits - 1)`` plus the largest bias where it fits int32, else every channel's own)."""
     _, bits, bias_bytes, _, _, _, bias_shift, scale_exponent, *_ = struct.unpack(pack.OPTIONS_FORMAT, raw_options)
     shape = layer.options["filter_shape"]
     kind = layer.kind
@@ -225,12 +205,16 @@ def _filter_fields(layer, raw_options, blob, where):
     weight_bytes, _ = pack.blob_sizes(kind, raw_options)
     channels = len(layer.bias)
     codes = np.abs(layer.codes.astype(np.int64))
-    taps = codes.reshape(-1, channels).sum(axis=0) if kind == "DEPTHWISE_CONV_2D" else codes.reshape(channels, -1).sum(axis=1)
+    weight_sums = (codes.reshape(-1, channels).sum(axis=0) if kind == "DEPTHWISE_CONV_2D"
+                   else codes.reshape(channels, -1).sum(axis=1))
     scale_codes = np.frombuffer(blob[weight_bytes + bias_bytes * channels:], np.uint8).astype(np.int64)
     stored = np.frombuffer(blob[weight_bytes:weight_bytes + bias_bytes * channels], f"<i{bias_bytes}").astype(np.int64)
-    bias = stored * bias_quantum(scale_codes, bias_shift)
-    worst = 255 * taps + np.abs(bias)
-    if np.abs(bias).max() > _INT32_MAX or worst.max() > _INT32_MAX:
+    bias = np.abs(stored * bias_quantum(scale_codes, bias_shift))
+    taps = row_length if kind != "DEPTHWISE_CONV_2D" else row_length // channels
+    worst = taps * 255 * 2 ** (bits - 1) + int(bias.max())
+    if worst > _INT32_MAX:
+        worst = int((255 * weight_sums + bias).max())
+    if bias.max() > _INT32_MAX or worst > _INT32_MAX:
         raise ExportError(f"{where}: a channel's bias or worst-case accumulator exceeds int32")
     if kind == "FULLY_CONNECTED":
         kernel_h, kernel_w, in_channels = 1, 1, shape[1]
@@ -241,7 +225,7 @@ def _filter_fields(layer, raw_options, blob, where):
             "out_channels": channels, "kernel_h": kernel_h, "kernel_w": kernel_w, "in_channels": in_channels,
             "row_length": row_length, "row_bytes": bitpack.row_bytes(row_length, bits), "weight_bits": bits,
             "bias_bytes": bias_bytes, "bias_shift": bias_shift, "scale_exponent": scale_exponent,
-            "narrow": int(worst.max() <= _NARROW_LIMIT)}
+            "accumulator_bits": int(worst).bit_length()}
 
 
 def _quant_initializer(input_tensor, output_tensor, scale_exponent, where):
@@ -281,7 +265,7 @@ def _weight_layer(model, op_index, op, name, packed_layer, input_tensor, output_
                          ("qgt_dims", "input_dims", _dims((rows, 1, 1, depth))),
                          ("qgt_dims", "output_dims", _dims((rows, 1, 1, channels)))]
         layer.overlap = memory_plan.pointwise_overlap(rows, depth, channels)
-        layer.scratch_bytes = conv_scratch_bytes(channels, row_length)
+        layer.scratch_bytes = kernel_abi.conv_scratch_bytes(channels, row_length)
         layer.macs = rows * channels * depth
         kernel = "qgt_fully_connected"
     else:
@@ -303,14 +287,14 @@ def _weight_layer(model, op_index, op, name, packed_layer, input_tensor, output_
         if packed_layer.kind == "DEPTHWISE_CONV_2D":
             layer.overlap = memory_plan.depthwise_overlap(n, (h, w, c), (out_h, out_w, channels), kh, o["stride_h"],
                                                           o["dilation_h"], pad_h)
-            layer.scratch_bytes = depthwise_scratch_bytes(channels, (kh, kw), o["stride_w"],
-                                                          (o["dilation_h"], o["dilation_w"]), c, out_w)
+            layer.scratch_bytes = kernel_abi.depthwise_scratch_bytes(c, channels, (kh, kw), (o["stride_h"], o["stride_w"]),
+                                                                     (o["dilation_h"], o["dilation_w"]), out_w)
             layer.macs = pixels * channels * kh * kw
             kernel = "qgt_depthwise_conv2d"
         else:
             if kh == kw == 1 and o["stride_h"] == o["stride_w"] == 1 and pad_h == pad_w == 0 and (out_h, out_w) == (h, w):
                 layer.overlap = memory_plan.pointwise_overlap(n * h * w, c, channels)
-            layer.scratch_bytes = conv_scratch_bytes(channels, row_length)
+            layer.scratch_bytes = kernel_abi.conv_scratch_bytes(channels, row_length)
             layer.macs = pixels * channels * row_length
             kernel = "qgt_conv2d"
     m = layer.member
@@ -428,7 +412,11 @@ def _io_macros(macro, kind, tensor):
     return lines
 
 
-def _header(prefix, origin, input_tensor, output_tensor, plan, pixel_table):
+def _weight_bits_mask(layers):
+    return sum({1 << layer.weight_bits for layer in layers if layer.weight_bits})
+
+
+def _header(prefix, origin, input_tensor, output_tensor, plan, pixel_table, bits_mask):
     macro = prefix.upper()
     guard = f"{macro}_H_"
     lines = [f"/* Generated by qgt-export{origin}: the model as plain C over the QGT kernel library", " * (arduino/QGT/src). "
@@ -439,7 +427,10 @@ def _header(prefix, origin, input_tensor, output_tensor, plan, pixel_table):
         lines += ["/* Output index of the person class (classes in sorted folder order: non_person, person). */",
                   f"#define {macro}_PERSON_INDEX {PERSON_INDEX}"]
     lines += ["", "/* The static buffer that holds every activation and every layer's scratch. */",
-              f"#define {macro}_BUFFER_BYTES {plan.size}", ""]
+              f"#define {macro}_BUFFER_BYTES {plan.size}", "",
+              "/* The weight widths the model uses (bit b: b-bit weights). Building the QGT library with",
+              f" * -DQGT_WEIGHT_BITS_MASK=0x{bits_mask:x} compiles only their kernel loops (less flash). */",
+              f"#define {macro}_WEIGHT_BITS_MASK 0x{bits_mask:x}u", ""]
     if pixel_table is not None:
         lines += ["/* The quantized model input of each 8-bit pixel value v (0..255) as the training pipeline",
                   " * preprocesses it (v / 255, then the input quantization); per channel for RGB inputs. */",
@@ -481,6 +472,9 @@ def _source(prefix, origin, layers, plan, input_tensor, output_tensor, pixel_tab
     lines += [" */", "#include <string.h>", "", '#include "qgt_kernels.h"', '#include "qgt_model.h"', "",
               f"#if QGT_FORMAT_VERSION != {pack.FORMAT_VERSION}",
               f'#error "generated for the QGT kernel library of packed format version {pack.FORMAT_VERSION}"',
+              "#endif",
+              f"#if (QGT_WEIGHT_BITS_MASK & 0x{_weight_bits_mask(layers):x}u) != 0x{_weight_bits_mask(layers):x}u",
+              f'#error "QGT_WEIGHT_BITS_MASK leaves out weight widths this model uses (0x{_weight_bits_mask(layers):x})"',
               "#endif", "",
               "#ifdef QGT_MODEL_LAYER_HOOK /* the firmware's function called with the op index after each op */",
               "void QGT_MODEL_LAYER_HOOK(int op);", "#define LAYER_DONE(op) QGT_MODEL_LAYER_HOOK(op)", "#else",
@@ -541,6 +535,7 @@ def generate(packed_tflite, prefix="qgt_model", pixel_table=None, source=""):
         if pixel_table.shape != (256,) or pixel_table.min() < -128 or pixel_table.max() > 127:
             raise ExportError(f"pixel_table must hold 256 int8 values, got shape {pixel_table.shape}")
     origin = f" from {source}" if source else ""
-    return GeneratedModel(prefix, _header(prefix, origin, input_tensor, output_tensor, plan, pixel_table),
+    return GeneratedModel(prefix, _header(prefix, origin, input_tensor, output_tensor, plan, pixel_table,
+                                          _weight_bits_mask(layers)),
                           _source(prefix, origin, layers, plan, input_tensor, output_tensor, pixel_table),
                           layers, plan, input_tensor, output_tensor)

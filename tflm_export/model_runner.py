@@ -76,8 +76,11 @@ def write_sources(generated, folder):
     return os.path.join(folder, "qgt_model.c")
 
 
-def _defines(generated):
-    return [f"QGT_RUNNER_MODEL={generated.prefix}", f"QGT_MODEL_LAYER_HOOK={HOOK}"]
+def _defines(generated, layer_hook):
+    """The runner's model (with the layer hook, or as firmware builds it); the kernel library built for the
+    model's weight widths only."""
+    return [f"QGT_RUNNER_MODEL={generated.prefix}", f"QGT_WEIGHT_BITS_MASK=0x{generated.weight_bits_mask:x}",
+            *([f"QGT_MODEL_LAYER_HOOK={HOOK}"] if layer_hook else [])]
 
 
 def build_host(generated, folder, sanitize=False):
@@ -85,16 +88,17 @@ def build_host(generated, folder, sanitize=False):
     source = write_sources(generated, folder)
     return toolchain.build_host_program([RUNNER_SOURCE, source], folder, "model_runner_sanitized" if sanitize else
                                         "model_runner", sanitize=sanitize, include_dirs=[folder],
-                                        defines=_defines(generated))
+                                        defines=_defines(generated, layer_hook=False))
 
 
-def build_cortex_m4(generated, folder, portable=False):
-    """The runner with the model as a Cortex-M4F image (DSP path, or the portable one) with a link map;
-    returns the ELF's path."""
+def build_cortex_m4(generated, folder, portable=False, layer_hook=False):
+    """The runner with the model as a Cortex-M4F image (DSP path, or the portable one) with a link map, in a
+    folder of its own; ``layer_hook`` marks the end of each op for per-op instruction counts (it costs a few
+    instructions and bytes per op; without it the model is built as firmware builds it). Returns the ELF."""
     source = write_sources(generated, folder)
     name = "model_runner_portable.elf" if portable else "model_runner.elf"
     return toolchain.build_cortex_m4([RUNNER_SOURCE, source], folder, name, portable=portable, include_dirs=[folder],
-                                     defines=[*_defines(generated), "QGT_RUNNER_SEMIHOST"],
+                                     defines=[*_defines(generated, layer_hook), "QGT_RUNNER_SEMIHOST"],
                                      extra_flags=["-save-temps=obj", f"-Wl,-Map={os.path.join(folder, MAP_FILE)}",
                                                   "-Wl,--cref"])
 
@@ -140,14 +144,16 @@ def run_host(program, generated, inputs, folder):
 @dataclasses.dataclass
 class CortexM4Run:
     results: Results
-    op_instructions: list  # per op of the first input: instructions from the previous hook to its own
+    op_instructions: list  # per op of the first input (layer-hook builds): from the previous hook to its own
     invoke_instructions: int  # the first input's whole invoke
     by_function: dict  # instructions per function, all inputs and the runner together
 
 
-def run_cortex_m4(elf, generated, inputs, folder, count=True, timeout_s=600):
-    """:class:`CortexM4Run` of the Cortex-M4 runner on ``inputs`` (files in ``folder``); without ``count``
-    the instruction fields are None."""
+def run_cortex_m4(elf, generated, inputs, count=True, per_op=False, timeout_s=600):
+    """:class:`CortexM4Run` of the Cortex-M4 runner on ``inputs`` (files in the ELF's folder); without
+    ``count`` the instruction fields are None; ``per_op`` (an image built with ``layer_hook``) fills
+    ``op_instructions``."""
+    folder = os.path.dirname(elf)
     with open(os.path.join(folder, "inputs.bin"), "wb") as f:
         f.write(_encode(generated, inputs))
     run = emulator.run(elf, folder, timeout_s=timeout_s, count=count, mark=HOOK if count else None)
@@ -157,12 +163,15 @@ def run_cortex_m4(elf, generated, inputs, folder, count=True, timeout_s=600):
         results = _decode(f.read(), len(inputs), generated.output.bytes)
     if not count:
         return CortexM4Run(results, None, None, None)
-    marks = run.instructions.marks[:len(generated.layers) + 2]  # before invoke, after each op, after invoke
-    if len(marks) != len(generated.layers) + 2:
-        raise emulator.EmulatorError(f"{len(marks)} layer marks for {len(generated.layers)} ops: invoke failed early?")
-    steps = [b - a for a, b in zip(marks, marks[1:])]
-    tail = steps.pop()  # the output copy and return belong to the last op
-    steps[-1] += tail
+    wanted = len(generated.layers) + 2 if per_op else 2  # before invoke, [after each op,] after invoke
+    marks = run.instructions.marks[:wanted]
+    if len(marks) != wanted:
+        raise emulator.EmulatorError(f"{len(marks)} marks where the first invoke makes {wanted}")
+    steps = None
+    if per_op:
+        steps = [b - a for a, b in zip(marks, marks[1:])]
+        tail = steps.pop()  # the output copy and return belong to the last op
+        steps[-1] += tail
     return CortexM4Run(results, steps, marks[-1] - marks[0], run.instructions.by_function)
 
 
