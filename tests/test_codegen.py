@@ -134,7 +134,7 @@ def _check_program(exported, folder):
         lines += [f"static void check_op{i}(void) {{", "  qgt_status s;"]
         if layer.blob is not None:
             options = bytes(np.asarray(op.customOptions, np.uint8))
-            kind = codegen._KERNEL_OP[layer.op]
+            kind = codegen.KERNEL_OPS[layer.op]
             lines += ["  {", f"    static const uint8_t options[] = {{{', '.join(str(b) for b in options)}}};",
                       "    qgt_layer parsed; qgt_quant_params quant;",
                       f"    s = qgt_layer_parse({kind}, options, sizeof options, {layer.name}_blob.bytes, "

@@ -7,7 +7,7 @@ are those the kernel library documents in ``qgt_kernels.h`` (the contract; nothi
 
 * ``Overlap.none()``: output and input disjoint (every kernel that documents no overlap);
 * ``Overlap.same()``: exactly in place, the output at the input's offset (:func:`depthwise_overlap`);
-* ``Overlap.gap(g)``: an overlapping output needs ``input_offset - output_offset >= g``
+* ``Overlap.gap_of(g)``: an overlapping output needs ``input_offset - output_offset >= g``
   (:func:`pointwise_overlap`: pixels are read before their bytes are overwritten);
 * ``Overlap.view()``: the output is the input's bytes (RESHAPE).
 
