@@ -12,19 +12,24 @@ and writes benchmarks/results/model_size.{json,md}. Goal (issue 4): the packed C
 81 KB; TFLM LUT-2bit ~192 KB; int8 ~300 KB). The export rounds the int8 model's parameters to the packed
 format's version-2 grids (tflm_export.pack.round_parameters); what that costs is measured on the trained
 8-bit int8 models (TFLM person_detect, MLPerf Tiny VWW) over the bundled person96 test images, because
-post-training 2-bit snapping leaves the 2-bit models at chance. Usage: python benchmarks/model_size.py
+post-training 2-bit snapping leaves the 2-bit models at chance.
+
+    python benchmarks/model_size.py [--out_dir=benchmarks/results]
 """
 
+import argparse
 import json
 import os
 import sys
 import tempfile
+import time
 
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
+import provenance  # noqa: E402
 from qgt_keras import datasets, models  # noqa: E402
 from tflm_export import export, pack, tflite_model, verify  # noqa: E402
 from tflm_export.files import write_atomic  # noqa: E402
@@ -88,11 +93,15 @@ def parameter_rounding_accuracy():
 
 
 def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out_dir", default=RESULTS, help="Where model_size.{json,md} go.")
+    out_dir = parser.parse_args().out_dir
+    started = time.perf_counter()
     reports = []
     with tempfile.TemporaryDirectory() as folder:
         keras_path = _keras_model(folder)
         reports.append(export.export(keras_path, os.path.join(folder, "keras"), {"conv1": FIRST_LAYER_BITS},
-                                     BITS, str(datasets.bundled_person96_dir() / "test"), "mobilenet_v1_96x96x1",
+                                     BITS, str(datasets.bundled_person96_dir() / "train"), "mobilenet_v1_96x96x1",
                                      VERIFY_INPUTS, calibration_count=CALIBRATION_IMAGES))
         person_detect = os.path.join(REFERENCE_MODELS, "tflm_person_detect.tflite")
         if os.path.exists(person_detect):
@@ -106,17 +115,19 @@ def main():
               for report in reports}
     result = {"bits": BITS, "first_layer_bits": FIRST_LAYER_BITS, "goal_packed_bytes": GOAL_BYTES,
               "rows": rows, "checks": checks, "parameter_rounding_accuracy": parameter_rounding_accuracy()}
-    os.makedirs(RESULTS, exist_ok=True)
-    write_atomic(os.path.join(RESULTS, "model_size.json"), json.dumps(result, indent=2) + "\n")
-    write_atomic(os.path.join(RESULTS, "model_size.md"), _markdown(result))
+    result["run"] = provenance.record(started)
+    write_atomic(os.path.join(out_dir, "model_size.json"), json.dumps(result, indent=2) + "\n")
+    write_atomic(os.path.join(out_dir, "model_size.md"), _markdown(result))
     print(_markdown(result))
 
 
 def _markdown(result):
     lines = ["# Model size: MobileNetV1-0.25 96x96x1 person detection, "
              f"{result['bits']}-bit weights (first layer {result['first_layer_bits']}-bit)", "",
-             "Produced by `python benchmarks/model_size.py` (post-training snapping; sizes, not accuracy; packed "
-             "format version 2 on parameters rounded by `pack.round_parameters`).", ""]
+             f"Produced by `{result['run']['command']}` at {result['run']['commit']} on {result['run']['machine']} "
+             f"in {result['run']['wall_seconds']:.0f} s (post-training snapping; sizes, not accuracy; packed format "
+             "version 2 on parameters rounded by `pack.round_parameters`; calibrated on person96 training "
+             "images).", ""]
     lines += export.size_table(result["rows"], [("model", "model"), ("variant", "variant")], "TFLM arena B")
     lines += ["", f"Goal: packed C array <= {result['goal_packed_bytes']:,} B (QGT paper: 81 KB).", ""]
     for row in result["rows"]:
