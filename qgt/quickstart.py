@@ -33,7 +33,8 @@ def build_parser():
                         help="Model builder of qgt_keras.models.MODELS (alpha 0.25 where it has one).")
     parser.add_argument("--image_size", type=int, default=48, help="Images are resized to image_size x image_size.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of initialization and shuffling.")
-    parser.add_argument("--start_strength", type=float, help="QGT strength at the ramp start (default: QGTScheduler's).")
+    parser.add_argument("--start_strength", type=float,
+                        help="QGT strength at the ramp start (default: QGTScheduler's).")
     parser.add_argument("--end_strength", type=float, help="QGT strength at the end of the ramp, the end of the QGT "
                         "phase (default: QGTScheduler's).")
     parser.add_argument("--hard_epochs", type=int, default=2, help="Last epochs trained with hard (STE) quantization.")
@@ -145,14 +146,9 @@ def _run(args):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    return cli.run("qgt-quickstart", lambda: _run(args))
-
-
-def run():
-    """Console-script entry point (qgt-quickstart)."""
-    sys.exit(main())
+    """The command line (the console script's entry point): its exit code."""
+    return cli.main(build_parser(), _run, argv)
 
 
 if __name__ == "__main__":
-    run()
+    sys.exit(main())

@@ -62,7 +62,8 @@ def build_parser():
                              "on the grid (STE).")
     parser.add_argument("--start_strength", type=float,
                         help="qgt: QGT strength at the ramp start (default: QGTScheduler's).")
-    parser.add_argument("--end_strength", type=float, help="qgt: QGT strength at the ramp end (default: QGTScheduler's).")
+    parser.add_argument("--end_strength", type=float,
+                        help="qgt: QGT strength at the ramp end (default: QGTScheduler's).")
     parser.add_argument("--hard_strength", type=float,
                         help="qgt: QGT strength while on the grid (default: recipes.QGTSchedule's).")
     parser.add_argument("--batch", type=cli.positive_int, default=32, help="Batch size.")
@@ -199,14 +200,9 @@ def _run(args):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    return cli.run("qgt-train", lambda: _run(args))
-
-
-def run():
-    """Console-script entry point (qgt-train)."""
-    sys.exit(main())
+    """The command line (the console script's entry point): its exit code."""
+    return cli.main(build_parser(), _run, argv)
 
 
 if __name__ == "__main__":
-    run()
+    sys.exit(main())

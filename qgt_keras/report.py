@@ -249,7 +249,8 @@ def allocate_bits(model, budget_bytes, validation_data, candidates=BIT_CANDIDATE
 
     Measures each layer's loss change at each candidate width (only that layer quantized), starts every
     layer at the widest candidate and, while over budget, narrows the layer whose next step costs the least
-    loss per byte saved (bytes at the packer's storage widths, so the budget asked for is the one got). Returns {layer name: bits}: pass it as ``QuantizationPolicy(overrides=...,
+    loss per byte saved (bytes at the packer's storage widths, so the budget asked for is the one got).
+    Returns {layer name: bits}: pass it as ``QuantizationPolicy(overrides=...,
     edge_bits=None)``. ``layers`` limits the choice (and the budget) to those layers (default: all).
     """
     candidates = sorted({quantizers.check_bits(b, "candidate bits") for b in candidates}, reverse=True)

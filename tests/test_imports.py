@@ -47,7 +47,11 @@ def _ours(name):
     return None
 
 
-@pytest.mark.parametrize("package, module, path", list(_modules()), ids=lambda value: str(getattr(value, "name", value)))
+parametrize_modules = pytest.mark.parametrize("package, module, path", list(_modules()),
+                                              ids=lambda value: str(getattr(value, "name", value)))
+
+
+@parametrize_modules
 def test_imports_follow_the_layering(package, module, path):
     assert module in LAYERS[package], f"{package}/{module}.py is not in the layering: add it to docs/ARCHITECTURE.md " \
                                       "and to LAYERS here"
@@ -62,7 +66,7 @@ def test_imports_follow_the_layering(package, module, path):
             assert LAYERS[package].index(target[1]) < rank, f"{package}.{module} imports {name}, a module above it"
 
 
-@pytest.mark.parametrize("package, module, path", list(_modules()), ids=lambda value: str(getattr(value, "name", value)))
+@parametrize_modules
 def test_no_module_uses_another_modules_private_names(package, module, path):
     tree = ast.parse(path.read_text())
     aliases = {}

@@ -210,7 +210,8 @@ def test_round_parameters_moves_scales_and_biases_a_little_and_keeps_codes():
                                       tflite_model.tensor_array(after, op.weights))
         old, new = tflite_model.tensor_scales(before, op.weights)[0], tflite_model.tensor_scales(after, op.weights)[0]
         assert np.max(np.abs(new / old - 1)) <= 2 ** (1 / 64) - 1
-        real_bias = [tflite_model.tensor_array(m, op.bias) * tflite_model.tensor_scales(m, op.bias)[0] for m in (before, after)]
+        real_bias = [tflite_model.tensor_array(m, op.bias) * tflite_model.tensor_scales(m, op.bias)[0]
+                     for m in (before, after)]
         output_step = tflite_model.tensor_scales(before, op.output)[0][0]
         assert np.max(np.abs(real_bias[1] - real_bias[0])) <= 2 * output_step  # 1-byte biases
 
