@@ -13,7 +13,7 @@ LAYERS = {
     "qgt_keras": ["serialization", "quantizers", "layer_kinds", "regularizers", "layers", "conversion", "callbacks",
                   "report", "augmentation", "idx", "datasets", "models", "plots", "recipes"],
     "tflm_export": ["tflite_model", "termination", "files", "layout", "reference", "snap", "keras_convert", "pack",
-                    "lut", "verify", "c_source", "export", "tflm_runner"],
+                    "lut", "tflm_runner", "verify", "c_source", "export"],
     "qgt": ["cli", "export", "train", "quickstart"],
 }
 # A package may import the packages listed for it.
