@@ -184,9 +184,8 @@ def goals(result):
 def markdown(result):
     prov = result["provenance"]
     lines = ["# MobileNetV1-0.25 96x96x1 person detection as generated C on the emulated Cortex-M4", "",
-             f"Produced by `{prov['command']}` in {prov['wall_s']} s on {prov['machine']}, commit {prov['commit']}"
-             f"{' (with uncommitted changes)' if prov['uncommitted_changes'] else ''}. Model: {result['model']}; "
-             f"inputs: {result['inputs']}; counting: {result['counting']}. Instructions, not cycles.", "",
+             f"{provenance.describe(prov)} Model: {result['model']}; inputs: {result['inputs']}; counting: "
+             f"{result['counting']}. Instructions, not cycles.", "",
              "flash = kernel library + generated code + the C library functions they call (text + rodata), "
              "everything but the model's constants; model = the generated constants (blobs, filters, "
              "multiplier tables, params, pixel table); RAM = data + bss (the one activation buffer) + the peak "

@@ -12,9 +12,12 @@ and writes benchmarks/results/model_size.{json,md}. Goal (issue 4): the packed C
 81 KB; TFLM LUT-2bit ~192 KB; int8 ~300 KB). The export rounds the int8 model's parameters to the packed
 format's grids (tflm_export.pack.round_parameters); what that costs is measured on the trained
 8-bit int8 models (TFLM person_detect, MLPerf Tiny VWW) over the bundled person96 test images, because
-post-training 2-bit snapping leaves the 2-bit models at chance. Usage: python benchmarks/model_size.py
+post-training 2-bit snapping leaves the 2-bit models at chance.
+
+    python benchmarks/model_size.py [--out_dir=benchmarks/results]
 """
 
+import argparse
 import json
 import os
 import sys
@@ -22,11 +25,10 @@ import tempfile
 
 import numpy as np
 
-import provenance
-
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
+import provenance  # noqa: E402
 from qgt_keras import datasets, models  # noqa: E402
 from tflm_export import export, pack, tflite_model, verify  # noqa: E402
 from tflm_export.files import write_atomic  # noqa: E402
@@ -90,12 +92,15 @@ def parameter_rounding_accuracy():
 
 
 def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out_dir", default=RESULTS, help="Where model_size.{json,md} go.")
+    out_dir = parser.parse_args().out_dir
     run = provenance.Run()
     reports = []
     with tempfile.TemporaryDirectory() as folder:
         keras_path = _keras_model(folder)
         reports.append(export.export(keras_path, os.path.join(folder, "keras"), {"conv1": FIRST_LAYER_BITS},
-                                     BITS, str(datasets.bundled_person96_dir() / "test"), "mobilenet_v1_96x96x1",
+                                     BITS, str(datasets.bundled_person96_dir() / "train"), "mobilenet_v1_96x96x1",
                                      VERIFY_INPUTS, calibration_count=CALIBRATION_IMAGES))
         person_detect = os.path.join(REFERENCE_MODELS, "tflm_person_detect.tflite")
         if os.path.exists(person_detect):
@@ -110,20 +115,17 @@ def main():
     result = {"bits": BITS, "first_layer_bits": FIRST_LAYER_BITS, "goal_packed_bytes": GOAL_BYTES,
               "rows": rows, "checks": checks, "parameter_rounding_accuracy": parameter_rounding_accuracy()}
     result["provenance"] = run.record()
-    os.makedirs(RESULTS, exist_ok=True)
-    write_atomic(os.path.join(RESULTS, "model_size.json"), json.dumps(result, indent=2) + "\n")
-    write_atomic(os.path.join(RESULTS, "model_size.md"), _markdown(result))
+    write_atomic(os.path.join(out_dir, "model_size.json"), json.dumps(result, indent=2) + "\n")
+    write_atomic(os.path.join(out_dir, "model_size.md"), _markdown(result))
     print(_markdown(result))
 
 
 def _markdown(result):
     lines = ["# Model size: MobileNetV1-0.25 96x96x1 person detection, "
              f"{result['bits']}-bit weights (first layer {result['first_layer_bits']}-bit)", "",
-             "Produced by `python benchmarks/model_size.py` (post-training snapping; sizes, not accuracy; packed "
-             f"format version {pack.FORMAT_VERSION} on parameters rounded by `pack.round_parameters`).", ""]
-    run = result["provenance"]
-    lines += [f"Commit {run['commit']}{' (with uncommitted changes)' if run['uncommitted_changes'] else ''}, "
-              f"{run['machine']}, {run['wall_s']} s.", ""]
+             provenance.describe(result["provenance"]) + " Post-training snapping (sizes, not accuracy); packed "
+             f"format version {pack.FORMAT_VERSION} on parameters rounded by `pack.round_parameters`; calibrated "
+             "on person96 training images.", ""]
     lines += export.size_table(result["rows"], [("model", "model"), ("variant", "variant")], "TFLM arena B")
     lines += ["", f"Goal: packed C array <= {result['goal_packed_bytes']:,} B (QGT paper: 81 KB).", ""]
     for row in result["rows"]:
