@@ -145,14 +145,14 @@ static int32_t widen(const int8_t *values, int32_t length, int32_t input_offset,
 #define QGT_FIRST_QUAD_2 QGT_QUAD_ASM(0, "", QGT_ROR(2))
 #define QGT_FIRST_QUAD_4 QGT_QUAD_ASM(0, "", QGT_ROR(4))
 
-/* acc[2*r + p] = row r . copy of pixel p over `quads` quads (DSP path). Unsigned fields: the caller corrects.
- * A partial last word is taken quad by quad, its fields rotated into place. */
+/* acc[2*r + p] += row r . copy of pixel p over `quads` quads (DSP path); the fields are read as unsigned codes
+ * (see block_start). A partial last word is taken quad by quad, its fields rotated into place. */
 #define QGT_DOT_UNSIGNED(name, BITS, FLIP, WORD, FIRST_QUAD)                                               \
   static inline __attribute__((always_inline)) void name(const uint32_t *r0, const uint32_t *r1,          \
                                                          const uint32_t *c, int32_t quads, int32_t acc[4]) { \
     enum { QUADS = 8 / BITS };                                                                             \
     const uint32_t mask = ((1u << BITS) - 1u) * 0x00010001u;                                               \
-    int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0;                                                            \
+    int32_t a00 = acc[0], a01 = acc[1], a10 = acc[2], a11 = acc[3];                                        \
     for (int32_t words = quads / QUADS; words > 0; --words) {                                              \
       const uint32_t w0 = *r0++ ^ (FLIP), w1 = *r1++ ^ (FLIP);                                             \
       QGT_RUN_ASM(WORD);                                                                                   \
@@ -186,7 +186,7 @@ static inline int32_t sxtb16_odd(uint32_t w) {
 
 static inline __attribute__((always_inline)) void dot_8bit(const uint32_t *r0, const uint32_t *r1, const uint32_t *c,
                                                          int32_t quads, int32_t acc[4]) {
-  int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0;
+  int32_t a00 = acc[0], a01 = acc[1], a10 = acc[2], a11 = acc[3];
   for (; quads > 0; --quads) {
     const uint32_t w0 = *r0++, w1 = *r1++;
     const int32_t e0 = __sxtb16((int32_t)w0), o0 = sxtb16_odd(w0);
@@ -208,26 +208,31 @@ static inline __attribute__((always_inline)) void dot_8bit(const uint32_t *r0, c
   acc[3] = a11;
 }
 
-/* The true accumulators from the unsigned-field sums: raw_scale * raw - sum_scale * pixel sum, modulo 2^32 (the
- * raw sums may wrap where the true ones do not). */
-static inline void correct(int32_t acc[4], int32_t bits, const int32_t sums[2]) {
-  if (bits == 8) return;
-  const uint32_t scale = bits == 1 ? 2u : 1u, c0 = (uint32_t)sums[0] << (bits == 1 ? 0 : bits - 1),
-                 c1 = (uint32_t)sums[1] << (bits == 1 ? 0 : bits - 1);
-  acc[0] = (int32_t)((uint32_t)acc[0] * scale - c0);
-  acc[1] = (int32_t)((uint32_t)acc[1] * scale - c1);
-  acc[2] = (int32_t)((uint32_t)acc[2] * scale - c0);
-  acc[3] = (int32_t)((uint32_t)acc[3] * scale - c1);
-}
 #endif
 
-/* The 2 x 2 block of accumulators of rows (r0, r1) and the pair copy (sums of the two pixels' copies). */
+/* The accumulator of a pixel before its dot products: 1, 2 and 4-bit fields are read as unsigned codes
+ * c + 2^(bits-1) (1 bit: (c + 1) / 2), so -2^(bits-1) times the pixel's sum of copied values starts it (1 bit:
+ * -sum, and the sum of the unsigned products is doubled after); everything modulo 2^32, where the true
+ * accumulator fits int32. */
+static inline int32_t block_start(int32_t bits, int32_t sum) {
+  if (bits == 8) return 0;
+  return (int32_t)(0u - ((uint32_t)sum << (bits == 1 ? 0 : bits - 1)));
+}
+
+/* The true accumulator: for 1-bit codes the unsigned products count twice (above). */
+static inline int32_t block_end(int32_t bits, int32_t acc, int32_t start) {
+  return bits == 1 ? (int32_t)((uint32_t)acc * 2u - (uint32_t)start) : acc;
+}
+/* The 2 x 2 block of accumulators of rows (r0, r1) and the pair copy; start0 and start1 are block_start of the
+ * two pixels' sums of copied values (unused on the portable path). */
 static inline __attribute__((always_inline)) void dot_block(int32_t bits, const uint8_t *r0, const uint8_t *r1,
-                                                            const int16_t *copy, int32_t quads, const int32_t sums[2],
-                                                            int32_t acc[4]) {
+                                                            const int16_t *copy, int32_t quads, int32_t start0,
+                                                            int32_t start1, int32_t acc[4]) {
 #if QGT_DSP
   const uint32_t *w0 = (const uint32_t *)(const void *)r0, *w1 = (const uint32_t *)(const void *)r1;
   const uint32_t *c = (const uint32_t *)(const void *)copy;
+  acc[0] = acc[2] = start0;
+  acc[1] = acc[3] = start1;
   switch (bits) { /* only the widths of the build (QGT_WEIGHT_BITS_MASK) reach here */
 #if (QGT_WEIGHT_BITS_MASK >> 1) & 1u
     case 1: dot_1bit(w0, w1, c, quads, acc); break;
@@ -240,10 +245,14 @@ static inline __attribute__((always_inline)) void dot_block(int32_t bits, const 
 #endif
     default: dot_8bit(w0, w1, c, quads, acc); break;
   }
-  correct(acc, bits, sums);
+  acc[0] = block_end(bits, acc[0], start0);
+  acc[1] = block_end(bits, acc[1], start1);
+  acc[2] = block_end(bits, acc[2], start0);
+  acc[3] = block_end(bits, acc[3], start1);
 #else
   const int32_t quads_per_word = 8 / bits;
-  (void)sums;
+  (void)start0;
+  (void)start1;
   acc[0] = acc[1] = acc[2] = acc[3] = 0;
   for (int32_t q = 0, t = 0; q < quads; q += quads_per_word, ++t) {
     const uint32_t w0 = qgt__load32(r0 + 4 * t), w1 = qgt__load32(r1 + 4 * t);
@@ -298,33 +307,36 @@ typedef struct {
 
 /* An odd last channel: its row twice, the second result dropped (out of line: rare, and kept out of the
  * specialized loops for flash). */
-static __attribute__((noinline)) void last_channel(const conv_job *job, int32_t bits, const int32_t sums[2],
+static __attribute__((noinline)) void last_channel(const conv_job *job, int32_t bits, int32_t start0, int32_t start1,
                                                    const uint8_t *row, const qgt_channel *channel, int8_t *out0,
                                                    int8_t *out1) {
   int32_t acc[4];
-  dot_block(bits, row, row, job->copy, quads_of(job->filter->row_length), sums, acc);
+  dot_block(bits, row, row, job->copy, quads_of(job->filter->row_length), start0, start1, acc);
   store_channel(acc[0], acc[1], channel, out0, out1, job->params->output_offset, job->params->activation,
                 QGT_GENERIC);
 }
 
 /* The channel pairs of one pixel pair (pixel 1's outputs at out1, which is out0 when the pair is one pixel
- * taken twice), for constant `bits` and requantization `form` (the compiler specializes them). */
-static inline __attribute__((always_inline)) void channel_pairs(const conv_job *job, int32_t bits, int fast,
+ * taken twice), for constant `bits` and requantization `form` (the compiler specializes them). Everything the
+ * loop reads is in locals: the byte stores could alias any memory. */
+static inline __attribute__((always_inline)) void channel_pairs(const conv_job *job, int32_t bits, int form,
                                                                 const int32_t sums[2], int8_t *out0, int8_t *out1) {
   const qgt_filter *filter = job->filter;
-  const int32_t out_c = filter->out_channels, quads = quads_of(filter->row_length), row_bytes = filter->row_bytes;
+  const int32_t quads = quads_of(filter->row_length), row_bytes = filter->row_bytes;
   const int32_t output_offset = job->params->output_offset;
   const qgt_range activation = job->params->activation;
+  const int32_t start0 = block_start(bits, sums[0]), start1 = block_start(bits, sums[1]);
+  const int16_t *const copy = job->copy;
   const uint8_t *row = filter->weights;
   const qgt_channel *channel = job->channels;
-  int32_t c = 0;
-  for (; c + 2 <= out_c; c += 2, row += 2 * row_bytes, channel += 2) {
+  int8_t *const end = out0 + (filter->out_channels & ~1);
+  for (; out0 != end; out0 += 2, out1 += 2, row += 2 * row_bytes, channel += 2) {
     int32_t acc[4];
-    dot_block(bits, row, row + row_bytes, job->copy, quads, sums, acc);
-    store_channel(acc[0], acc[1], &channel[0], out0 + c, out1 + c, output_offset, activation, fast);
-    store_channel(acc[2], acc[3], &channel[1], out0 + c + 1, out1 + c + 1, output_offset, activation, fast);
+    dot_block(bits, row, row + row_bytes, copy, quads, start0, start1, acc);
+    store_channel(acc[0], acc[1], &channel[0], out0, out1, output_offset, activation, form);
+    store_channel(acc[2], acc[3], &channel[1], out0 + 1, out1 + 1, output_offset, activation, form);
   }
-  if (c < out_c) last_channel(job, bits, sums, row, channel, out0 + c, out1 + c);
+  if (filter->out_channels & 1) last_channel(job, bits, start0, start1, row, channel, out0, out1);
 }
 
 /* Per width: the common form (QGT_FAST_RIGHT) specialized, any other one through the general code. */

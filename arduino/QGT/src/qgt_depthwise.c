@@ -1,29 +1,33 @@
 /* DEPTHWISE_CONV_2D.
  *
  * The input is read only through a ring of the window's rows in scratch: each input row is copied once, when
- * the first output row that needs it is computed, group-major (for each group of 4 input channels, the row's
- * columns one word each), with the padding columns (and padding rows) and missing channels filled with the
- * input zero point, whose contribution is zero. So the inner loops have no bounds checks, a 3x3 window's
- * taps sit at constant offsets, and the output may overwrite the input in place. The filter is widened once
- * per call into scratch, 2 bytes per weight, in groups of 4 channels: per group and tap the words
- * (w[c], w[c+2]) and (w[c+1], w[c+3]), the lanes SXTAB16 makes of 4 input bytes (the packed format's field
- * order gives both from one weight word). On the DSP path a tap of a group is one word load, two SXTAB16
- * (input offset added) and SMLABB/SMLATT for each channel; groups go outer, the output row's pixels inner.
+ * the first output row that needs it is computed, in channel pairs: for each pair of input channels, the
+ * row's columns, 2 bytes each (the two channels), padding columns (and padding rows) and a missing last
+ * channel filled with the input zero point, whose contribution is zero. So the inner loops have no bounds
+ * checks, and one word load at a column gives both channels at it and at the next column: SXTAB16 (input
+ * offset added) makes the lanes (x[col], x[col+1]) of each channel, a pair of horizontally adjacent taps for
+ * SMLAD. The output may overwrite the input in place. The filter is widened once per call into scratch, 2 bytes
+ * per weight, per output channel pair: for 3 x 3 filters on the DSP path, per filter row the words
+ * (w0, w1) of each channel and (w2 of both); otherwise per tap the word (w of both channels). On the DSP path a
+ * 3 x 3 layer takes two output pixels per pass (stride 1: columns x..x+3, stride 2: x..x+4, loaded once for
+ * both) and one channel pair: per filter row 2 or 3 loads, 4 or 6 SXTAB16 and 10 or 8 multiply-accumulates
+ * for 12 MACs; channel pairs go outer, the output row's pixels inner.
  */
 #include "qgt_internal.h"
 
-#define QGT_DW_MAX_TAPS 49 /* the DSP path's tap table (up to 7 x 7); larger filters take the scalar loop */
-
 typedef struct {
-  int32_t taps;       /* kh * kw */
-  int32_t groups;     /* output channels in groups of 4, the last one possibly partial */
-  int32_t rows;       /* ring rows: the window's height in input rows */
-  int32_t width;      /* ring row width in pixels: the columns the output row reads, padding included */
-  size_t group_bytes; /* one group of 4 input channels of a ring row: width words */
-  size_t row_bytes;   /* a ring row: its input channel groups */
+  int32_t taps;         /* kh * kw */
+  int32_t pairs;        /* output channels in pairs, the last one possibly half */
+  int32_t rows;         /* ring rows: the window's height in input rows */
+  int32_t width;        /* ring row width in pixels: the columns the output row reads, padding included */
+  size_t segment_bytes; /* one pair of input channels of a ring row: 2 bytes per column */
+  size_t row_bytes;     /* a ring row: its input channel pairs */
   size_t channels_bytes, ring_bytes, weights_bytes;
 } layout;
 
+/* The scratch the layout takes (kernel_abi.py mirrors it): the ring is counted as input channels in groups of 4
+ * and the filter as output channels in groups of 4, which hold the pairs (and leave the 2 bytes a word load
+ * reads past the last column). */
 static int layout_fits(const qgt_conv_params *params, const qgt_dims *input_dims, const qgt_filter *filter,
                        const qgt_dims *output_dims) {
   const int64_t rows = (int64_t)(filter->kernel_h - 1) * params->dilation.h + 1;
@@ -38,14 +42,14 @@ static layout layout_of(const qgt_conv_params *params, const qgt_dims *input_dim
                         const qgt_dims *output_dims) {
   layout l;
   l.taps = filter->kernel_h * filter->kernel_w;
-  l.groups = (filter->out_channels + 3) / 4;
+  l.pairs = (filter->out_channels + 1) / 2;
   l.rows = (filter->kernel_h - 1) * params->dilation.h + 1;
   l.width = (output_dims->w - 1) * params->stride.w + (filter->kernel_w - 1) * params->dilation.w + 1;
-  l.group_bytes = (size_t)4 * (size_t)l.width;
-  l.row_bytes = l.group_bytes * (size_t)((input_dims->c + 3) / 4);
+  l.segment_bytes = (size_t)2 * (size_t)l.width;
+  l.row_bytes = l.segment_bytes * (size_t)((input_dims->c + 1) / 2);
   l.channels_bytes = qgt__align4(qgt__channels_bytes(filter->out_channels));
-  l.ring_bytes = l.row_bytes * (size_t)l.rows;
-  l.weights_bytes = (size_t)8 * (size_t)l.groups * (size_t)l.taps;
+  l.ring_bytes = (size_t)4 * (size_t)l.width * (size_t)((input_dims->c + 3) / 4) * (size_t)l.rows;
+  l.weights_bytes = (size_t)8 * (size_t)((filter->out_channels + 3) / 4) * (size_t)l.taps;
   return l;
 }
 
@@ -63,41 +67,41 @@ size_t qgt_depthwise_conv2d_scratch_size(const qgt_conv_params *params, const qg
   return scratch_of(&l);
 }
 
-/* Halfword of the widened filter holding channel c at tap t. */
+/* Halfword of the widened filter (per tap layout) holding channel c at tap t. */
 static inline size_t weight_halfword(const layout *l, int32_t c, int32_t t) {
-  return (((size_t)(c >> 2) * (size_t)l->taps + (size_t)t) * 2u + (size_t)(c & 1)) * 2u + (size_t)((c >> 1) & 1);
+  return ((size_t)(c >> 1) * (size_t)l->taps + (size_t)t) * 2u + (size_t)(c & 1);
 }
 
-/* The signed lanes of field j of both half-words of `word`, as a pair of int16. */
-static inline uint32_t field_pair(uint32_t word, int32_t j, int32_t bits) {
-#if QGT_DSP
-  const uint32_t lanes = qgt__ror(word, (uint32_t)(bits * j)) & (((1u << bits) - 1u) * 0x00010001u);
-  if (bits == 8) return (uint32_t)__sxtb16((int32_t)lanes);
-  if (bits == 1) return (uint32_t)__ssub16((int32_t)(lanes << 1), 0x00010001); /* 0 -> -1, 1 -> +1 */
-  const uint32_t sign = (1u << (bits - 1)) * 0x00010001u;                           /* (v ^ s) - s per lane */
-  return (uint32_t)__ssub16((int32_t)(lanes ^ sign), (int32_t)sign);
-#else
-  const int32_t low = qgt__field_code(word, bits * j, bits), high = qgt__field_code(word, 16 + bits * j, bits);
-  return ((uint32_t)low & 0xFFFFu) | (uint32_t)high << 16;
-#endif
-}
-
-/* The filter widened (see the file comment); missing channels of a partial last group are zero. */
+/* The filter widened per tap (see the file comment); a missing last channel is zero. Where the channels come
+ * in whole groups of 4, each weight word gives field pairs (w[c], w[c+2]) and (w[c+1], w[c+3]) of one tap
+ * (FORMAT.md's field order), which two half-word packs turn into (w[c], w[c+1]) and (w[c+2], w[c+3]). */
 static void widen_filter(const qgt_filter *filter, const layout *l, uint32_t *weights) {
   const int32_t channels = filter->out_channels, bits = filter->weight_bits, per_word = 32 / bits;
-  if ((channels & 3) == 0) { /* quads of the row are 4 channels of one tap: one field pair per word */
+  if ((channels & 3) == 0) {
     const uint32_t *row = (const uint32_t *)(const void *)filter->weights;
     for (int32_t position = 0; position < filter->row_length; position += 4) {
       const uint32_t word = row[position / per_word];
-      const int32_t q = (position % per_word) / 4, t = position / channels, c = position % channels;
-      uint32_t *pair = weights + ((size_t)(c >> 2) * (size_t)l->taps + (size_t)t) * 2u;
-      pair[0] = field_pair(word, 2 * q, bits);
-      pair[1] = field_pair(word, 2 * q + 1, bits);
+      const int32_t j = 2 * ((position % per_word) / 4), t = position / channels, c = position % channels;
+      int32_t even, odd; /* (w[c], w[c+2]), (w[c+1], w[c+3]) as int16 lanes */
+      if (bits == 8) {
+        even = (int8_t)(word >> (8 * j)) & 0xFFFF;
+        even |= (int32_t)((uint32_t)(int8_t)(word >> (16 + 8 * j)) << 16);
+        odd = (int8_t)(word >> (8 * j + 8)) & 0xFFFF;
+        odd |= (int32_t)((uint32_t)(int8_t)(word >> (24 + 8 * j)) << 16);
+      } else {
+        even = (qgt__field_code(word, bits * j, bits) & 0xFFFF) |
+               (int32_t)((uint32_t)qgt__field_code(word, 16 + bits * j, bits) << 16);
+        odd = (qgt__field_code(word, bits * (j + 1), bits) & 0xFFFF) |
+              (int32_t)((uint32_t)qgt__field_code(word, 16 + bits * (j + 1), bits) << 16);
+      }
+      uint32_t *pair = weights + ((size_t)(c >> 1) * (size_t)l->taps + (size_t)t);
+      pair[0] = ((uint32_t)even & 0xFFFFu) | (uint32_t)odd << 16;
+      pair[l->taps] = ((uint32_t)odd & 0xFFFF0000u) | (uint32_t)even >> 16;
     }
     return;
   }
   int16_t *half = (int16_t *)(void *)weights;
-  for (size_t i = 0; i < 4u * (size_t)l->groups * (size_t)l->taps; ++i) half[i] = 0;
+  for (size_t i = 0; i < 2u * (size_t)l->pairs * (size_t)l->taps; ++i) half[i] = 0;
   for (int32_t t = 0; t < l->taps; ++t) {
     for (int32_t c = 0; c < channels; ++c) {
       half[weight_halfword(l, c, t)] = (int16_t)qgt__code(filter->weights, t * channels + c, bits);
@@ -105,34 +109,55 @@ static void widen_filter(const qgt_filter *filter, const layout *l, uint32_t *we
   }
 }
 
-/* Input row y of image `image` into ring slot `slot`, group-major; padding and missing channels hold the zero
- * point. */
+static inline void store16(uint8_t *p, uint32_t v) {
+  p[0] = (uint8_t)v;
+  p[1] = (uint8_t)(v >> 8);
+}
+
+static inline void store32(uint8_t *p, uint32_t v) { memcpy(p, &v, sizeof v); }
+
+/* Input row y of image `image` into ring slot `slot`, in channel pairs; padding and a missing last channel
+ * hold the zero point. Inside the input, whole groups of 4 channels of two columns at a time: two word
+ * loads, two half-word packs, two word stores. */
 static void load_row(const qgt_conv_params *params, const qgt_dims *input_dims, const int8_t *image, const layout *l,
-                     int32_t y, int8_t *slot) {
+                     int32_t y, uint8_t *slot) {
   const uint8_t zero = (uint8_t)(-params->input_offset);
-  const uint32_t zeros = zero * 0x01010101u;
-  const int32_t c = input_dims->c, groups = (c + 3) / 4, full = c / 4;
-  const int inside_row = y >= 0 && y < input_dims->h;
-  for (int32_t cx = 0; cx < l->width; ++cx) {
-    const int32_t x = cx - params->padding.w;
-    uint8_t *column = (uint8_t *)slot + (size_t)cx * 4;
-    if (!inside_row || x < 0 || x >= input_dims->w) {
-      for (int32_t g = 0; g < groups; ++g) memcpy(column + (size_t)g * l->group_bytes, &zeros, 4);
-      continue;
+  const int32_t c = input_dims->c, in_pairs = (c + 1) / 2, groups = c / 4;
+  const size_t segment = l->segment_bytes;
+  if (y < 0 || y >= input_dims->h) {
+    memset(slot, zero, l->row_bytes);
+    return;
+  }
+  const int32_t first = qgt__min(qgt__max(params->padding.w, 0), l->width);   /* first inside column */
+  const int32_t last = qgt__min(params->padding.w + input_dims->w, l->width); /* one past the last */
+  for (int32_t p = 0; p < in_pairs; ++p) {
+    memset(slot + (size_t)p * segment, zero, 2u * (size_t)first);
+    if (last < l->width) memset(slot + (size_t)p * segment + 2u * (size_t)last, zero, 2u * (size_t)(l->width - last));
+  }
+  const int8_t *row = image + (size_t)y * (size_t)input_dims->w * (size_t)c;
+  int32_t cx = first;
+  for (; cx + 2 <= last; cx += 2) {
+    const int8_t *x0 = row + (size_t)(cx - params->padding.w) * (size_t)c, *x1 = x0 + c;
+    uint8_t *to = slot + 2u * (size_t)cx;
+    for (int32_t g = 0; g < groups; ++g, to += 2 * segment) {
+      const uint32_t a = qgt__load32(x0 + 4 * g), b = qgt__load32(x1 + 4 * g);
+      store32(to, (a & 0xFFFFu) | b << 16);
+      store32(to + segment, (b & 0xFFFF0000u) | a >> 16);
     }
-    const int8_t *pixel = image + ((size_t)y * input_dims->w + x) * (size_t)c;
-    for (int32_t g = 0; g < full; ++g) memcpy(column + (size_t)g * l->group_bytes, pixel + 4 * g, 4);
-    if (full < groups) {
-      uint8_t last[4] = {zero, zero, zero, zero};
-      memcpy(last, pixel + 4 * full, (size_t)(c - 4 * full));
-      memcpy(column + (size_t)full * l->group_bytes, last, 4);
+  }
+  /* the rest: channels past the groups of 4, and a last odd column */
+  for (int32_t x = 2 * groups < in_pairs ? first : cx; x < last; ++x) {
+    const int8_t *pixel = row + (size_t)(x - params->padding.w) * (size_t)c;
+    for (int32_t p = x < cx ? 2 * groups : 0; p < in_pairs; ++p) {
+      const uint32_t low = (uint8_t)pixel[2 * p], high = 2 * p + 1 < c ? (uint8_t)pixel[2 * p + 1] : zero;
+      store16(slot + (size_t)p * segment + 2u * (size_t)x, low | high << 8);
     }
   }
 }
 
 /* Input channel ic at ring column cx of slot row `slot`. */
 static inline int32_t ring_value(const layout *l, const int8_t *slot, int32_t cx, int32_t ic) {
-  return slot[(size_t)(ic >> 2) * l->group_bytes + (size_t)cx * 4 + (size_t)(ic & 3)];
+  return slot[(size_t)(ic >> 1) * l->segment_bytes + 2u * (size_t)cx + (size_t)(ic & 1)];
 }
 
 static inline int32_t ring_slot(int32_t row, int32_t rows) {
@@ -164,7 +189,44 @@ typedef struct {
   int form; /* the requantization form (QGT_FAST...) when the clamp is the whole int8 range, else QGT_GENERIC */
 } depthwise_job;
 
+/* Stores the outputs of a channel pair at one pixel (`both`: the second channel exists), for a constant
+ * requantization `form` (QGT_GENERIC unless the clamp is the whole int8 range). */
+static inline __attribute__((always_inline)) void store_pair(int8_t *out, int both, const qgt_channel *channel,
+                                                             int32_t a0, int32_t a1, int32_t output_offset,
+                                                             qgt_range activation, int form) {
 #if QGT_DSP
+  if (form != QGT_GENERIC) {
+    out[0] = (int8_t)qgt__fast_output(a0, &channel[0], form);
+    if (both) out[1] = (int8_t)qgt__fast_output(a1, &channel[1], form);
+    return;
+  }
+#else
+  (void)form;
+#endif
+  out[0] = qgt__output(a0, &channel[0], output_offset, activation);
+  if (both) out[1] = qgt__output(a1, &channel[1], output_offset, activation);
+}
+
+#if QGT_DSP
+/* Whether the DSP path's 3 x 3 loops (and their filter layout) serve the layer. */
+static int three_by_three(const qgt_conv_params *params, const qgt_filter *filter) {
+  return filter->kernel_h == 3 && filter->kernel_w == 3 && params->dilation.w == 1 &&
+         params->depth_multiplier == 1;
+}
+
+/* The per tap filter rearranged for the 3 x 3 loops: per channel pair and filter row, the words (w0, w1) of the
+ * first channel, (w0, w1) of the second and (w2 of both). */
+static void filter_for_three_by_three(const layout *l, uint32_t *weights) {
+  for (int32_t p = 0; p < l->pairs; ++p) {
+    uint32_t *w = weights + 9 * (size_t)p;
+    for (int32_t ky = 0; ky < 3; ++ky, w += 3) {
+      const uint32_t w0 = w[0], w1 = w[1];
+      w[0] = (w0 & 0xFFFFu) | w1 << 16;
+      w[1] = (w1 & 0xFFFF0000u) | w0 >> 16;
+    }
+  }
+}
+
 /* SXTAB16 of x rotated right by 8: the odd bytes, offset added (the rotation folded into the instruction). */
 static inline int32_t sxtab16_odd(int32_t offset2, int32_t x) {
   int32_t r;
@@ -172,126 +234,197 @@ static inline int32_t sxtab16_odd(int32_t offset2, int32_t x) {
   return r;
 }
 
-/* Tap t of a group: one word of 4 channels at `at`, widened, against the group's weight pair of tap t. */
-#define QGT_DW_TAP(at, t)                                                                \
-  {                                                                                      \
-    const int32_t x = (int32_t)qgt__load32(at);                                          \
-    const int32_t even = __sxtab16(offset2, x), odd = sxtab16_odd(offset2, x);           \
-    const int32_t w02 = (int32_t)w[2 * (t)], w13 = (int32_t)w[2 * (t) + 1];              \
-    a0 = __smlabb(even, w02, a0);                                                        \
-    a2 = __smlatt(even, w02, a2);                                                        \
-    a1 = __smlabb(odd, w13, a1);                                                         \
-    a3 = __smlatt(odd, w13, a3);                                                         \
-  }
+/* The 9 taps of a 3 x 3 channel pair at two pixels. Filter row k reads the ring row at %[rk]: stride 1, columns
+ * 0..3 (words A: columns 0, 1 and B: 2, 3 of both channels); stride 2, columns 0..4 (words A, B, C). Its
+ * weights are 12 bytes at %[w] + 12 k: (w0, w1) of channel 0, (w0, w1) of channel 1, (w2 of both). a00, a01:
+ * channel 0 at pixels 0, 1; a10, a11: channel 1. The first row multiplies, the others accumulate; the row
+ * pointers move on by the two pixels.
+ * Hand-scheduled: 13 registers, which the compiler spills. */
+#define QGT_DW_MUL(acc, op, x, y) op " %[" acc "], %[" x "], %[" y "]\n\t"
+#define QGT_DW_ACC(acc, op, x, y) op " %[" acc "], %[" x "], %[" y "], %[" acc "]\n\t"
+#define QGT_DW_STRIDE1(ROW, OFF, FIRST, NEXT)                                                             \
+  "ldr %[y], [%[" ROW "], #4]\n\t"                                                                        \
+  "ldr %[x], [%[" ROW "]], #4\n\t"                         /* and the row on by two pixels */            \
+  "ldr %[v], [%[w], #" OFF "]\n\t"                         /* (w0, w1) of channel 0 */                    \
+  "sxtab16 %[e], %[off], %[x]\n\t"                         /* channel 0, columns 0, 1 */                  \
+  FIRST("a00", "smuad", "smlad", "e", "v") FIRST("a01", "smultb", "smlatb", "e", "v")                   \
+  "sxtab16 %[e], %[off], %[y]\n\t"                         /* columns 2, 3 */                             \
+  NEXT("a01", "smlabt", "e", "v")                                                                         \
+  "ldr %[v], [%[w], #" OFF "+8]\n\t"                       /* w2 of both */                               \
+  NEXT("a00", "smlabb", "e", "v") NEXT("a01", "smlatb", "e", "v")                                         \
+  "sxtab16 %[e], %[off], %[y], ror #8\n\t"                 /* channel 1, columns 2, 3 */                  \
+  FIRST("a10", "smulbt", "smlabt", "e", "v") FIRST("a11", "smultt", "smlatt", "e", "v")                 \
+  "ldr %[v], [%[w], #" OFF "+4]\n\t"                       /* (w0, w1) of channel 1 */                    \
+  NEXT("a11", "smlabt", "e", "v")                                                                         \
+  "sxtab16 %[e], %[off], %[x], ror #8\n\t"                 /* columns 0, 1 */                             \
+  NEXT("a10", "smlad", "e", "v") NEXT("a11", "smlatb", "e", "v")
+#define QGT_DW_STRIDE2(ROW, OFF, FIRST, NEXT)                                                             \
+  "ldr %[y], [%[" ROW "], #4]\n\t"                                                                        \
+  "ldr %[x], [%[" ROW "]], #8\n\t"                         /* and the row on by two pixels */            \
+  "ldr %[v], [%[w], #" OFF "]\n\t"                         /* (w0, w1) of channel 0 */                    \
+  "sxtab16 %[e], %[off], %[x]\n\t"                         /* channel 0, columns 0, 1 */                  \
+  FIRST("a00", "smuad", "smlad", "e", "v")                                                                \
+  "sxtab16 %[e], %[off], %[y]\n\t"                         /* columns 2, 3 */                             \
+  FIRST("a01", "smuad", "smlad", "e", "v")                                                                \
+  "ldr %[v], [%[w], #" OFF "+4]\n\t"                       /* (w0, w1) of channel 1 */                    \
+  "sxtab16 %[e], %[off], %[x], ror #8\n\t"                                                                \
+  FIRST("a10", "smuad", "smlad", "e", "v")                                                                \
+  "sxtab16 %[e], %[off], %[y], ror #8\n\t"                                                                \
+  FIRST("a11", "smuad", "smlad", "e", "v")                                                                \
+  "ldr %[v], [%[w], #" OFF "+8]\n\t"                       /* w2 of both */                               \
+  NEXT("a10", "smlabt", "e", "v")                                                                         \
+  "sxtab16 %[e], %[off], %[y]\n\t"                                                                        \
+  NEXT("a00", "smlabb", "e", "v")                                                                         \
+  "ldr %[x], [%[" ROW "]]\n\t"                             /* column 4 */                                 \
+  "sxtab16 %[e], %[off], %[x]\n\t"                                                                        \
+  NEXT("a01", "smlabb", "e", "v")                                                                         \
+  "sxtab16 %[e], %[off], %[x], ror #8\n\t"                                                                \
+  NEXT("a11", "smlabt", "e", "v")
+#define QGT_DW_FIRST(acc, mul, mla, x, y) QGT_DW_MUL(acc, mul, x, y)
+#define QGT_DW_LATER(acc, mul, mla, x, y) QGT_DW_ACC(acc, mla, x, y)
+#define QGT_DW_PASS(ROW)                                                                                   \
+  ROW("r0", "0", QGT_DW_FIRST, QGT_DW_ACC) ROW("r1", "12", QGT_DW_LATER, QGT_DW_ACC)                      \
+  ROW("r2", "24", QGT_DW_LATER, QGT_DW_ACC)
+#define QGT_DW_RUN(code)                                                                                   \
+  do {                                                                                                     \
+    uint32_t x, y, e, v;                                                                                   \
+    __asm__(code                                                                                           \
+            : [a00] "=&r"(a00), [a01] "=&r"(a01), [a10] "=&r"(a10), [a11] "=&r"(a11), [x] "=&r"(x),        \
+              [y] "=&r"(y), [e] "=&r"(e), [v] "=&r"(v), [r0] "+r"(r0), [r1] "+r"(r1), [r2] "+r"(r2)          \
+            : [w] "r"(w), [off] "r"(offset2)                                                               \
+            : "memory");                                                                                   \
+  } while (0)
 
-/* The 9 taps of a 3 x 3 window for one group of 4 channels: rows r0, r1, r2 at column offsets 0, 4, 8, weight
- * pairs at w[0 .. 17]. Hand-scheduled: the block needs 13 live registers, which the compiler spills. */
-#define QGT_DW_ASM_TAP(row, column, pair)                                 \
-  "ldr %[x], [%[" row "], #" column "]\n\t"                                \
-  "ldrd %[wa], %[wb], [%[w], #" pair "]\n\t"                              \
-  "sxtab16 %[o], %[off], %[x], ror #8\n\t"                               \
-  "sxtab16 %[x], %[off], %[x]\n\t"                                        \
-  "smlabb %[a0], %[x], %[wa], %[a0]\n\t"                                  \
-  "smlatt %[a2], %[x], %[wa], %[a2]\n\t"                                  \
-  "smlabb %[a1], %[o], %[wb], %[a1]\n\t"                                  \
-  "smlatt %[a3], %[o], %[wb], %[a3]\n\t"
-
-static inline __attribute__((always_inline)) void taps_3x3(const int8_t *r0, const int8_t *r1, const int8_t *r2,
-                                                           const uint32_t *w, int32_t offset2, int32_t acc[4]) {
-  int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-  uint32_t x, o, wa, wb;
-  __asm__(QGT_DW_ASM_TAP("r0", "0", "0") QGT_DW_ASM_TAP("r0", "4", "8") QGT_DW_ASM_TAP("r0", "8", "16")
-          QGT_DW_ASM_TAP("r1", "0", "24") QGT_DW_ASM_TAP("r1", "4", "32") QGT_DW_ASM_TAP("r1", "8", "40")
-          QGT_DW_ASM_TAP("r2", "0", "48") QGT_DW_ASM_TAP("r2", "4", "56") QGT_DW_ASM_TAP("r2", "8", "64")
-          : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [x] "=&r"(x), [o] "=&r"(o),
-            [wa] "=&r"(wa), [wb] "=&r"(wb)
-          : [r0] "r"(r0), [r1] "r"(r1), [r2] "r"(r2), [w] "r"(w), [off] "r"(offset2)
-          : "memory");
-  acc[0] = a0;
-  acc[1] = a1;
-  acc[2] = a2;
-  acc[3] = a3;
+/* One filter row of a 3 x 3 channel pair at one pixel: ring columns 0..2 at r; acc = {channel 0, channel 1}. */
+static inline __attribute__((always_inline)) void row_single(const int8_t *r, const uint32_t *w, int32_t offset2,
+                                                             int32_t acc[2]) {
+  const int32_t a = (int32_t)qgt__load32(r), b = (int32_t)qgt__load32(r + 4);
+  acc[0] = __smlad(__sxtab16(offset2, a), (int32_t)w[0], acc[0]);
+  acc[1] = __smlad(sxtab16_odd(offset2, a), (int32_t)w[1], acc[1]);
+  acc[0] = __smlabb(__sxtab16(offset2, b), (int32_t)w[2], acc[0]);
+  acc[1] = __smlabt(sxtab16_odd(offset2, b), (int32_t)w[2], acc[1]);
 }
 
-/* Stores a group's four outputs (`count` of them valid) for a constant requantization `form` (QGT_GENERIC
- * unless the clamp is the whole int8 range). */
-static inline __attribute__((always_inline)) void store_group(int8_t *out, int32_t count, const qgt_channel *channel,
-                                                              int32_t a0, int32_t a1, int32_t a2, int32_t a3,
-                                                              int32_t output_offset, qgt_range activation, int form) {
-  if (form != QGT_GENERIC && count == 4) {
-    const int32_t v0 = qgt__fast_output(a0, &channel[0], form), v1 = qgt__fast_output(a1, &channel[1], form);
-    const int32_t v2 = qgt__fast_output(a2, &channel[2], form), v3 = qgt__fast_output(a3, &channel[3], form);
-    out[0] = (int8_t)v0;
-    out[1] = (int8_t)v1;
-    out[2] = (int8_t)v2;
-    out[3] = (int8_t)v3;
-    return;
-  }
-  const int32_t acc[4] = {a0, a1, a2, a3};
-  for (int32_t i = 0; i < count; ++i) out[i] = qgt__output(acc[i], &channel[i], output_offset, activation);
-}
-
-/* One group of 4 channels along an output row (depth multiplier 1), for constant `three_by_three` (3 x 3
- * filter, column dilation 1: taps at constant offsets from three row pointers) and requantization `form`. `rows[ky]`
- * is the group's part of the ring row of filter row ky, `offsets[t]` tap t's offset from rows[0] otherwise. */
-static inline __attribute__((always_inline)) void group_row(const depthwise_job *job, int32_t g,
-                                                            const int8_t *const *rows, const int32_t *offsets,
-                                                            int8_t *out, int32_t out_w, int three_by_three, int form) {
-  const int32_t channels = job->filter->out_channels, taps = job->l->taps, out_c = channels;
-  const int32_t count = qgt__min(4, channels - 4 * g), step = 4 * job->params->stride.w;
+/* The whole channel pairs of a 3 x 3 layer along an output row, two pixels per pass, for a constant stride (1
+ * or 2) and fast requantization `form`; an odd last pixel through row_single. rows[ky] is the ring row of filter
+ * row ky. */
+static inline __attribute__((always_inline)) void pairs_3x3(const depthwise_job *job, const int8_t *const *rows,
+                                                            int8_t *row_out, int32_t out_w, int stride, int form) {
+  const int32_t out_c = job->filter->out_channels, pairs = out_c / 2;
   const int32_t offset2 = (int32_t)((uint32_t)(job->params->input_offset & 0xFFFF) * 0x00010001u);
-  const int32_t output_offset = job->params->output_offset;
-  const qgt_range activation = job->params->activation;
-  const uint32_t *w = job->weights + (size_t)g * (size_t)taps * 2u;
-  const qgt_channel *channel = job->channels + 4 * g;
-  const int8_t *r0 = rows[0], *r1 = rows[1], *r2 = rows[2];
-  out += 4 * g;
-  for (int32_t ox = 0; ox < out_w; ++ox, out += out_c) {
-    int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-    if (three_by_three) {
-      int32_t acc[4];
-      taps_3x3(r0, r1, r2, w, offset2, acc);
-      a0 = acc[0];
-      a1 = acc[1];
-      a2 = acc[2];
-      a3 = acc[3];
-      r0 += step;
-      r1 += step;
-      r2 += step;
-    } else {
-      for (int32_t t = 0; t < taps; ++t) QGT_DW_TAP(r0 + offsets[t], t)
-      r0 += step;
+  const size_t segment = job->l->segment_bytes;
+  for (int32_t p = 0; p < pairs; ++p) {
+    const uint32_t *w = job->weights + 9 * (size_t)p;
+    const qgt_channel *channel = job->channels + 2 * p;
+    const int8_t *r0 = rows[0] + (size_t)p * segment, *r1 = rows[1] + (size_t)p * segment,
+                 *r2 = rows[2] + (size_t)p * segment;
+    int8_t *out = row_out + 2 * p;
+    for (int32_t n = out_w / 2; n > 0; --n, out += 2 * out_c) {
+      int32_t a00, a01, a10, a11;
+      if (stride == 1) {
+        QGT_DW_RUN(QGT_DW_PASS(QGT_DW_STRIDE1));
+      } else {
+        QGT_DW_RUN(QGT_DW_PASS(QGT_DW_STRIDE2));
+      }
+      qgt__store_fast_pair(a00, a01, &channel[0], out, out_c, form);
+      qgt__store_fast_pair(a10, a11, &channel[1], out + 1, out_c, form);
     }
-    store_group(out, count, channel, a0, a1, a2, a3, output_offset, activation, form);
+    if (out_w & 1) {
+      int32_t acc[2] = {0, 0};
+      row_single(r0, w, offset2, acc);
+      row_single(r1, w + 3, offset2, acc);
+      row_single(r2, w + 6, offset2, acc);
+      const int32_t v0 = qgt__fast_output(acc[0], &channel[0], form), v1 = qgt__fast_output(acc[1], &channel[1], form);
+      out[0] = (int8_t)v0;
+      out[1] = (int8_t)v1;
+    }
   }
 }
 
-/* The groups of one output row on the DSP path. `top` is the first input row of its window. */
-static void row_groups(const depthwise_job *job, const int8_t *ring, int32_t top, int8_t *row_out, int32_t out_w) {
+/* One channel pair of a 3 x 3 layer along an output row at any stride and requantization (a half last pair
+ * when `both` is 0), one pixel at a time. */
+static void pair_row_3x3(const depthwise_job *job, int32_t p, const int8_t *const *rows, int8_t *out, int32_t out_w,
+                         int both) {
+  const int32_t out_c = job->filter->out_channels;
+  const int32_t offset2 = (int32_t)((uint32_t)(job->params->input_offset & 0xFFFF) * 0x00010001u);
+  const uint32_t *w = job->weights + 9 * (size_t)p;
+  const qgt_channel *channel = job->channels + 2 * p;
+  const size_t segment = job->l->segment_bytes, step = 2u * (size_t)job->params->stride.w;
+  const int8_t *r0 = rows[0] + (size_t)p * segment, *r1 = rows[1] + (size_t)p * segment,
+               *r2 = rows[2] + (size_t)p * segment;
+  out += 2 * p;
+  for (int32_t ox = 0; ox < out_w; ++ox, r0 += step, r1 += step, r2 += step, out += out_c) {
+    int32_t acc[2] = {0, 0};
+    row_single(r0, w, offset2, acc);
+    row_single(r1, w + 3, offset2, acc);
+    row_single(r2, w + 6, offset2, acc);
+    store_pair(out, both, channel, acc[0], acc[1], job->params->output_offset, job->params->activation,
+               job->form == QGT_GENERIC ? QGT_GENERIC : QGT_FAST);
+  }
+}
+
+/* One channel pair along an output row for any filter (depth multiplier 1): per tap, one word load at the
+ * tap's column and the two channels' low lanes against the tap's weight word. `offsets[t]` is tap t's offset
+ * from the pair's segment of the first window row. */
+static void pair_row_taps(const depthwise_job *job, int32_t p, const int8_t *segment, const int32_t *offsets,
+                          int8_t *out, int32_t out_w) {
+  const int32_t out_c = job->filter->out_channels, taps = job->l->taps;
+  const int both = 2 * p + 1 < out_c;
+  const int32_t offset2 = (int32_t)((uint32_t)(job->params->input_offset & 0xFFFF) * 0x00010001u);
+  const uint32_t *w = job->weights + (size_t)taps * (size_t)p;
+  const qgt_channel *channel = job->channels + 2 * p;
+  const size_t step = 2u * (size_t)job->params->stride.w;
+  out += 2 * p;
+  for (int32_t ox = 0; ox < out_w; ++ox, segment += step, out += out_c) {
+    int32_t a0 = 0, a1 = 0;
+    for (int32_t t = 0; t < taps; ++t) {
+      const int32_t x = (int32_t)qgt__load32(segment + offsets[t]);
+      a0 = __smlabb(__sxtab16(offset2, x), (int32_t)w[t], a0);
+      a1 = __smlabt(sxtab16_odd(offset2, x), (int32_t)w[t], a1);
+    }
+    store_pair(out, both, channel, a0, a1, job->params->output_offset, job->params->activation,
+               job->form == QGT_GENERIC ? QGT_GENERIC : QGT_FAST);
+  }
+}
+
+#define QGT_DW_MAX_TAPS 49 /* the DSP path's tap table (up to 7 x 7); larger filters take the scalar loop */
+
+/* The channel pairs of one output row on the DSP path (depth multiplier 1). `top` is the first input row of
+ * its window. */
+static void row_pairs(const depthwise_job *job, const int8_t *ring, int32_t top, int8_t *row_out, int32_t out_w) {
   const layout *l = job->l;
   const qgt_conv_params *params = job->params;
-  const int form = job->form;
-  const int three_by_three = job->filter->kernel_h == 3 && job->filter->kernel_w == 3 && params->dilation.w == 1;
-  int32_t offsets[QGT_DW_MAX_TAPS];
-  const int8_t *rows[3];
-  for (int32_t t = 0; t < l->taps; ++t) {
-    const int32_t ky = t / job->filter->kernel_w, kx = t % job->filter->kernel_w;
-    offsets[t] = (int32_t)((size_t)ring_slot(top + ky * params->dilation.h, l->rows) * l->row_bytes +
-                           (size_t)kx * params->dilation.w * 4u);
-  }
-  for (int32_t g = 0; g < l->groups; ++g) {
-    const int8_t *group = ring + (size_t)g * l->group_bytes;
-    if (three_by_three) { /* MobileNet's layers */
-      for (int32_t ky = 0; ky < 3; ++ky) rows[ky] = group + offsets[3 * ky];
-      if (form == QGT_FAST_RIGHT) {
-        group_row(job, g, rows, offsets, row_out, out_w, 1, QGT_FAST_RIGHT);
-      } else {
-        group_row(job, g, rows, offsets, row_out, out_w, 1, form == QGT_FAST ? QGT_FAST : QGT_GENERIC);
-      }
-    } else {
-      rows[0] = rows[1] = rows[2] = group;
-      group_row(job, g, rows, offsets, row_out, out_w, 0, form == QGT_FAST_RIGHT ? QGT_FAST : form);
+  const int32_t kw = job->filter->kernel_w;
+  if (three_by_three(params, job->filter)) { /* MobileNet's layers */
+    const int8_t *rows[3];
+    for (int32_t ky = 0; ky < 3; ++ky) {
+      rows[ky] = ring + (size_t)ring_slot(top + ky * params->dilation.h, l->rows) * l->row_bytes;
     }
+    const int32_t stride = params->stride.w, out_c = job->filter->out_channels;
+    int32_t p = 0;
+    if (stride == 1 && job->form == QGT_FAST_RIGHT) {
+      pairs_3x3(job, rows, row_out, out_w, 1, QGT_FAST_RIGHT);
+    } else if (stride == 1 && job->form == QGT_FAST) {
+      pairs_3x3(job, rows, row_out, out_w, 1, QGT_FAST);
+    } else if (stride == 2 && job->form == QGT_FAST_RIGHT) {
+      pairs_3x3(job, rows, row_out, out_w, 2, QGT_FAST_RIGHT);
+    } else if (stride == 2 && job->form == QGT_FAST) {
+      pairs_3x3(job, rows, row_out, out_w, 2, QGT_FAST);
+    } else {
+      for (; 2 * p + 1 < out_c; ++p) pair_row_3x3(job, p, rows, row_out, out_w, 1);
+    }
+    p = out_c / 2;
+    if (out_c & 1) pair_row_3x3(job, p, rows, row_out, out_w, 0);
+    return;
+  }
+  int32_t offsets[QGT_DW_MAX_TAPS];
+  for (int32_t t = 0; t < l->taps; ++t) {
+    const int32_t ky = t / kw, kx = t % kw;
+    offsets[t] = (int32_t)((size_t)ring_slot(top + ky * params->dilation.h, l->rows) * l->row_bytes +
+                           (size_t)kx * (size_t)params->dilation.w * 2u);
+  }
+  for (int32_t p = 0; p < l->pairs; ++p) {
+    pair_row_taps(job, p, ring + (size_t)p * l->segment_bytes, offsets, row_out, out_w);
   }
 }
 #endif
@@ -302,7 +435,7 @@ static void depthwise_rows(const qgt_conv_params *params, const qgt_quant_params
   const layout l = layout_of(params, in, filter, out);
   uint8_t *bytes = (uint8_t *)scratch;
   qgt_channel *channels = (qgt_channel *)scratch;
-  int8_t *ring = (int8_t *)(bytes + l.channels_bytes);
+  uint8_t *ring = bytes + l.channels_bytes;
   uint32_t *weights = (uint32_t *)(void *)(bytes + l.channels_bytes + l.ring_bytes);
   const int32_t out_c = out->c, in_c = in->c, multiplier = params->depth_multiplier;
   const int16_t *half = (const int16_t *)(const void *)weights;
@@ -314,6 +447,7 @@ static void depthwise_rows(const qgt_conv_params *params, const qgt_quant_params
   const int full_range = params->activation.min == -128 && params->activation.max == 127;
   const depthwise_job job = {params, filter, &l, channels, weights, full_range ? form : QGT_GENERIC};
   const int fast = multiplier == 1 && l.taps <= QGT_DW_MAX_TAPS;
+  if (three_by_three(params, filter)) filter_for_three_by_three(&l, weights);
 #endif
   for (int32_t b = 0; b < out->n; ++b) {
     const int8_t *image = input + (size_t)b * in->h * in->w * in_c;
@@ -327,7 +461,7 @@ static void depthwise_rows(const qgt_conv_params *params, const qgt_quant_params
       int8_t *row_out = output + ((size_t)b * out->h + oy) * out->w * out_c;
 #if QGT_DSP
       if (fast) {
-        row_groups(&job, ring, top, row_out, out->w);
+        row_pairs(&job, (const int8_t *)ring, top, row_out, out->w);
         continue;
       }
 #endif
@@ -339,7 +473,8 @@ static void depthwise_rows(const qgt_conv_params *params, const qgt_quant_params
           int32_t acc = 0;
           for (int32_t t = 0; t < l.taps; ++t) {
             const int32_t ky = t / filter->kernel_w, kx = t % filter->kernel_w;
-            const int8_t *slot = ring + (size_t)ring_slot(top + ky * params->dilation.h, l.rows) * l.row_bytes;
+            const int8_t *slot =
+                (const int8_t *)ring + (size_t)ring_slot(top + ky * params->dilation.h, l.rows) * l.row_bytes;
             acc += (ring_value(&l, slot, column + kx * params->dilation.w, ic) + params->input_offset) *
                    half[weight_halfword(&l, c, t)];
           }

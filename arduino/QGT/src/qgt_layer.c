@@ -107,20 +107,20 @@ int qgt__expand_channels(const qgt_filter *filter, const qgt_quant_params *quant
     const int32_t left = shift > 0 ? shift : 0, right = shift > 0 ? 0 : -shift;
     /* the fast form (qgt_internal.h): 2 (acc + bias) << left stays below 2^31, zp << right below 2^29 */
     if (QGT_DSP && multiplier != 0 && filter->accumulator_bits + left <= 30 && right <= 22) {
-      channels[c].bias = 2 * bias;
+      channels[c].scale = (int32_t)(2u << left);
+      channels[c].bias = (int32_t)((uint32_t)bias * (2u << left));
       channels[c].multiplier = multiplier;
-      channels[c].left = left;
-      channels[c].right = right;
       channels[c].round = (right > 0 ? (int32_t)(1u << (right - 1)) : 0) + (int32_t)((uint32_t)output_offset << right);
       channels[c].sign = right > 0 ? -1 : 0;
-      if (left > 0 || right == 0) form = form < QGT_FAST ? form : QGT_FAST;
+      channels[c].right = right;
+      if (right == 0) form = form < QGT_FAST ? form : QGT_FAST;
     } else {
+      channels[c].scale = shift; /* the generic form: TFLite's signed shift */
       channels[c].bias = bias;
       channels[c].multiplier = multiplier;
-      channels[c].left = shift; /* the generic form: TFLite's signed shift */
-      channels[c].right = -1;
       channels[c].round = 0;
       channels[c].sign = 0;
+      channels[c].right = -1;
       form = QGT_GENERIC;
     }
   }
@@ -129,7 +129,7 @@ int qgt__expand_channels(const qgt_filter *filter, const qgt_quant_params *quant
 
 int32_t qgt__requantized_generic(int32_t acc, const qgt_channel *channel, int32_t output_offset) {
   const int64_t v = (int64_t)qgt__requantize((int32_t)((uint32_t)acc + (uint32_t)channel->bias), channel->multiplier,
-                                             channel->left) + output_offset;
+                                             channel->scale) + output_offset;
   return v > QGT_INT32_MAX ? QGT_INT32_MAX : v < QGT_INT32_MIN ? QGT_INT32_MIN : (int32_t)v;
 }
 
