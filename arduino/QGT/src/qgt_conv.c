@@ -10,6 +10,8 @@
  * and 2^(bits-1) times the pixel's sum of copied values subtracted once) or one SXTB16 (8 bits), and one
  * LDRD fetches copy word j of both pixels, which two SMLADs then use.
  */
+#include <stddef.h>
+
 #include "qgt_internal.h"
 
 static inline int32_t quads_of(int32_t length) { return (length + 3) / 4; }
@@ -100,196 +102,13 @@ static int32_t widen(const int8_t *values, int32_t length, int32_t input_offset,
   return sum;
 }
 
-#if QGT_DSP
-/* One quad of the 2 x 2 block on the DSP path: copy words 2q and 2q+1 of both pixels (two LDRD at byte offset
- * `offset` of c) against fields j = 2q and 2q+1 of both rows' weight words, which are one AND each of the
- * word rotated by `rot0` and `rot1` bits (j * bits). Hand-scheduled because the block needs 14 live
- * registers, which the compiler spills. */
-#define QGT_QUAD_ASM(offset, and0, and1)                                        \
-  "ldrd %[x0], %[x1], [%[c], #" #offset "]\n\t"                                \
-  "and %[l], %[m], %[w0]" and0 "\n\t"                                          \
-  "smlad %[a00], %[l], %[x0], %[a00]\n\t"                                      \
-  "smlad %[a01], %[l], %[x1], %[a01]\n\t"                                      \
-  "and %[l], %[m], %[w1]" and0 "\n\t"                                          \
-  "smlad %[a10], %[l], %[x0], %[a10]\n\t"                                      \
-  "smlad %[a11], %[l], %[x1], %[a11]\n\t"                                      \
-  "ldrd %[x0], %[x1], [%[c], #" #offset "+8]\n\t"                              \
-  "and %[l], %[m], %[w0]" and1 "\n\t"                                          \
-  "smlad %[a00], %[l], %[x0], %[a00]\n\t"                                      \
-  "smlad %[a01], %[l], %[x1], %[a01]\n\t"                                      \
-  "and %[l], %[m], %[w1]" and1 "\n\t"                                          \
-  "smlad %[a10], %[l], %[x0], %[a10]\n\t"                                      \
-  "smlad %[a11], %[l], %[x1], %[a11]\n\t"
-#define QGT_ROR(n) ", ror #" #n
-#define QGT_RUN_ASM(code)                                                                                   \
-  do {                                                                                                      \
-    uint32_t l, x0, x1;                                                                                     \
-    __asm__(code                                                                                            \
-            : [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11), [l] "=&r"(l),            \
-              [x0] "=&r"(x0), [x1] "=&r"(x1)                                                               \
-            : [w0] "r"(w0), [w1] "r"(w1), [m] "r"(mask), [c] "r"(c)                                         \
-            : "memory");                                                                                    \
-  } while (0)
-
-/* Whole weight words: the quads of each width with their rotations. */
-#define QGT_WORD_1                                                                                 \
-  QGT_QUAD_ASM(0, "", QGT_ROR(1)) QGT_QUAD_ASM(16, QGT_ROR(2), QGT_ROR(3))                          \
-  QGT_QUAD_ASM(32, QGT_ROR(4), QGT_ROR(5)) QGT_QUAD_ASM(48, QGT_ROR(6), QGT_ROR(7))                 \
-  QGT_QUAD_ASM(64, QGT_ROR(8), QGT_ROR(9)) QGT_QUAD_ASM(80, QGT_ROR(10), QGT_ROR(11))               \
-  QGT_QUAD_ASM(96, QGT_ROR(12), QGT_ROR(13)) QGT_QUAD_ASM(112, QGT_ROR(14), QGT_ROR(15))
-#define QGT_WORD_2                                                                                 \
-  QGT_QUAD_ASM(0, "", QGT_ROR(2)) QGT_QUAD_ASM(16, QGT_ROR(4), QGT_ROR(6))                          \
-  QGT_QUAD_ASM(32, QGT_ROR(8), QGT_ROR(10)) QGT_QUAD_ASM(48, QGT_ROR(12), QGT_ROR(14))
-#define QGT_WORD_4 QGT_QUAD_ASM(0, "", QGT_ROR(4)) QGT_QUAD_ASM(16, QGT_ROR(8), QGT_ROR(12))
-#define QGT_FIRST_QUAD_1 QGT_QUAD_ASM(0, "", QGT_ROR(1))
-#define QGT_FIRST_QUAD_2 QGT_QUAD_ASM(0, "", QGT_ROR(2))
-#define QGT_FIRST_QUAD_4 QGT_QUAD_ASM(0, "", QGT_ROR(4))
-
-/* acc[2*r + p] += row r . copy of pixel p over `quads` quads (DSP path); the fields are read as unsigned codes
- * (see block_start). A partial last word is taken quad by quad, its fields rotated into place. */
-#define QGT_DOT_UNSIGNED(name, BITS, FLIP, WORD, FIRST_QUAD)                                               \
-  static inline __attribute__((always_inline)) void name(const uint32_t *r0, const uint32_t *r1,          \
-                                                         const uint32_t *c, int32_t quads, int32_t acc[4]) { \
-    enum { QUADS = 8 / BITS };                                                                             \
-    const uint32_t mask = ((1u << BITS) - 1u) * 0x00010001u;                                               \
-    int32_t a00 = acc[0], a01 = acc[1], a10 = acc[2], a11 = acc[3];                                        \
-    for (int32_t words = quads / QUADS; words > 0; --words) {                                              \
-      const uint32_t w0 = *r0++ ^ (FLIP), w1 = *r1++ ^ (FLIP);                                             \
-      QGT_RUN_ASM(WORD);                                                                                   \
-      c += 4 * QUADS;                                                                                      \
-    }                                                                                                      \
-    int32_t rest = quads % QUADS;                                                                          \
-    if (rest > 0) {                                                                                        \
-      uint32_t w0 = *r0 ^ (FLIP), w1 = *r1 ^ (FLIP);                                                       \
-      for (; rest > 0; --rest, c += 4) {                                                                   \
-        QGT_RUN_ASM(FIRST_QUAD);                                                                           \
-        w0 = qgt__ror(w0, 2 * BITS);                                                                       \
-        w1 = qgt__ror(w1, 2 * BITS);                                                                       \
-      }                                                                                                    \
-    }                                                                                                      \
-    acc[0] = a00;                                                                                          \
-    acc[1] = a01;                                                                                          \
-    acc[2] = a10;                                                                                          \
-    acc[3] = a11;                                                                                          \
-  }
-
-QGT_DOT_UNSIGNED(dot_1bit, 1, 0u, QGT_WORD_1, QGT_FIRST_QUAD_1)
-QGT_DOT_UNSIGNED(dot_2bit, 2, 0xAAAAAAAAu, QGT_WORD_2, QGT_FIRST_QUAD_2)
-QGT_DOT_UNSIGNED(dot_4bit, 4, 0x88888888u, QGT_WORD_4, QGT_FIRST_QUAD_4)
-
-/* SXTB16 of w rotated right by 8 (the odd bytes), the rotation folded into the instruction. */
-static inline int32_t sxtb16_odd(uint32_t w) {
-  int32_t r;
-  __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(w));
-  return r;
-}
-
-static inline __attribute__((always_inline)) void dot_8bit(const uint32_t *r0, const uint32_t *r1, const uint32_t *c,
-                                                         int32_t quads, int32_t acc[4]) {
-  int32_t a00 = acc[0], a01 = acc[1], a10 = acc[2], a11 = acc[3];
-  for (; quads > 0; --quads) {
-    const uint32_t w0 = *r0++, w1 = *r1++;
-    const int32_t e0 = __sxtb16((int32_t)w0), o0 = sxtb16_odd(w0);
-    const int32_t e1 = __sxtb16((int32_t)w1), o1 = sxtb16_odd(w1);
-    const int32_t x0e = (int32_t)c[0], x1e = (int32_t)c[1], x0o = (int32_t)c[2], x1o = (int32_t)c[3];
-    c += 4;
-    a00 = __smlad(e0, x0e, a00);
-    a00 = __smlad(o0, x0o, a00);
-    a01 = __smlad(e0, x1e, a01);
-    a01 = __smlad(o0, x1o, a01);
-    a10 = __smlad(e1, x0e, a10);
-    a10 = __smlad(o1, x0o, a10);
-    a11 = __smlad(e1, x1e, a11);
-    a11 = __smlad(o1, x1o, a11);
-  }
-  acc[0] = a00;
-  acc[1] = a01;
-  acc[2] = a10;
-  acc[3] = a11;
-}
-
-#endif
-
 /* The accumulator of a pixel before its dot products: 1, 2 and 4-bit fields are read as unsigned codes
- * c + 2^(bits-1) (1 bit: (c + 1) / 2), so -2^(bits-1) times the pixel's sum of copied values starts it (1 bit:
- * -sum, and the sum of the unsigned products is doubled after); everything modulo 2^32, where the true
- * accumulator fits int32. */
+ * c + 2^(bits-1) (1 bit: (c + 1) / 2) on the DSP path, so -2^(bits-1) times the pixel's sum of copied values
+ * starts it (1 bit: -sum, and the sum of the unsigned products is doubled after); everything modulo 2^32, where
+ * the true accumulator fits int32. */
 static inline int32_t block_start(int32_t bits, int32_t sum) {
-  if (bits == 8) return 0;
+  if (!QGT_DSP || bits == 8) return 0;
   return (int32_t)(0u - ((uint32_t)sum << (bits == 1 ? 0 : bits - 1)));
-}
-
-/* The true accumulator: for 1-bit codes the unsigned products count twice (above). */
-static inline int32_t block_end(int32_t bits, int32_t acc, int32_t start) {
-  return bits == 1 ? (int32_t)((uint32_t)acc * 2u - (uint32_t)start) : acc;
-}
-/* The 2 x 2 block of accumulators of rows (r0, r1) and the pair copy; start0 and start1 are block_start of the
- * two pixels' sums of copied values (unused on the portable path). */
-static inline __attribute__((always_inline)) void dot_block(int32_t bits, const uint8_t *r0, const uint8_t *r1,
-                                                            const int16_t *copy, int32_t quads, int32_t start0,
-                                                            int32_t start1, int32_t acc[4]) {
-#if QGT_DSP
-  const uint32_t *w0 = (const uint32_t *)(const void *)r0, *w1 = (const uint32_t *)(const void *)r1;
-  const uint32_t *c = (const uint32_t *)(const void *)copy;
-  acc[0] = acc[2] = start0;
-  acc[1] = acc[3] = start1;
-  switch (bits) { /* only the widths of the build (QGT_WEIGHT_BITS_MASK) reach here */
-#if (QGT_WEIGHT_BITS_MASK >> 1) & 1u
-    case 1: dot_1bit(w0, w1, c, quads, acc); break;
-#endif
-#if (QGT_WEIGHT_BITS_MASK >> 2) & 1u
-    case 2: dot_2bit(w0, w1, c, quads, acc); break;
-#endif
-#if (QGT_WEIGHT_BITS_MASK >> 4) & 1u
-    case 4: dot_4bit(w0, w1, c, quads, acc); break;
-#endif
-    default: dot_8bit(w0, w1, c, quads, acc); break;
-  }
-  acc[0] = block_end(bits, acc[0], start0);
-  acc[1] = block_end(bits, acc[1], start1);
-  acc[2] = block_end(bits, acc[2], start0);
-  acc[3] = block_end(bits, acc[3], start1);
-#else
-  const int32_t quads_per_word = 8 / bits;
-  (void)start0;
-  (void)start1;
-  acc[0] = acc[1] = acc[2] = acc[3] = 0;
-  for (int32_t q = 0, t = 0; q < quads; q += quads_per_word, ++t) {
-    const uint32_t w0 = qgt__load32(r0 + 4 * t), w1 = qgt__load32(r1 + 4 * t);
-    const int32_t copy_words = 2 * qgt__min(quads_per_word, quads - q);
-    for (int32_t j = 0; j < copy_words; ++j) { /* field j of both half-words against copy word 2q + j */
-      const int16_t *pair = copy + 4 * (2 * q + j); /* pixel 0: pair[0], pair[1]; pixel 1: pair[2], pair[3] */
-      for (int32_t h = 0; h < 2; ++h) {
-        const int32_t k0 = qgt__field_code(w0, 16 * h + bits * j, bits), k1 = qgt__field_code(w1, 16 * h + bits * j, bits);
-        acc[0] += k0 * pair[h];
-        acc[1] += k0 * pair[2 + h];
-        acc[2] += k1 * pair[h];
-        acc[3] += k1 * pair[2 + h];
-      }
-    }
-  }
-#endif
-}
-
-/* Requantizes and stores channel `channel`'s outputs of the block's two pixels, for a constant `form`: the
- * layer's requantization form when its clamp is the whole int8 range, else QGT_GENERIC. */
-static inline __attribute__((always_inline)) void store_channel(int32_t acc_p0, int32_t acc_p1,
-                                                                const qgt_channel *channel, int8_t *out0,
-                                                                int8_t *out1, int32_t output_offset,
-                                                                qgt_range activation, int form) {
-#if QGT_DSP
-  if (form != QGT_GENERIC) {
-    const qgt_channel record = *channel; /* once for both pixels: the byte stores could alias it */
-    const int32_t v0 = qgt__fast_output(acc_p0, &record, form), v1 = qgt__fast_output(acc_p1, &record, form);
-    *out0 = (int8_t)v0;
-    *out1 = (int8_t)v1;
-    return;
-  }
-#else
-  (void)form;
-#endif
-  *out0 = qgt__output(acc_p0, channel, output_offset, activation);
-  *out1 = qgt__output(acc_p1, channel, output_offset, activation);
 }
 
 typedef struct {
@@ -305,88 +124,333 @@ typedef struct {
   int form; /* the requantization form (QGT_FAST...) when the clamp is the whole int8 range, else QGT_GENERIC */
 } conv_job;
 
-/* An odd last channel: its row twice, the second result dropped (out of line: rare, and kept out of the
- * specialized loops for flash). */
-static __attribute__((noinline)) void last_channel(const conv_job *job, int32_t bits, int32_t start0, int32_t start1,
-                                                   const uint8_t *row, const qgt_channel *channel, int8_t *out0,
-                                                   int8_t *out1) {
-  int32_t acc[4];
-  dot_block(bits, row, row, job->copy, quads_of(job->filter->row_length), start0, start1, acc);
-  store_channel(acc[0], acc[1], channel, out0, out1, job->params->output_offset, job->params->activation,
-                QGT_GENERIC);
-}
+#if QGT_DSP
+/* The channel pairs of a pixel pair on the DSP path: assembly routines, one per weight width, over this job.
+ * Per channel pair, the 2 x 2 block of accumulators (rows r, r + row_bytes against the copies of both pixels)
+ * starts at `start`, runs over `steps` whole weight words (1, 2, 4 bits; 8 bits: quads) and `tail` quads of a
+ * partial last word, then is requantized in the fast form and stored at out[c], out[c + delta], ... for every
+ * pair (form QGT_FAST_RIGHT or QGT_FAST; channels, out and pairs move on), or, with form QGT_GENERIC, stored
+ * raw in acc for one pair. They are hand-written because the loop needs all 14 registers: the compiler's
+ * version spilled and reloaded its state around every block. */
+typedef struct {
+  const uint8_t *weights;      /* 0: the first row of the first pair */
+  int32_t row_bytes;           /* 4: 0 to take one row twice */
+  const int16_t *copy;         /* 8 */
+  int32_t steps;               /* 12 */
+  int32_t start[2];            /* 16 */
+  const qgt_channel *channels; /* 24 */
+  int8_t *out;                 /* 28 */
+  int32_t delta;               /* 32: pixel 1's outputs minus pixel 0's (0 for one pixel taken twice) */
+  int32_t pairs;               /* 36 */
+  int32_t tail;                /* 40 */
+  int32_t form;                /* 44 */
+  int32_t acc[4];              /* 48: pixel 0 row 0, pixel 1 row 0, pixel 0 row 1, pixel 1 row 1 */
+} pairs_job;
+typedef char pairs_job_layout_is_the_assembly_s[offsetof(pairs_job, acc) == 48 && sizeof(qgt_channel) == 24 ? 1 : -1];
 
-/* The channel pairs of one pixel pair (pixel 1's outputs at out1, which is out0 when the pair is one pixel
- * taken twice), for constant `bits` and requantization `form` (the compiler specializes them). Everything the
- * loop reads is in locals: the byte stores could alias any memory. */
-static inline __attribute__((always_inline)) void channel_pairs(const conv_job *job, int32_t bits, int form,
-                                                                const int32_t sums[2], int8_t *out0, int8_t *out1) {
-  const qgt_filter *filter = job->filter;
-  const int32_t quads = quads_of(filter->row_length), row_bytes = filter->row_bytes;
-  const int32_t output_offset = job->params->output_offset;
-  const qgt_range activation = job->params->activation;
-  const int32_t start0 = block_start(bits, sums[0]), start1 = block_start(bits, sums[1]);
-  const int16_t *const copy = job->copy;
-  const uint8_t *row = filter->weights;
-  const qgt_channel *channel = job->channels;
-  int8_t *const end = out0 + (filter->out_channels & ~1);
-  for (; out0 != end; out0 += 2, out1 += 2, row += 2 * row_bytes, channel += 2) {
-    int32_t acc[4];
-    dot_block(bits, row, row + row_bytes, copy, quads, start0, start1, acc);
-    store_channel(acc[0], acc[1], &channel[0], out0, out1, output_offset, activation, form);
-    store_channel(acc[2], acc[3], &channel[1], out0 + 1, out1 + 1, output_offset, activation, form);
-  }
-  if (filter->out_channels & 1) last_channel(job, bits, start0, start1, row, channel, out0, out1);
-}
+/* Registers: r0-r3 the accumulators, r4/r5 the two rows' weight words, r6 a field pair, r7/r8 copy word j of
+ * both pixels, r9 the field mask, r10 the copy, r11/r12 the rows, lr the step count; [sp] the job. */
+#define QGT_PW_BLOCK_START(MASK)                                                                    \
+  "1:\n\t"                                                                                          \
+  "ldr r10, [sp]\n\t"                                                                               \
+  "ldr r4, [r10, #4]\n\t"                                                                           \
+  "add r12, r11, r4\n\t"                                                                            \
+  "ldrd r0, r1, [r10, #16]\n\t"                                                                     \
+  "mov r2, r0\n\t"                                                                                  \
+  "mov r3, r1\n\t"                                                                                  \
+  "ldr lr, [r10, #12]\n\t"                                                                          \
+  "ldr r10, [r10, #8]\n\t"                                                                          \
+  "mov r9, #" MASK "\n\t"
+/* Fields j = 2q and 2q+1 of both rows' words (the rotations bits * j) against copy words j of both pixels. */
+#define QGT_PW_QUAD(ROT0, ROT1)                                                                     \
+  "ldrd r7, r8, [r10], #8\n\t"                                                                      \
+  "and.w r6, r9, r4" ROT0 "\n\t"                                                                    \
+  "smlad r0, r6, r7, r0\n\t"                                                                        \
+  "smlad r1, r6, r8, r1\n\t"                                                                        \
+  "and.w r6, r9, r5" ROT0 "\n\t"                                                                    \
+  "smlad r2, r6, r7, r2\n\t"                                                                        \
+  "smlad r3, r6, r8, r3\n\t"                                                                        \
+  "ldrd r7, r8, [r10], #8\n\t"                                                                      \
+  "and.w r6, r9, r4" ROT1 "\n\t"                                                                    \
+  "smlad r0, r6, r7, r0\n\t"                                                                        \
+  "smlad r1, r6, r8, r1\n\t"                                                                        \
+  "and.w r6, r9, r5" ROT1 "\n\t"                                                                    \
+  "smlad r2, r6, r7, r2\n\t"                                                                        \
+  "smlad r3, r6, r8, r3\n\t"
+#define QGT_PW_LOAD_WORDS(FLIP)                                                                     \
+  "ldr r4, [r11], #4\n\t"                                                                           \
+  "ldr r5, [r12], #4\n\t" FLIP
+#define QGT_PW_FLIP(VALUE) "eor r4, r4, #" VALUE "\n\teor r5, r5, #" VALUE "\n\t"
+/* The unsigned widths: whole words, then a partial word quad by quad, its fields rotated into place. */
+#define QGT_PW_UNSIGNED_DOT(FLIP, WORD, FIRST_QUAD, NEXT_QUAD)                                      \
+  "cmp lr, #0\n\t"                                                                                  \
+  "beq 3f\n\t"                                                                                      \
+  "2:\n\t" QGT_PW_LOAD_WORDS(FLIP) WORD                                                             \
+  "subs lr, lr, #1\n\t"                                                                             \
+  "bne 2b\n\t"                                                                                      \
+  "3:\n\t"                                                                                          \
+  "ldr lr, [sp]\n\t"                                                                                \
+  "ldr lr, [lr, #40]\n\t"                                                                           \
+  "cmp lr, #0\n\t"                                                                                  \
+  "beq 5f\n\t" QGT_PW_LOAD_WORDS(FLIP)                                                              \
+  "4:\n\t" FIRST_QUAD                                                                               \
+  "ror r4, r4, #" NEXT_QUAD "\n\t"                                                                  \
+  "ror r5, r5, #" NEXT_QUAD "\n\t"                                                                  \
+  "subs lr, lr, #1\n\t"                                                                             \
+  "bne 4b\n\t"                                                                                      \
+  "5:\n\t"
+/* 8 bits: one quad per step, SXTB16 of each row's word (even bytes, then odd) against copy words 2q, 2q+1. */
+#define QGT_PW_8BIT_DOT                                                                             \
+  "2:\n\t" QGT_PW_LOAD_WORDS("")                                                                    \
+  "ldrd r7, r8, [r10], #8\n\t"                                                                      \
+  "sxtb16 r6, r4\n\t"                                                                               \
+  "smlad r0, r6, r7, r0\n\t"                                                                        \
+  "smlad r1, r6, r8, r1\n\t"                                                                        \
+  "sxtb16 r6, r5\n\t"                                                                               \
+  "smlad r2, r6, r7, r2\n\t"                                                                        \
+  "smlad r3, r6, r8, r3\n\t"                                                                        \
+  "ldrd r7, r8, [r10], #8\n\t"                                                                      \
+  "sxtb16 r6, r4, ror #8\n\t"                                                                       \
+  "smlad r0, r6, r7, r0\n\t"                                                                        \
+  "smlad r1, r6, r8, r1\n\t"                                                                        \
+  "sxtb16 r6, r5, ror #8\n\t"                                                                       \
+  "smlad r2, r6, r7, r2\n\t"                                                                        \
+  "smlad r3, r6, r8, r3\n\t"                                                                        \
+  "subs lr, lr, #1\n\t"                                                                             \
+  "bne 2b\n\t"
+/* 1 bit: the unsigned products count twice (block_start): acc = 2 acc - start. */
+#define QGT_PW_DOUBLE                                                                               \
+  "ldr r10, [sp]\n\t"                                                                               \
+  "ldrd r4, r5, [r10, #16]\n\t"                                                                     \
+  "rsb r0, r4, r0, lsl #1\n\t"                                                                      \
+  "rsb r1, r5, r1, lsl #1\n\t"                                                                      \
+  "rsb r2, r4, r2, lsl #1\n\t"                                                                      \
+  "rsb r3, r5, r3, lsl #1\n\t"
+/* The requantization of accumulators A0 (pixel 0) and A1 (pixel 1) of the channel record at r8 + B (the fast
+ * forms of qgt_internal.h), stored at [r9] and [r9 + lr]; r9 moves on by one channel. */
+#define QGT_PW_FAST(A0, A1, B, B8, B16)                                                              \
+  "ldrd r4, r5, [r8, #" B "]\n\t"                   /* scale, bias */                               \
+  "mla " A0 ", " A0 ", r4, r5\n\t"                                                                  \
+  "mla " A1 ", " A1 ", r4, r5\n\t"                                                                  \
+  "ldrd r4, r5, [r8, #" B8 "]\n\t"                  /* multiplier, round */                         \
+  "smmlar r6, " A0 ", r4, r5\n\t"                                                                   \
+  "smmlar r7, " A1 ", r4, r5\n\t"                                                                   \
+  "ldrd r4, r5, [r8, #" B16 "]\n\t"                 /* right, sign */                               \
+  "and " A0 ", r5, " A0 ", asr #31\n\t"                                                             \
+  "and " A1 ", r5, " A1 ", asr #31\n\t"                                                             \
+  "add r6, r6, " A0 "\n\t"                                                                          \
+  "add r7, r7, " A1 "\n\t"                                                                          \
+  "asr r6, r6, r4\n\t"                                                                              \
+  "asr r7, r7, r4\n\t"                                                                              \
+  "ssat r6, #8, r6\n\t"                                                                             \
+  "ssat r7, #8, r7\n\t"                                                                             \
+  "strb r6, [r9]\n\t"                                                                               \
+  "strb r7, [r9, lr]\n\t"                                                                           \
+  "add r9, r9, #1\n\t"
+#define QGT_PW_FAST_RIGHT(A0, A1, B, B4, B8, B16)                                                    \
+  "ldr r4, [r8, #" B4 "]\n\t"                       /* bias */                                      \
+  "add " A0 ", r4, " A0 ", lsl #1\n\t"                                                              \
+  "add " A1 ", r4, " A1 ", lsl #1\n\t"                                                              \
+  "ldrd r4, r5, [r8, #" B8 "]\n\t"                  /* multiplier, round */                         \
+  "smmlar r6, " A0 ", r4, r5\n\t"                                                                   \
+  "smmlar r7, " A1 ", r4, r5\n\t"                                                                   \
+  "ldr r4, [r8, #" B16 "]\n\t"                      /* right */                                     \
+  "add r6, r6, " A0 ", asr #31\n\t"                                                                 \
+  "add r7, r7, " A1 ", asr #31\n\t"                                                                 \
+  "asr r6, r6, r4\n\t"                                                                              \
+  "asr r7, r7, r4\n\t"                                                                              \
+  "ssat r6, #8, r6\n\t"                                                                             \
+  "ssat r7, #8, r7\n\t"                                                                             \
+  "strb r6, [r9]\n\t"                                                                               \
+  "strb r7, [r9, lr]\n\t"                                                                           \
+  "add r9, r9, #1\n\t"
+/* After a block: raw accumulators (form QGT_GENERIC, one block) or both channels requantized, then the next pair. */
+#define QGT_PW_BLOCK_END                                                                            \
+  "ldr r10, [sp]\n\t"                                                                               \
+  "ldr r4, [r10, #44]\n\t"                                                                          \
+  "cmp r4, #1\n\t"                                                                                  \
+  "beq 7f\n\t"                                                                                      \
+  "bhi 6f\n\t"                                                                                      \
+  "add r10, r10, #48\n\t"                                                                           \
+  "stm r10, {r0, r1, r2, r3}\n\t"                                                                   \
+  "b 9f\n\t"                                                                                        \
+  "6:\n\t"                                                                                          \
+  "ldr r8, [r10, #24]\n\t"                                                                          \
+  "ldr r9, [r10, #28]\n\t"                                                                          \
+  "ldr lr, [r10, #32]\n\t"                                                                          \
+  QGT_PW_FAST_RIGHT("r0", "r1", "0", "4", "8", "16") QGT_PW_FAST_RIGHT("r2", "r3", "24", "28", "32", "40") \
+  "b 8f\n\t"                                                                                        \
+  "7:\n\t"                                                                                          \
+  "ldr r8, [r10, #24]\n\t"                                                                          \
+  "ldr r9, [r10, #28]\n\t"                                                                          \
+  "ldr lr, [r10, #32]\n\t"                                                                          \
+  QGT_PW_FAST("r0", "r1", "0", "8", "16") QGT_PW_FAST("r2", "r3", "24", "32", "40")                 \
+  "8:\n\t"                                                                                          \
+  "mov r11, r12\n\t"                            /* the next pair's first row */                     \
+  "add r8, r8, #48\n\t"                                                                             \
+  "str r8, [r10, #24]\n\t"                                                                          \
+  "str r9, [r10, #28]\n\t"                                                                          \
+  "ldr r4, [r10, #36]\n\t"                                                                          \
+  "subs r4, r4, #1\n\t"                                                                             \
+  "str r4, [r10, #36]\n\t"                                                                          \
+  "bne 1b\n\t"                                                                                      \
+  "9:\n\t"
+#define QGT_PW_ROUTINE(DOT)                                                                         \
+  __asm__("push {r4-r11, lr}\n\t"                                                                   \
+          "sub sp, sp, #8\n\t"                                                                      \
+          "str r0, [sp]\n\t"                                                                        \
+          "ldr r11, [r0]\n\t" DOT QGT_PW_BLOCK_END                                                  \
+          "add sp, sp, #8\n\t"                                                                      \
+          "pop {r4-r11, pc}\n\t")
+#define QGT_ROR(n) ", ror #" #n
 
-/* Per width: the common form (QGT_FAST_RIGHT) specialized, any other one through the general code. */
-#define QGT_CHANNEL_PAIRS(bits)                                                                              \
-  static void channel_pairs_##bits(const conv_job *job, const int32_t sums[2], int8_t *out0, int8_t *out1) { \
-    if (job->form == QGT_FAST_RIGHT) {                                                                       \
-      channel_pairs(job, bits, QGT_FAST_RIGHT, sums, out0, out1);                                            \
-    } else {                                                                                                 \
-      channel_pairs(job, bits, job->form == QGT_FAST ? QGT_FAST : QGT_GENERIC, sums, out0, out1);            \
-    }                                                                                                        \
-  }
 #if (QGT_WEIGHT_BITS_MASK >> 1) & 1u
-QGT_CHANNEL_PAIRS(1)
+__attribute__((naked)) static void pairs_1bit(pairs_job *job __attribute__((unused))) {
+  QGT_PW_ROUTINE(QGT_PW_BLOCK_START("0x00010001")
+                 QGT_PW_UNSIGNED_DOT("",
+                                     QGT_PW_QUAD("", QGT_ROR(1)) QGT_PW_QUAD(QGT_ROR(2), QGT_ROR(3))
+                                     QGT_PW_QUAD(QGT_ROR(4), QGT_ROR(5)) QGT_PW_QUAD(QGT_ROR(6), QGT_ROR(7))
+                                     QGT_PW_QUAD(QGT_ROR(8), QGT_ROR(9)) QGT_PW_QUAD(QGT_ROR(10), QGT_ROR(11))
+                                     QGT_PW_QUAD(QGT_ROR(12), QGT_ROR(13)) QGT_PW_QUAD(QGT_ROR(14), QGT_ROR(15)),
+                                     QGT_PW_QUAD("", QGT_ROR(1)), "2") QGT_PW_DOUBLE);
+}
 #endif
 #if (QGT_WEIGHT_BITS_MASK >> 2) & 1u
-QGT_CHANNEL_PAIRS(2)
+__attribute__((naked)) static void pairs_2bit(pairs_job *job __attribute__((unused))) {
+  QGT_PW_ROUTINE(QGT_PW_BLOCK_START("0x00030003")
+                 QGT_PW_UNSIGNED_DOT(QGT_PW_FLIP("0xAAAAAAAA"),
+                                     QGT_PW_QUAD("", QGT_ROR(2)) QGT_PW_QUAD(QGT_ROR(4), QGT_ROR(6))
+                                     QGT_PW_QUAD(QGT_ROR(8), QGT_ROR(10)) QGT_PW_QUAD(QGT_ROR(12), QGT_ROR(14)),
+                                     QGT_PW_QUAD("", QGT_ROR(2)), "4"));
+}
 #endif
 #if (QGT_WEIGHT_BITS_MASK >> 4) & 1u
-QGT_CHANNEL_PAIRS(4)
+__attribute__((naked)) static void pairs_4bit(pairs_job *job __attribute__((unused))) {
+  QGT_PW_ROUTINE(QGT_PW_BLOCK_START("0x000F000F")
+                 QGT_PW_UNSIGNED_DOT(QGT_PW_FLIP("0x88888888"),
+                                     QGT_PW_QUAD("", QGT_ROR(4)) QGT_PW_QUAD(QGT_ROR(8), QGT_ROR(12)),
+                                     QGT_PW_QUAD("", QGT_ROR(4)), "8"));
+}
 #endif
 #if (QGT_WEIGHT_BITS_MASK >> 8) & 1u
-QGT_CHANNEL_PAIRS(8)
+__attribute__((naked)) static void pairs_8bit(pairs_job *job __attribute__((unused))) {
+  QGT_PW_ROUTINE(QGT_PW_BLOCK_START("0") QGT_PW_8BIT_DOT);
+}
 #endif
 
-/* The loop over a width's channel pairs, or NULL for a width this build leaves out. */
-typedef void (*channel_loop)(const conv_job *, const int32_t[2], int8_t *, int8_t *);
-static channel_loop channel_loop_of(int32_t bits) {
+typedef void (*pairs_routine)(pairs_job *);
+
+/* The routine of a width, or NULL for a width this build leaves out (QGT_WEIGHT_BITS_MASK). */
+static pairs_routine pairs_routine_of(int32_t bits) {
   switch (bits) {
 #if (QGT_WEIGHT_BITS_MASK >> 1) & 1u
-    case 1: return channel_pairs_1;
+    case 1: return pairs_1bit;
 #endif
 #if (QGT_WEIGHT_BITS_MASK >> 2) & 1u
-    case 2: return channel_pairs_2;
+    case 2: return pairs_2bit;
 #endif
 #if (QGT_WEIGHT_BITS_MASK >> 4) & 1u
-    case 4: return channel_pairs_4;
+    case 4: return pairs_4bit;
 #endif
 #if (QGT_WEIGHT_BITS_MASK >> 8) & 1u
-    case 8: return channel_pairs_8;
+    case 8: return pairs_8bit;
 #endif
     default: return NULL;
   }
 }
+
+/* The output channels of one pixel pair (pixel 1's outputs at out1, which is out0 when the pair is one pixel
+ * taken twice): every pair in one call for the fast forms; otherwise pair by pair, requantized here (TFLite's
+ * arithmetic, any clamp), as is an odd last channel (its row taken twice). */
+static void channels_of_pair(const conv_job *job, const int32_t sums[2], int8_t *out0, int8_t *out1) {
+  const qgt_filter *filter = job->filter;
+  const int32_t bits = filter->weight_bits, quads = quads_of(filter->row_length), per_word = 8 / bits;
+  const int32_t out_c = filter->out_channels, output_offset = job->params->output_offset;
+  const qgt_range activation = job->params->activation;
+  const pairs_routine routine = pairs_routine_of(bits);
+  pairs_job j;
+  j.weights = filter->weights;
+  j.row_bytes = filter->row_bytes;
+  j.copy = job->copy;
+  j.steps = bits == 8 ? quads : quads / per_word;
+  j.tail = bits == 8 ? 0 : quads % per_word;
+  j.start[0] = block_start(bits, sums[0]);
+  j.start[1] = block_start(bits, sums[1]);
+  j.channels = job->channels;
+  j.out = out0;
+  j.delta = (int32_t)(out1 - out0);
+  j.pairs = out_c / 2;
+  j.form = job->form;
+  int32_t c = 0;
+  if (j.form != QGT_GENERIC && j.pairs > 0) {
+    routine(&j);
+    c = out_c & ~1;
+  }
+  for (; c < out_c; c += 2) {
+    j.weights = filter->weights + (size_t)c * (size_t)filter->row_bytes;
+    j.row_bytes = c + 1 < out_c ? filter->row_bytes : 0;
+    j.pairs = 1;
+    j.form = QGT_GENERIC;
+    routine(&j);
+    out0[c] = qgt__output(j.acc[0], &job->channels[c], output_offset, activation);
+    out1[c] = qgt__output(j.acc[1], &job->channels[c], output_offset, activation);
+    if (c + 1 < out_c) {
+      out0[c + 1] = qgt__output(j.acc[2], &job->channels[c + 1], output_offset, activation);
+      out1[c + 1] = qgt__output(j.acc[3], &job->channels[c + 1], output_offset, activation);
+    }
+  }
+}
+#else
+/* The 2 x 2 block of accumulators of rows (r0, r1) and the pair copy, the portable way: field j of both
+ * half-words of weight word t against copy word j of quad group t. */
+static void dot_block(int32_t bits, const uint8_t *r0, const uint8_t *r1, const int16_t *copy, int32_t quads,
+                      int32_t acc[4]) {
+  const int32_t quads_per_word = 8 / bits;
+  acc[0] = acc[1] = acc[2] = acc[3] = 0;
+  for (int32_t q = 0, t = 0; q < quads; q += quads_per_word, ++t) {
+    const uint32_t w0 = qgt__load32(r0 + 4 * t), w1 = qgt__load32(r1 + 4 * t);
+    const int32_t copy_words = 2 * qgt__min(quads_per_word, quads - q);
+    for (int32_t j = 0; j < copy_words; ++j) { /* field j of both half-words against copy word 2q + j */
+      const int16_t *pair = copy + 4 * (2 * q + j); /* pixel 0: pair[0], pair[1]; pixel 1: pair[2], pair[3] */
+      for (int32_t h = 0; h < 2; ++h) {
+        const int32_t k0 = qgt__field_code(w0, 16 * h + bits * j, bits), k1 = qgt__field_code(w1, 16 * h + bits * j, bits);
+        acc[0] += k0 * pair[h];
+        acc[1] += k0 * pair[2 + h];
+        acc[2] += k1 * pair[h];
+        acc[3] += k1 * pair[2 + h];
+      }
+    }
+  }
+}
+
+/* The output channels of one pixel pair (pixel 1's outputs at out1, which is out0 when the pair is one pixel
+ * taken twice), two at a time; an odd last channel is its row taken twice. */
+static void channels_of_pair(const conv_job *job, const int32_t sums[2], int8_t *out0, int8_t *out1) {
+  const qgt_filter *filter = job->filter;
+  const int32_t out_c = filter->out_channels, quads = quads_of(filter->row_length), row_bytes = filter->row_bytes;
+  const int32_t output_offset = job->params->output_offset;
+  const qgt_range activation = job->params->activation;
+  (void)sums;
+  for (int32_t c = 0; c < out_c; c += 2) {
+    const uint8_t *row = filter->weights + (size_t)c * (size_t)row_bytes;
+    const int both = c + 1 < out_c;
+    int32_t acc[4];
+    dot_block(filter->weight_bits, row, both ? row + row_bytes : row, job->copy, quads, acc);
+    out0[c] = qgt__output(acc[0], &job->channels[c], output_offset, activation);
+    out1[c] = qgt__output(acc[1], &job->channels[c], output_offset, activation);
+    if (both) {
+      out0[c + 1] = qgt__output(acc[2], &job->channels[c + 1], output_offset, activation);
+      out1[c + 1] = qgt__output(acc[3], &job->channels[c + 1], output_offset, activation);
+    }
+  }
+}
+#endif
 
 /* The loop over pixel pairs; an odd last pixel is a pair of itself. */
 static void conv_rows(const conv_job *job) {
   const qgt_filter *filter = job->filter;
   const int32_t pixels = job->output_dims->n * job->output_dims->h * job->output_dims->w;
   const int32_t out_c = filter->out_channels;
-  const channel_loop channels_of_pair = channel_loop_of(filter->weight_bits);
   for (int32_t p = 0; p < pixels; p += 2) {
     const int32_t second = p + 1 < pixels ? p + 1 : p;
     int32_t sums[2];

@@ -72,31 +72,39 @@ static inline size_t weight_halfword(const layout *l, int32_t c, int32_t t) {
   return ((size_t)(c >> 1) * (size_t)l->taps + (size_t)t) * 2u + (size_t)(c & 1);
 }
 
+/* The signed codes of field j of both half-words of a weight word, as int16 lanes (FORMAT.md's field order). */
+static inline uint32_t field_lanes(uint32_t word, int32_t j, int32_t bits) {
+#if QGT_DSP
+  const uint32_t lanes = qgt__ror(word, (uint32_t)(bits * j)) & (((1u << bits) - 1u) * 0x00010001u);
+  if (bits == 8) return (uint32_t)__sxtb16((int32_t)lanes);
+  if (bits == 1) return (uint32_t)__ssub16((int32_t)(lanes << 1), 0x00010001); /* 0 -> -1, 1 -> +1 */
+  const uint32_t sign = (1u << (bits - 1)) * 0x00010001u;                           /* (v ^ s) - s per lane */
+  return (uint32_t)__ssub16((int32_t)(lanes ^ sign), (int32_t)sign);
+#else
+  const int32_t low = qgt__field_code(word, bits * j, bits), high = qgt__field_code(word, 16 + bits * j, bits);
+  return ((uint32_t)low & 0xFFFFu) | (uint32_t)high << 16;
+#endif
+}
+
 /* The filter widened per tap (see the file comment); a missing last channel is zero. Where the channels come
- * in whole groups of 4, each weight word gives field pairs (w[c], w[c+2]) and (w[c+1], w[c+3]) of one tap
- * (FORMAT.md's field order), which two half-word packs turn into (w[c], w[c+1]) and (w[c+2], w[c+3]). */
+ * in whole groups of 4, a quad of a weight word holds channels c..c+3 of one tap: its field pairs (w[c], w[c+2])
+ * and (w[c+1], w[c+3]) become (w[c], w[c+1]) and (w[c+2], w[c+3]) by two half-word packs. */
 static void widen_filter(const qgt_filter *filter, const layout *l, uint32_t *weights) {
-  const int32_t channels = filter->out_channels, bits = filter->weight_bits, per_word = 32 / bits;
+  const int32_t channels = filter->out_channels, bits = filter->weight_bits, quads = 8 / bits;
   if ((channels & 3) == 0) {
-    const uint32_t *row = (const uint32_t *)(const void *)filter->weights;
-    for (int32_t position = 0; position < filter->row_length; position += 4) {
-      const uint32_t word = row[position / per_word];
-      const int32_t j = 2 * ((position % per_word) / 4), t = position / channels, c = position % channels;
-      int32_t even, odd; /* (w[c], w[c+2]), (w[c+1], w[c+3]) as int16 lanes */
-      if (bits == 8) {
-        even = (int8_t)(word >> (8 * j)) & 0xFFFF;
-        even |= (int32_t)((uint32_t)(int8_t)(word >> (16 + 8 * j)) << 16);
-        odd = (int8_t)(word >> (8 * j + 8)) & 0xFFFF;
-        odd |= (int32_t)((uint32_t)(int8_t)(word >> (24 + 8 * j)) << 16);
-      } else {
-        even = (qgt__field_code(word, bits * j, bits) & 0xFFFF) |
-               (int32_t)((uint32_t)qgt__field_code(word, 16 + bits * j, bits) << 16);
-        odd = (qgt__field_code(word, bits * (j + 1), bits) & 0xFFFF) |
-              (int32_t)((uint32_t)qgt__field_code(word, 16 + bits * (j + 1), bits) << 16);
+    const uint32_t *word = (const uint32_t *)(const void *)filter->weights;
+    int32_t q = 0;
+    for (int32_t t = 0; t < l->taps; ++t) {
+      uint32_t *pair = weights + t;
+      for (int32_t c = 0; c < channels; c += 4, pair += 2 * l->taps) {
+        const uint32_t even = field_lanes(*word, 2 * q, bits), odd = field_lanes(*word, 2 * q + 1, bits);
+        pair[0] = (even & 0xFFFFu) | odd << 16;
+        pair[l->taps] = (odd & 0xFFFF0000u) | even >> 16;
+        if (++q == quads) {
+          q = 0;
+          ++word;
+        }
       }
-      uint32_t *pair = weights + ((size_t)(c >> 1) * (size_t)l->taps + (size_t)t);
-      pair[0] = ((uint32_t)even & 0xFFFFu) | (uint32_t)odd << 16;
-      pair[l->taps] = ((uint32_t)odd & 0xFFFF0000u) | (uint32_t)even >> 16;
     }
     return;
   }
@@ -130,9 +138,10 @@ static void load_row(const qgt_conv_params *params, const qgt_dims *input_dims, 
   }
   const int32_t first = qgt__min(qgt__max(params->padding.w, 0), l->width);   /* first inside column */
   const int32_t last = qgt__min(params->padding.w + input_dims->w, l->width); /* one past the last */
-  for (int32_t p = 0; p < in_pairs; ++p) {
-    memset(slot + (size_t)p * segment, zero, 2u * (size_t)first);
-    if (last < l->width) memset(slot + (size_t)p * segment + 2u * (size_t)last, zero, 2u * (size_t)(l->width - last));
+  for (int32_t p = 0; p < in_pairs; ++p) { /* padding columns: a few, so no memset call */
+    uint8_t *column = slot + (size_t)p * segment;
+    for (int32_t x = 0; x < first; ++x) store16(column + 2 * x, zero * 0x0101u);
+    for (int32_t x = last; x < l->width; ++x) store16(column + 2 * x, zero * 0x0101u);
   }
   const int8_t *row = image + (size_t)y * (size_t)input_dims->w * (size_t)c;
   int32_t cx = first;
