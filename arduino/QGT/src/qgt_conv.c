@@ -44,37 +44,76 @@ static inline void copy_bytes_to(int8_t *to, const int8_t *from, int32_t n) {
   for (int32_t i = 0; i < n; ++i) to[i] = from[i];
 }
 
-/* Gathers the receptive field of output pixel `pixel` (batch-major raster order) into `field`, K int8 values
- * in the filter's order; positions outside the input hold the input zero point, whose value plus the input
- * offset is zero. */
-static void gather_field(const qgt_conv_params *params, const qgt_dims *input_dims, const int8_t *input,
-                         const qgt_filter *filter, const qgt_dims *output_dims, int32_t pixel, int8_t *field) {
-  const int32_t out_w = output_dims->w, out_h = output_dims->h, in_c = input_dims->c, kw = filter->kernel_w;
-  const int32_t batch = pixel / (out_h * out_w), oy = pixel / out_w % out_h, ox = pixel % out_w;
-  const int32_t y0 = oy * params->stride.h - params->padding.h, x0 = ox * params->stride.w - params->padding.w;
-  const int8_t *image = input + (size_t)batch * input_dims->h * input_dims->w * in_c;
-  const int8_t zero = (int8_t)(-params->input_offset);
-  const int32_t x_last = x0 + (kw - 1) * params->dilation.w;
-  const int contiguous = params->dilation.w == 1 && x0 >= 0 && x_last < input_dims->w; /* a row of taps in one run */
-  int8_t *out = field;
-  for (int32_t ky = 0; ky < filter->kernel_h; ++ky) {
-    const int32_t y = y0 + ky * params->dilation.h;
-    if (y < 0 || y >= input_dims->h) {
-      for (int32_t i = 0; i < kw * in_c; ++i) out[i] = zero;
+/* Where a layer's receptive fields come from: the geometry, fixed per call. */
+typedef struct {
+  const int8_t *input;
+  size_t image_bytes, row_bytes; /* an input image, an input row */
+  int32_t in_h, in_w, in_c, kh, kw;
+  int32_t run;    /* bytes of a filter row: kw * in_c */
+  int32_t length; /* K */
+  int32_t padded; /* K up to a whole quad */
+  qgt_tile stride, padding, dilation;
+  int8_t zero;    /* the input zero point */
+  int word_rows;  /* filter rows of at most 4 bytes, taken as one word each (see word_field) */
+  int8_t *field;  /* where a field is gathered */
+} fields;
+
+QGT_COLD static fields fields_of(const qgt_conv_params *params, const qgt_dims *input_dims, const int8_t *input,
+                        const qgt_filter *filter, int8_t *field) {
+  fields f;
+  f.input = input;
+  f.in_h = input_dims->h;
+  f.in_w = input_dims->w;
+  f.in_c = input_dims->c;
+  f.row_bytes = (size_t)f.in_w * (size_t)f.in_c;
+  f.image_bytes = (size_t)f.in_h * f.row_bytes;
+  f.kh = filter->kernel_h;
+  f.kw = filter->kernel_w;
+  f.run = f.kw * f.in_c;
+  f.length = filter->row_length;
+  f.padded = 4 * quads_of(f.length);
+  f.stride = params->stride;
+  f.padding = params->padding;
+  f.dilation = params->dilation;
+  f.zero = (int8_t)(-params->input_offset);
+  f.word_rows = params->dilation.w == 1 && f.run <= 4 && (f.kh - 1) * f.run + 4 <= f.padded;
+  f.field = field;
+  return f;
+}
+
+/* The input zero point over the field's padding up to a whole quad: 1 to 3 bytes merged into the last word. */
+static inline void pad_field(int8_t *field, int32_t length, int32_t padded, int8_t zero) {
+  if (length == padded) return;
+  const uint32_t keep = 0xFFFFFFFFu >> (8 * (padded - length)), zeros = (uint8_t)zero * 0x01010101u;
+  int8_t *last = field + padded - 4;
+  qgt__store32(last, (qgt__load32(last) & keep) | (zeros & ~keep));
+}
+
+/* Gathers the receptive field whose window starts at input row y0, column x0 of image `image` into f->field:
+ * K int8 values in the filter's order, then the zero point up to a whole quad; positions outside the input hold
+ * the zero point too, whose value plus the input offset is zero. The general way, for any window. */
+static QGT_COLD void gather_field(const fields *f, const int8_t *image, int32_t y0, int32_t x0) {
+  const int32_t in_c = f->in_c, kw = f->kw, run = f->run;
+  const int contiguous = f->dilation.w == 1 && x0 >= 0 && x0 + kw - 1 < f->in_w; /* a row of taps in one run */
+  int8_t *out = f->field;
+  for (int32_t ky = 0; ky < f->kh; ++ky, out += run) {
+    const int32_t y = y0 + ky * f->dilation.h;
+    if (y < 0 || y >= f->in_h) {
+      for (int32_t i = 0; i < run; ++i) out[i] = f->zero;
     } else if (contiguous) {
-      copy_bytes_to(out, image + ((size_t)y * input_dims->w + x0) * in_c, kw * in_c);
+      copy_bytes_to(out, image + (size_t)y * f->row_bytes + (size_t)x0 * (size_t)in_c, run);
     } else {
       for (int32_t kx = 0; kx < kw; ++kx) {
-        const int32_t x = x0 + kx * params->dilation.w;
-        if (x < 0 || x >= input_dims->w) {
-          for (int32_t i = 0; i < in_c; ++i) out[kx * in_c + i] = zero;
+        const int32_t x = x0 + kx * f->dilation.w;
+        if (x < 0 || x >= f->in_w) {
+          for (int32_t i = 0; i < in_c; ++i) out[kx * in_c + i] = f->zero;
         } else {
-          copy_bytes_to(out + kx * in_c, image + ((size_t)y * input_dims->w + x) * in_c, in_c);
+          copy_bytes_to(out + kx * in_c, image + (size_t)y * f->row_bytes + (size_t)x * (size_t)in_c, in_c);
         }
       }
     }
-    out += kw * in_c;
   }
+  pad_field(f->field, f->length, f->padded, f->zero);
 }
 
 /* Widens `length` int8 values (the input offset added) into pixel p of the pair copy, zeros up to the next
@@ -111,18 +150,6 @@ static inline int32_t block_start(int32_t bits, int32_t sum) {
   return (int32_t)(0u - ((uint32_t)sum << (bits == 1 ? 0 : bits - 1)));
 }
 
-typedef struct {
-  const qgt_conv_params *params;
-  const qgt_dims *input_dims, *output_dims;
-  const int8_t *input;
-  const qgt_filter *filter;
-  int8_t *output;
-  const qgt_channel *channels;
-  int16_t *copy;
-  int8_t *field; /* one receptive field gathered as int8, for non-pointwise layers */
-  int pointwise;
-  int form; /* the requantization form (QGT_FAST...) when the clamp is the whole int8 range, else QGT_GENERIC */
-} conv_job;
 
 #if QGT_DSP
 /* The channel pairs of a pixel pair on the DSP path: assembly routines, one per weight width, over this job.
@@ -297,10 +324,10 @@ typedef char pairs_job_layout_is_the_assembly_s[offsetof(pairs_job, acc) == 48 &
   "9:\n\t"
 #define QGT_PW_ROUTINE(DOT)                                                                         \
   __asm__("push {r4-r11, lr}\n\t"                                                                   \
-          "sub sp, sp, #8\n\t"                                                                      \
+          "sub sp, sp, #4\n\t"                        /* [sp]: the job; sp stays 8-byte aligned */    \
           "str r0, [sp]\n\t"                                                                        \
           "ldr r11, [r0]\n\t" DOT QGT_PW_BLOCK_END                                                  \
-          "add sp, sp, #8\n\t"                                                                      \
+          "add sp, sp, #4\n\t"                                                                      \
           "pop {r4-r11, pc}\n\t")
 #define QGT_ROR(n) ", ror #" #n
 
@@ -359,31 +386,41 @@ static pairs_routine pairs_routine_of(int32_t bits) {
   }
 }
 
+#endif
+
+typedef struct {
+  const qgt_conv_params *params;
+  const qgt_dims *input_dims, *output_dims;
+  const int8_t *input;
+  const qgt_filter *filter;
+  int8_t *output;
+  const qgt_channel *channels;
+  int16_t *copy;
+  int8_t *field; /* one receptive field gathered as int8, for non-pointwise layers */
+  int pointwise;
+  int form; /* the requantization form (QGT_FAST...) when the clamp is the whole int8 range, else QGT_GENERIC */
+#if QGT_DSP
+  pairs_job pairs;        /* the channel-pair routine's job for every pixel pair but starts, out and delta */
+  pairs_routine routine;
+#endif
+} conv_job;
+
+#if QGT_DSP
 /* The output channels of one pixel pair (pixel 1's outputs at out1, which is out0 when the pair is one pixel
  * taken twice): every pair in one call for the fast forms; otherwise pair by pair, requantized here (TFLite's
  * arithmetic, any clamp), as is an odd last channel (its row taken twice). */
 static void channels_of_pair(const conv_job *job, const int32_t sums[2], int8_t *out0, int8_t *out1) {
   const qgt_filter *filter = job->filter;
-  const int32_t bits = filter->weight_bits, quads = quads_of(filter->row_length), per_word = 8 / bits;
   const int32_t out_c = filter->out_channels, output_offset = job->params->output_offset;
   const qgt_range activation = job->params->activation;
-  const pairs_routine routine = pairs_routine_of(bits);
-  pairs_job j;
-  j.weights = filter->weights;
-  j.row_bytes = filter->row_bytes;
-  j.copy = job->copy;
-  j.steps = bits == 8 ? quads : quads / per_word;
-  j.tail = bits == 8 ? 0 : quads % per_word;
-  j.start[0] = block_start(bits, sums[0]);
-  j.start[1] = block_start(bits, sums[1]);
-  j.channels = job->channels;
+  pairs_job j = job->pairs;
+  j.start[0] = block_start(filter->weight_bits, sums[0]);
+  j.start[1] = block_start(filter->weight_bits, sums[1]);
   j.out = out0;
   j.delta = (int32_t)(out1 - out0);
-  j.pairs = out_c / 2;
-  j.form = job->form;
   int32_t c = 0;
   if (j.form != QGT_GENERIC && j.pairs > 0) {
-    routine(&j);
+    job->routine(&j);
     c = out_c & ~1;
   }
   for (; c < out_c; c += 2) {
@@ -391,7 +428,7 @@ static void channels_of_pair(const conv_job *job, const int32_t sums[2], int8_t 
     j.row_bytes = c + 1 < out_c ? filter->row_bytes : 0;
     j.pairs = 1;
     j.form = QGT_GENERIC;
-    routine(&j);
+    job->routine(&j);
     out0[c] = qgt__output(j.acc[0], &job->channels[c], output_offset, activation);
     out1[c] = qgt__output(j.acc[1], &job->channels[c], output_offset, activation);
     if (c + 1 < out_c) {
@@ -399,6 +436,22 @@ static void channels_of_pair(const conv_job *job, const int32_t sums[2], int8_t 
       out1[c + 1] = qgt__output(j.acc[3], &job->channels[c + 1], output_offset, activation);
     }
   }
+}
+
+/* The channel-pair routine's job of a layer: all but the per pixel pair fields. */
+QGT_COLD static void pairs_job_of(conv_job *job) {
+  const qgt_filter *filter = job->filter;
+  const int32_t bits = filter->weight_bits, quads = quads_of(filter->row_length), per_word = 8 / bits;
+  pairs_job *j = &job->pairs;
+  j->weights = filter->weights;
+  j->row_bytes = filter->row_bytes;
+  j->copy = job->copy;
+  j->steps = bits == 8 ? quads : quads / per_word;
+  j->tail = bits == 8 ? 0 : quads % per_word;
+  j->channels = job->channels;
+  j->pairs = filter->out_channels / 2;
+  j->form = job->form;
+  job->routine = pairs_routine_of(bits);
 }
 #else
 /* The 2 x 2 block of accumulators of rows (r0, r1) and the pair copy, the portable way: field j of both
@@ -446,23 +499,63 @@ static void channels_of_pair(const conv_job *job, const int32_t sums[2], int8_t 
 }
 #endif
 
-/* The loop over pixel pairs; an odd last pixel is a pair of itself. */
+/* The field of a window inside the input whose filter rows take at most 4 bytes (a first conv over few channels),
+ * widened into pixel p of the pair copy: each row one word into `field` (its extra bytes overwritten by the next
+ * row or the padding), the zero point up to a whole quad, then the quads widened. Returns the sum of the copied
+ * values. Scalars only, in its own frame: the byte stores could alias any structure. */
+static __attribute__((noinline)) int32_t word_field(const int8_t *from, size_t step, int32_t rows, int32_t run,
+                                                    int8_t *field, int32_t length, int32_t padded, int8_t zero,
+                                                    int16_t *copy, int32_t p) {
+  for (int32_t ky = 0; ky < rows; ++ky, from += step) qgt__store32(field + ky * run, qgt__load32(from));
+  pad_field(field, length, padded, zero);
+  return widen(field, padded, -zero, p, copy);
+}
+
+/* The receptive field of pixel p of a pair, output pixel (oy, ox) of image `image` of a non-pointwise layer, in
+ * the pair copy; returns the sum of its copied values. */
+static int32_t copy_field(const fields *f, const int8_t *image, int32_t oy, int32_t ox, int16_t *copy, int32_t p) {
+  const int32_t y0 = oy * f->stride.h - f->padding.h, x0 = ox * f->stride.w - f->padding.w;
+  const int32_t y_last = y0 + (f->kh - 1) * f->dilation.h;
+  const size_t start = (size_t)y0 * f->row_bytes + (size_t)x0 * (size_t)f->in_c;
+  if (f->word_rows && x0 >= 0 && x0 + f->kw <= f->in_w && y0 >= 0 && y_last < f->in_h &&
+      start + (size_t)(y_last - y0) * f->row_bytes + 4 <= f->image_bytes) {
+    return word_field(image + start, (size_t)f->dilation.h * f->row_bytes, f->kh, f->run, f->field, f->length,
+                      f->padded, f->zero, copy, p);
+  }
+  gather_field(f, image, y0, x0);
+  return widen(f->field, f->padded, -f->zero, p, copy);
+}
+
+/* The loop over pixel pairs (raster order over the batch); an odd last pixel is a pair of itself. */
 static void conv_rows(const conv_job *job) {
   const qgt_filter *filter = job->filter;
-  const int32_t pixels = job->output_dims->n * job->output_dims->h * job->output_dims->w;
-  const int32_t out_c = filter->out_channels;
+  const qgt_dims *out = job->output_dims;
+  const int32_t pixels = out->n * out->h * out->w, out_c = filter->out_channels;
+  const int32_t offset = job->params->input_offset, length = filter->row_length;
+  const fields f = fields_of(job->params, job->input_dims, job->input, filter, job->field);
+  const int8_t *image = job->input;
+  int32_t oy = 0, ox = 0; /* of pixel p + k */
   for (int32_t p = 0; p < pixels; p += 2) {
     const int32_t second = p + 1 < pixels ? p + 1 : p;
     int32_t sums[2];
-    const int32_t offset = job->params->input_offset, length = filter->row_length;
     if (job->pointwise) { /* the receptive field is the input pixel */
       sums[0] = widen(job->input + (size_t)p * length, length, offset, 0, job->copy);
       sums[1] = widen(job->input + (size_t)second * length, length, offset, 1, job->copy);
     } else {
-      gather_field(job->params, job->input_dims, job->input, filter, job->output_dims, p, job->field);
-      sums[0] = widen(job->field, length, offset, 0, job->copy);
-      gather_field(job->params, job->input_dims, job->input, filter, job->output_dims, second, job->field);
-      sums[1] = widen(job->field, length, offset, 1, job->copy);
+      for (int32_t k = 0; k < 2; ++k) {
+        if (k == 1 && second == p) {
+          sums[1] = widen(job->field, f.padded, offset, 1, job->copy);
+          break;
+        }
+        sums[k] = copy_field(&f, image, oy, ox, job->copy, k);
+        if (++ox == out->w) {
+          ox = 0;
+          if (++oy == out->h) {
+            oy = 0;
+            image += f.image_bytes;
+          }
+        }
+      }
     }
     channels_of_pair(job, sums, job->output + (size_t)p * out_c, job->output + (size_t)second * out_c);
   }
@@ -470,7 +563,7 @@ static void conv_rows(const conv_job *job) {
 
 /* Output may overlap input only for pointwise layers, where pixel pairs are copied before they are
  * overwritten: output + k * out_c <= input + k * in_c for k = 1 .. pixels. */
-static qgt_status check_overlap(const int8_t *input, size_t input_bytes, const int8_t *output, size_t output_bytes,
+QGT_COLD static qgt_status check_overlap(const int8_t *input, size_t input_bytes, const int8_t *output, size_t output_bytes,
                                 int pointwise, int32_t pixels, int32_t in_c, int32_t out_c) {
   if (!qgt__overlap(input, input_bytes, output, output_bytes)) return QGT_OK;
   if (!pointwise) return QGT_ERR_ARGUMENT;
@@ -479,7 +572,7 @@ static qgt_status check_overlap(const int8_t *input, size_t input_bytes, const i
   return QGT_OK;
 }
 
-qgt_status qgt_conv_params_init(const qgt_layer *layer, const qgt_dims *input_dims, qgt_tensor_quant input,
+QGT_COLD qgt_status qgt_conv_params_init(const qgt_layer *layer, const qgt_dims *input_dims, qgt_tensor_quant input,
                                 qgt_tensor_quant output, qgt_conv_params *params, qgt_dims *output_dims) {
   qgt_conv_params p;
   qgt_dims out;
@@ -510,7 +603,7 @@ qgt_status qgt_conv_params_init(const qgt_layer *layer, const qgt_dims *input_di
   return QGT_OK;
 }
 
-size_t qgt_conv2d_scratch_size(const qgt_conv_params *params, const qgt_dims *input_dims, const qgt_filter *filter,
+QGT_COLD size_t qgt_conv2d_scratch_size(const qgt_conv_params *params, const qgt_dims *input_dims, const qgt_filter *filter,
                                const qgt_dims *output_dims) {
   (void)params; /* the copies hold one receptive field per pixel of a pair, whatever the geometry */
   (void)input_dims;
@@ -518,7 +611,7 @@ size_t qgt_conv2d_scratch_size(const qgt_conv_params *params, const qgt_dims *in
   return filter == NULL ? 0 : conv_scratch_size(filter);
 }
 
-static qgt_status check_filter(const qgt_filter *filter, int32_t row_length) {
+QGT_COLD static qgt_status check_filter(const qgt_filter *filter, int32_t row_length) {
   if (filter->weights == NULL || filter->bias == NULL || filter->scale_codes == NULL) return QGT_ERR_ARGUMENT;
   if (((uintptr_t)filter->weights & 3u) != 0) return QGT_ERR_ARGUMENT;
   if (!QGT_SUPPORTS_BITS(filter->weight_bits)) return QGT_ERR_OPTIONS;
@@ -566,14 +659,26 @@ qgt_status qgt_conv2d(const qgt_conv_params *params, const qgt_quant_params *qua
   uint8_t *copy = (uint8_t *)scratch + qgt__align4(qgt__channels_bytes(filter->out_channels));
   const int form = qgt__expand_channels(filter, quant, params->output_offset, channels);
   const int full_range = params->activation.min == -128 && params->activation.max == 127;
-  const conv_job job = {params, input_dims, output_dims, input, filter, output, channels,
-                        (int16_t *)(void *)copy, (int8_t *)(copy + pair_copy_bytes(filter)), pointwise,
-                        full_range ? form : QGT_GENERIC};
+  conv_job job;
+  job.params = params;
+  job.input_dims = input_dims;
+  job.output_dims = output_dims;
+  job.input = input;
+  job.filter = filter;
+  job.output = output;
+  job.channels = channels;
+  job.copy = (int16_t *)(void *)copy;
+  job.field = (int8_t *)(copy + pair_copy_bytes(filter));
+  job.pointwise = pointwise;
+  job.form = full_range ? form : QGT_GENERIC;
+#if QGT_DSP
+  pairs_job_of(&job);
+#endif
   conv_rows(&job);
   return QGT_OK;
 }
 
-qgt_status qgt_fc_params_init(const qgt_layer *layer, int32_t input_elements, qgt_tensor_quant input,
+QGT_COLD qgt_status qgt_fc_params_init(const qgt_layer *layer, int32_t input_elements, qgt_tensor_quant input,
                               qgt_tensor_quant output, qgt_fc_params *params, qgt_dims *input_dims,
                               qgt_dims *output_dims) {
   qgt_fc_params p;
@@ -595,7 +700,7 @@ qgt_status qgt_fc_params_init(const qgt_layer *layer, int32_t input_elements, qg
   return QGT_OK;
 }
 
-size_t qgt_fully_connected_scratch_size(const qgt_fc_params *params, const qgt_dims *input_dims,
+QGT_COLD size_t qgt_fully_connected_scratch_size(const qgt_fc_params *params, const qgt_dims *input_dims,
                                         const qgt_filter *filter, const qgt_dims *output_dims) {
   (void)params;
   (void)input_dims;

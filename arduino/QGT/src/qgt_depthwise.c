@@ -28,7 +28,7 @@ typedef struct {
 /* The scratch the layout takes (kernel_abi.py mirrors it): the ring is counted as input channels in groups of 4
  * and the filter as output channels in groups of 4, which hold the pairs (and leave the 2 bytes a word load
  * reads past the last column). */
-static int layout_fits(const qgt_conv_params *params, const qgt_dims *input_dims, const qgt_filter *filter,
+QGT_COLD static int layout_fits(const qgt_conv_params *params, const qgt_dims *input_dims, const qgt_filter *filter,
                        const qgt_dims *output_dims) {
   const int64_t rows = (int64_t)(filter->kernel_h - 1) * params->dilation.h + 1;
   const int64_t width = (int64_t)(output_dims->w - 1) * params->stride.w +
@@ -55,7 +55,7 @@ static layout layout_of(const qgt_conv_params *params, const qgt_dims *input_dim
 
 static size_t scratch_of(const layout *l) { return l->channels_bytes + l->ring_bytes + l->weights_bytes; }
 
-size_t qgt_depthwise_conv2d_scratch_size(const qgt_conv_params *params, const qgt_dims *input_dims,
+QGT_COLD size_t qgt_depthwise_conv2d_scratch_size(const qgt_conv_params *params, const qgt_dims *input_dims,
                                          const qgt_filter *filter, const qgt_dims *output_dims) {
   if (params == NULL || input_dims == NULL || filter == NULL || output_dims == NULL) return 0;
   if (qgt__dims_count(input_dims) < 0 || qgt__dims_count(output_dims) < 0 || filter->kernel_h <= 0 ||
@@ -73,7 +73,7 @@ static inline size_t weight_halfword(const layout *l, int32_t c, int32_t t) {
 }
 
 /* The signed codes of field j of both half-words of a weight word, as int16 lanes (FORMAT.md's field order). */
-static inline uint32_t field_lanes(uint32_t word, int32_t j, int32_t bits) {
+static inline __attribute__((always_inline)) uint32_t field_lanes(uint32_t word, int32_t j, int32_t bits) {
 #if QGT_DSP
   const uint32_t lanes = qgt__ror(word, (uint32_t)(bits * j)) & (((1u << bits) - 1u) * 0x00010001u);
   if (bits == 8) return (uint32_t)__sxtb16((int32_t)lanes);
@@ -122,8 +122,6 @@ static inline void store16(uint8_t *p, uint32_t v) {
   p[1] = (uint8_t)(v >> 8);
 }
 
-static inline void store32(uint8_t *p, uint32_t v) { memcpy(p, &v, sizeof v); }
-
 /* Input row y of image `image` into ring slot `slot`, in channel pairs; padding and a missing last channel
  * hold the zero point. Inside the input, whole groups of 4 channels of two columns at a time: two word
  * loads, two half-word packs, two word stores. */
@@ -150,8 +148,8 @@ static void load_row(const qgt_conv_params *params, const qgt_dims *input_dims, 
     uint8_t *to = slot + 2u * (size_t)cx;
     for (int32_t g = 0; g < groups; ++g, to += 2 * segment) {
       const uint32_t a = qgt__load32(x0 + 4 * g), b = qgt__load32(x1 + 4 * g);
-      store32(to, (a & 0xFFFFu) | b << 16);
-      store32(to + segment, (b & 0xFFFF0000u) | a >> 16);
+      qgt__store32(to, (a & 0xFFFFu) | b << 16);
+      qgt__store32(to + segment, (b & 0xFFFF0000u) | a >> 16);
     }
   }
   /* the rest: channels past the groups of 4, and a last odd column */
@@ -175,7 +173,7 @@ static inline int32_t ring_slot(int32_t row, int32_t rows) {
 }
 
 /* In place: output row (b, oy) must not cover input rows still to be copied. */
-static int in_place_ok(const qgt_conv_params *params, const qgt_dims *in, const qgt_filter *filter,
+QGT_COLD static int in_place_ok(const qgt_conv_params *params, const qgt_dims *in, const qgt_filter *filter,
                        const qgt_dims *out) {
   const int64_t in_row = (int64_t)in->w * in->c, out_row = (int64_t)out->w * out->c;
   for (int32_t b = 0; b < out->n; ++b) {
@@ -315,10 +313,10 @@ static inline __attribute__((always_inline)) void row_single(const int8_t *r, co
 }
 
 /* The whole channel pairs of a 3 x 3 layer along an output row, two pixels per pass, for a constant stride (1
- * or 2) and fast requantization `form`; an odd last pixel through row_single. rows[ky] is the ring row of filter
- * row ky. */
+ * or 2), requantized in the fast form (QGT_FAST, which also serves layers of the QGT_FAST_RIGHT form: one loop
+ * per stride, for flash); an odd last pixel through row_single. rows[ky] is the ring row of filter row ky. */
 static inline __attribute__((always_inline)) void pairs_3x3(const depthwise_job *job, const int8_t *const *rows,
-                                                            int8_t *row_out, int32_t out_w, int stride, int form) {
+                                                            int8_t *row_out, int32_t out_w, int stride) {
   const int32_t out_c = job->filter->out_channels, pairs = out_c / 2;
   const int32_t offset2 = (int32_t)((uint32_t)(job->params->input_offset & 0xFFFF) * 0x00010001u);
   const size_t segment = job->l->segment_bytes;
@@ -335,24 +333,35 @@ static inline __attribute__((always_inline)) void pairs_3x3(const depthwise_job 
       } else {
         QGT_DW_RUN(QGT_DW_PASS(QGT_DW_STRIDE2));
       }
-      qgt__store_fast_pair(a00, a01, &channel[0], out, out_c, form);
-      qgt__store_fast_pair(a10, a11, &channel[1], out + 1, out_c, form);
+      qgt__store_fast_pair(a00, a01, &channel[0], out, out_c, QGT_FAST);
+      qgt__store_fast_pair(a10, a11, &channel[1], out + 1, out_c, QGT_FAST);
     }
     if (out_w & 1) {
       int32_t acc[2] = {0, 0};
       row_single(r0, w, offset2, acc);
       row_single(r1, w + 3, offset2, acc);
       row_single(r2, w + 6, offset2, acc);
-      const int32_t v0 = qgt__fast_output(acc[0], &channel[0], form), v1 = qgt__fast_output(acc[1], &channel[1], form);
+      const int32_t v0 = qgt__fast_output(acc[0], &channel[0], QGT_FAST);
+      const int32_t v1 = qgt__fast_output(acc[1], &channel[1], QGT_FAST);
       out[0] = (int8_t)v0;
       out[1] = (int8_t)v1;
     }
   }
 }
 
+static __attribute__((noinline)) void pairs_3x3_stride1(const depthwise_job *job, const int8_t *const *rows,
+                                                        int8_t *row_out, int32_t out_w) {
+  pairs_3x3(job, rows, row_out, out_w, 1);
+}
+
+static __attribute__((noinline)) void pairs_3x3_stride2(const depthwise_job *job, const int8_t *const *rows,
+                                                        int8_t *row_out, int32_t out_w) {
+  pairs_3x3(job, rows, row_out, out_w, 2);
+}
+
 /* One channel pair of a 3 x 3 layer along an output row at any stride and requantization (a half last pair
  * when `both` is 0), one pixel at a time. */
-static void pair_row_3x3(const depthwise_job *job, int32_t p, const int8_t *const *rows, int8_t *out, int32_t out_w,
+static QGT_COLD void pair_row_3x3(const depthwise_job *job, int32_t p, const int8_t *const *rows, int8_t *out, int32_t out_w,
                          int both) {
   const int32_t out_c = job->filter->out_channels;
   const int32_t offset2 = (int32_t)((uint32_t)(job->params->input_offset & 0xFFFF) * 0x00010001u);
@@ -375,7 +384,7 @@ static void pair_row_3x3(const depthwise_job *job, int32_t p, const int8_t *cons
 /* One channel pair along an output row for any filter (depth multiplier 1): per tap, one word load at the
  * tap's column and the two channels' low lanes against the tap's weight word. `offsets[t]` is tap t's offset
  * from the pair's segment of the first window row. */
-static void pair_row_taps(const depthwise_job *job, int32_t p, const int8_t *segment, const int32_t *offsets,
+static QGT_COLD void pair_row_taps(const depthwise_job *job, int32_t p, const int8_t *segment, const int32_t *offsets,
                           int8_t *out, int32_t out_w) {
   const int32_t out_c = job->filter->out_channels, taps = job->l->taps;
   const int both = 2 * p + 1 < out_c;
@@ -410,20 +419,14 @@ static void row_pairs(const depthwise_job *job, const int8_t *ring, int32_t top,
       rows[ky] = ring + (size_t)ring_slot(top + ky * params->dilation.h, l->rows) * l->row_bytes;
     }
     const int32_t stride = params->stride.w, out_c = job->filter->out_channels;
-    int32_t p = 0;
-    if (stride == 1 && job->form == QGT_FAST_RIGHT) {
-      pairs_3x3(job, rows, row_out, out_w, 1, QGT_FAST_RIGHT);
-    } else if (stride == 1 && job->form == QGT_FAST) {
-      pairs_3x3(job, rows, row_out, out_w, 1, QGT_FAST);
-    } else if (stride == 2 && job->form == QGT_FAST_RIGHT) {
-      pairs_3x3(job, rows, row_out, out_w, 2, QGT_FAST_RIGHT);
-    } else if (stride == 2 && job->form == QGT_FAST) {
-      pairs_3x3(job, rows, row_out, out_w, 2, QGT_FAST);
+    if (stride == 1 && job->form != QGT_GENERIC) {
+      pairs_3x3_stride1(job, rows, row_out, out_w);
+    } else if (stride == 2 && job->form != QGT_GENERIC) {
+      pairs_3x3_stride2(job, rows, row_out, out_w);
     } else {
-      for (; 2 * p + 1 < out_c; ++p) pair_row_3x3(job, p, rows, row_out, out_w, 1);
+      for (int32_t p = 0; 2 * p + 1 < out_c; ++p) pair_row_3x3(job, p, rows, row_out, out_w, 1);
     }
-    p = out_c / 2;
-    if (out_c & 1) pair_row_3x3(job, p, rows, row_out, out_w, 0);
+    if (out_c & 1) pair_row_3x3(job, out_c / 2, rows, row_out, out_w, 0);
     return;
   }
   int32_t offsets[QGT_DW_MAX_TAPS];

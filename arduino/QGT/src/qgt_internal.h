@@ -13,6 +13,10 @@
 #define QGT_DSP 0
 #endif
 
+/* Code that runs once per call or less (validation, parameter setup, generic fallbacks): GCC optimizes a cold
+ * function for size, so only the hot loops pay for speed in flash. */
+#define QGT_COLD __attribute__((cold))
+
 #define QGT_INT32_MAX 2147483647
 #define QGT_INT32_MIN (-QGT_INT32_MAX - 1)
 
@@ -63,6 +67,19 @@ static inline uint32_t qgt__load32(const void *p) {
   uint32_t word;
   memcpy(&word, p, sizeof word);
   return word;
+#endif
+}
+
+/* Little-endian 32-bit store to any address (one STR on the Cortex-M4). */
+static inline void qgt__store32(void *p, uint32_t word) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+  uint8_t *b = (uint8_t *)p;
+  b[0] = (uint8_t)word;
+  b[1] = (uint8_t)(word >> 8);
+  b[2] = (uint8_t)(word >> 16);
+  b[3] = (uint8_t)(word >> 24);
+#else
+  memcpy(p, &word, sizeof word);
 #endif
 }
 

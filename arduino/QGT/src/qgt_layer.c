@@ -2,7 +2,7 @@
  * share; the per-channel expansion of the packed parameters. */
 #include "qgt_internal.h"
 
-const char *qgt_status_name(qgt_status status) {
+QGT_COLD const char *qgt_status_name(qgt_status status) {
   switch (status) {
     case QGT_OK: return "QGT_OK";
     case QGT_ERR_ARGUMENT: return "QGT_ERR_ARGUMENT";
@@ -19,7 +19,7 @@ const char *qgt_status_name(qgt_status status) {
   return "QGT_ERR_UNKNOWN";
 }
 
-int32_t qgt__dims_count(const qgt_dims *dims) {
+QGT_COLD int32_t qgt__dims_count(const qgt_dims *dims) {
   const int32_t sizes[4] = {dims->n, dims->h, dims->w, dims->c};
   int64_t count = 1;
   for (int i = 0; i < 4; ++i) {
@@ -30,17 +30,17 @@ int32_t qgt__dims_count(const qgt_dims *dims) {
   return (int32_t)count;
 }
 
-qgt_status qgt__check_dims(const qgt_dims *dims) {
+QGT_COLD qgt_status qgt__check_dims(const qgt_dims *dims) {
   if (dims == NULL) return QGT_ERR_ARGUMENT;
   return qgt__dims_count(dims) < 0 ? QGT_ERR_SHAPE : QGT_OK;
 }
 
-int qgt__overlap(const void *a, size_t a_bytes, const void *b, size_t b_bytes) {
+QGT_COLD int qgt__overlap(const void *a, size_t a_bytes, const void *b, size_t b_bytes) {
   const uintptr_t a0 = (uintptr_t)a, b0 = (uintptr_t)b;
   return a0 < b0 + b_bytes && b0 < a0 + a_bytes;
 }
 
-qgt_status qgt__check_offsets(int32_t input_offset, int32_t output_offset, qgt_range activation) {
+QGT_COLD qgt_status qgt__check_offsets(int32_t input_offset, int32_t output_offset, qgt_range activation) {
   if (input_offset < -127 || input_offset > 128 || output_offset < -128 || output_offset > 127) {
     return QGT_ERR_ARGUMENT;
   }
@@ -48,13 +48,13 @@ qgt_status qgt__check_offsets(int32_t input_offset, int32_t output_offset, qgt_r
   return QGT_OK;
 }
 
-qgt_status qgt__check_scratch(const void *scratch, size_t scratch_bytes, size_t needed) {
+QGT_COLD qgt_status qgt__check_scratch(const void *scratch, size_t scratch_bytes, size_t needed) {
   if (needed == 0) return QGT_OK;
   if (scratch == NULL || ((uintptr_t)scratch & 3u) != 0 || scratch_bytes < needed) return QGT_ERR_SCRATCH;
   return QGT_OK;
 }
 
-qgt_status qgt__output_size(int32_t size, int32_t kernel, int32_t stride, int32_t dilation, uint8_t padding,
+QGT_COLD qgt_status qgt__output_size(int32_t size, int32_t kernel, int32_t stride, int32_t dilation, uint8_t padding,
                             int32_t *output_size, int32_t *leading_padding) {
   const int64_t effective = (int64_t)(kernel - 1) * dilation + 1;
   int64_t out;
@@ -73,7 +73,7 @@ qgt_status qgt__output_size(int32_t size, int32_t kernel, int32_t stride, int32_
   return QGT_OK;
 }
 
-static uint32_t read_u16(const uint8_t *p) { return (uint32_t)p[0] | (uint32_t)p[1] << 8; }
+QGT_COLD static uint32_t read_u16(const uint8_t *p) { return (uint32_t)p[0] | (uint32_t)p[1] << 8; }
 
 static int32_t stored_bias(const qgt_filter *filter, int32_t channel) {
   const uint8_t *p = filter->bias + (size_t)channel * filter->bias_bytes;
@@ -140,7 +140,7 @@ enum {
   OPT_DILATION_H = 11, OPT_DEPTH_MULTIPLIER = 12, OPT_SHAPE = 13
 };
 
-static qgt_status parse_options(qgt_op op, const uint8_t *o, qgt_layer *layer, uint32_t shape[4]) {
+QGT_COLD static qgt_status parse_options(qgt_op op, const uint8_t *o, qgt_layer *layer, uint32_t shape[4]) {
   const uint8_t bits = o[OPT_BITS], bias_bytes = o[OPT_BIAS_BYTES];
   const int8_t exponent = (int8_t)o[OPT_SCALE_EXPONENT];
   if (o[OPT_VERSION] != QGT_FORMAT_VERSION) return QGT_ERR_VERSION;
@@ -193,7 +193,7 @@ static qgt_status parse_options(qgt_op op, const uint8_t *o, qgt_layer *layer, u
 }
 
 /* Largest |bias| and the check that every stored bias times its unit is an int32. */
-static qgt_status check_biases(const qgt_filter *filter, int64_t *largest) {
+QGT_COLD static qgt_status check_biases(const qgt_filter *filter, int64_t *largest) {
   *largest = 0;
   for (int32_t c = 0; c < filter->out_channels; ++c) {
     const int64_t bias = (int64_t)stored_bias(filter, c) * ((int64_t)1 << bias_shift_of(filter, c));
@@ -204,7 +204,7 @@ static qgt_status check_biases(const qgt_filter *filter, int64_t *largest) {
   return QGT_OK;
 }
 
-static uint8_t bits_of(int64_t bound) {
+QGT_COLD static uint8_t bits_of(int64_t bound) {
   uint8_t bits = 0;
   while (bits < 63 && ((int64_t)1 << bits) <= bound) ++bits;
   return bits;
@@ -212,7 +212,7 @@ static uint8_t bits_of(int64_t bound) {
 
 /* Every channel's worst case 255 * sum(|code|) + |bias| fits int32 (FORMAT.md, "Arithmetic"); its bit length
  * is recorded for the fast requantization. The cheap bound first, the codes only when it fails. */
-static qgt_status check_accumulators(qgt_layer *layer, int64_t largest_bias) {
+QGT_COLD static qgt_status check_accumulators(qgt_layer *layer, int64_t largest_bias) {
   qgt_filter *f = &layer->filter;
   const int64_t taps = (int64_t)f->kernel_h * f->kernel_w * (layer->op == QGT_OP_DEPTHWISE_CONV_2D ? 1 : f->in_channels);
   const int32_t depthwise = layer->op == QGT_OP_DEPTHWISE_CONV_2D;
@@ -236,7 +236,7 @@ static qgt_status check_accumulators(qgt_layer *layer, int64_t largest_bias) {
   return QGT_OK;
 }
 
-qgt_status qgt_layer_parse(qgt_op op, const uint8_t *options, size_t options_len, const uint8_t *blob,
+QGT_COLD qgt_status qgt_layer_parse(qgt_op op, const uint8_t *options, size_t options_len, const uint8_t *blob,
                            size_t blob_len, qgt_layer *layer) {
   uint32_t shape[4];
   qgt_layer parsed;
