@@ -13,6 +13,8 @@
  * both) and one channel pair: per filter row 2 or 3 loads, 4 or 6 SXTAB16 and 10 or 8 multiply-accumulates
  * for 12 MACs; channel pairs go outer, the output row's pixels inner.
  */
+#include <stddef.h>
+
 #include "qgt_internal.h"
 
 typedef struct {
@@ -241,66 +243,153 @@ static inline int32_t sxtab16_odd(int32_t offset2, int32_t x) {
   return r;
 }
 
-/* The 9 taps of a 3 x 3 channel pair at two pixels. Filter row k reads the ring row at %[rk]: stride 1, columns
- * 0..3 (words A: columns 0, 1 and B: 2, 3 of both channels); stride 2, columns 0..4 (words A, B, C). Its
- * weights are 12 bytes at %[w] + 12 k: (w0, w1) of channel 0, (w0, w1) of channel 1, (w2 of both). a00, a01:
- * channel 0 at pixels 0, 1; a10, a11: channel 1. The first row multiplies, the others accumulate; the row
- * pointers move on by the two pixels.
- * Hand-scheduled: 13 registers, which the compiler spills. */
-#define QGT_DW_MUL(acc, op, x, y) op " %[" acc "], %[" x "], %[" y "]\n\t"
-#define QGT_DW_ACC(acc, op, x, y) op " %[" acc "], %[" x "], %[" y "], %[" acc "]\n\t"
-#define QGT_DW_STRIDE1(ROW, OFF, FIRST, NEXT)                                                             \
-  "ldr %[y], [%[" ROW "], #4]\n\t"                                                                        \
-  "ldr %[x], [%[" ROW "]], #4\n\t"                         /* and the row on by two pixels */            \
-  "ldr %[v], [%[w], #" OFF "]\n\t"                         /* (w0, w1) of channel 0 */                    \
-  "sxtab16 %[e], %[off], %[x]\n\t"                         /* channel 0, columns 0, 1 */                  \
-  FIRST("a00", "smuad", "smlad", "e", "v") FIRST("a01", "smultb", "smlatb", "e", "v")                   \
-  "sxtab16 %[e], %[off], %[y]\n\t"                         /* columns 2, 3 */                             \
-  NEXT("a01", "smlabt", "e", "v")                                                                         \
-  "ldr %[v], [%[w], #" OFF "+8]\n\t"                       /* w2 of both */                               \
-  NEXT("a00", "smlabb", "e", "v") NEXT("a01", "smlatb", "e", "v")                                         \
-  "sxtab16 %[e], %[off], %[y], ror #8\n\t"                 /* channel 1, columns 2, 3 */                  \
-  FIRST("a10", "smulbt", "smlabt", "e", "v") FIRST("a11", "smultt", "smlatt", "e", "v")                 \
-  "ldr %[v], [%[w], #" OFF "+4]\n\t"                       /* (w0, w1) of channel 1 */                    \
-  NEXT("a11", "smlabt", "e", "v")                                                                         \
-  "sxtab16 %[e], %[off], %[x], ror #8\n\t"                 /* columns 0, 1 */                             \
-  NEXT("a10", "smlad", "e", "v") NEXT("a11", "smlatb", "e", "v")
-#define QGT_DW_STRIDE2(ROW, OFF, FIRST, NEXT)                                                             \
-  "ldr %[y], [%[" ROW "], #4]\n\t"                                                                        \
-  "ldr %[x], [%[" ROW "]], #8\n\t"                         /* and the row on by two pixels */            \
-  "ldr %[v], [%[w], #" OFF "]\n\t"                         /* (w0, w1) of channel 0 */                    \
-  "sxtab16 %[e], %[off], %[x]\n\t"                         /* channel 0, columns 0, 1 */                  \
-  FIRST("a00", "smuad", "smlad", "e", "v")                                                                \
-  "sxtab16 %[e], %[off], %[y]\n\t"                         /* columns 2, 3 */                             \
-  FIRST("a01", "smuad", "smlad", "e", "v")                                                                \
-  "ldr %[v], [%[w], #" OFF "+4]\n\t"                       /* (w0, w1) of channel 1 */                    \
-  "sxtab16 %[e], %[off], %[x], ror #8\n\t"                                                                \
-  FIRST("a10", "smuad", "smlad", "e", "v")                                                                \
-  "sxtab16 %[e], %[off], %[y], ror #8\n\t"                                                                \
-  FIRST("a11", "smuad", "smlad", "e", "v")                                                                \
-  "ldr %[v], [%[w], #" OFF "+8]\n\t"                       /* w2 of both */                               \
-  NEXT("a10", "smlabt", "e", "v")                                                                         \
-  "sxtab16 %[e], %[off], %[y]\n\t"                                                                        \
-  NEXT("a00", "smlabb", "e", "v")                                                                         \
-  "ldr %[x], [%[" ROW "]]\n\t"                             /* column 4 */                                 \
-  "sxtab16 %[e], %[off], %[x]\n\t"                                                                        \
-  NEXT("a01", "smlabb", "e", "v")                                                                         \
-  "sxtab16 %[e], %[off], %[x], ror #8\n\t"                                                                \
-  NEXT("a11", "smlabt", "e", "v")
-#define QGT_DW_FIRST(acc, mul, mla, x, y) QGT_DW_MUL(acc, mul, x, y)
-#define QGT_DW_LATER(acc, mul, mla, x, y) QGT_DW_ACC(acc, mla, x, y)
+/* The 3 x 3 layers' loop on the DSP path: assembly routines (one per stride), over all whole channel pairs of
+ * an output row, two pixels per pass. Per pair, its 9 weight words and 2 channel records are copied into the
+ * routine's stack frame, where they are addressed from sp: so the 13 registers of a pass (4 accumulators, 4
+ * temporaries, 3 row pointers, the input offset, the output pointer) and the pass count fit in the 14 there
+ * are; the compiler's version spilled and reloaded row pointers around every pass. Filter row k reads the
+ * ring row at its pointer: stride 1, columns 0..3 (words A: columns 0, 1 and B: 2, 3 of both channels); stride
+ * 2, columns 0..4 (words A, B, C). Its weights are 12 bytes at [sp, #12k]: (w0, w1) of channel 0, (w0, w1) of
+ * channel 1, (w2 of both). r0, r1: channel 0 at pixels 0, 1; r2, r3: channel 1. The first row multiplies, the
+ * others accumulate; the row pointers move on by the two pixels. Requantization: the fast form, QGT_FAST (which
+ * also serves layers of the QGT_FAST_RIGHT form, for flash). */
+typedef struct {
+  const int8_t *rows[3];       /* 0: the ring rows of the 3 filter rows at the first pair's segment, column 0 */
+  const uint32_t *weights;     /* 12: 9 words per pair */
+  const qgt_channel *channels; /* 16: 2 records per pair */
+  int8_t *out;                 /* 20: the first pair's outputs at pixel 0 */
+  int32_t out_c;               /* 24 */
+  int32_t passes;              /* 28: two-pixel passes per pair (>= 1) */
+  int32_t pairs;               /* 32: whole channel pairs (>= 1) */
+  int32_t segment;             /* 36 */
+  int32_t offset2;             /* 40: the input offset in both half-words */
+} dw_rows_job;
+typedef char dw_rows_job_layout_is_the_assembly_s[offsetof(dw_rows_job, offset2) == 40 ? 1 : -1];
+
+/* The frame: weights at [sp, #0], records at [sp, #36], the job at [sp, #84], out_c at [sp, #88], offset2 at
+ * [sp, #92]. */
+#define QGT_DW_MUL(acc, op) op " " acc ", r6, r7\n\t"
+#define QGT_DW_ACC(acc, op) op " " acc ", r6, r7, " acc "\n\t"
+#define QGT_DW_FIRST(acc, mul, mla) QGT_DW_MUL(acc, mul)
+#define QGT_DW_LATER(acc, mul, mla) QGT_DW_ACC(acc, mla)
+#define QGT_DW_NEXT(acc, mul, mla) QGT_DW_ACC(acc, mla)
+#define QGT_DW_STRIDE1(ROW, W0, W4, W8, FIRST)                                                            \
+  "ldr r5, [" ROW ", #4]\n\t"                                                                             \
+  "ldr r4, [" ROW "], #4\n\t"                                /* and the row on by two pixels */          \
+  "ldr r7, [sp, #" W0 "]\n\t"                                /* (w0, w1) of channel 0 */                  \
+  "sxtab16 r6, r12, r4\n\t"                                  /* channel 0, columns 0, 1 */                \
+  FIRST("r0", "smuad", "smlad") FIRST("r1", "smultb", "smlatb")                                           \
+  "sxtab16 r6, r12, r5\n\t"                                  /* columns 2, 3 */                           \
+  QGT_DW_NEXT("r1", "", "smlabt")                                                                         \
+  "ldr r7, [sp, #" W8 "]\n\t"                                /* w2 of both */                             \
+  QGT_DW_NEXT("r0", "", "smlabb") QGT_DW_NEXT("r1", "", "smlatb")                                         \
+  "sxtab16 r6, r12, r5, ror #8\n\t"                          /* channel 1, columns 2, 3 */                \
+  FIRST("r2", "smulbt", "smlabt") FIRST("r3", "smultt", "smlatt")                                         \
+  "ldr r7, [sp, #" W4 "]\n\t"                                /* (w0, w1) of channel 1 */                  \
+  QGT_DW_NEXT("r3", "", "smlabt")                                                                         \
+  "sxtab16 r6, r12, r4, ror #8\n\t"                          /* columns 0, 1 */                           \
+  QGT_DW_NEXT("r2", "", "smlad") QGT_DW_NEXT("r3", "", "smlatb")
+#define QGT_DW_STRIDE2(ROW, W0, W4, W8, FIRST)                                                            \
+  "ldr r5, [" ROW ", #4]\n\t"                                                                             \
+  "ldr r4, [" ROW "], #8\n\t"                                /* and the row on by two pixels */          \
+  "ldr r7, [sp, #" W0 "]\n\t"                                /* (w0, w1) of channel 0 */                  \
+  "sxtab16 r6, r12, r4\n\t"                                  /* channel 0, columns 0, 1 */                \
+  FIRST("r0", "smuad", "smlad")                                                                           \
+  "sxtab16 r6, r12, r5\n\t"                                  /* columns 2, 3 */                           \
+  FIRST("r1", "smuad", "smlad")                                                                           \
+  "ldr r7, [sp, #" W4 "]\n\t"                                /* (w0, w1) of channel 1 */                  \
+  "sxtab16 r6, r12, r4, ror #8\n\t"                                                                       \
+  FIRST("r2", "smuad", "smlad")                                                                           \
+  "sxtab16 r6, r12, r5, ror #8\n\t"                                                                       \
+  FIRST("r3", "smuad", "smlad")                                                                           \
+  "ldr r7, [sp, #" W8 "]\n\t"                                /* w2 of both */                             \
+  QGT_DW_NEXT("r2", "", "smlabt")                                                                         \
+  "sxtab16 r6, r12, r5\n\t"                                                                               \
+  QGT_DW_NEXT("r0", "", "smlabb")                                                                         \
+  "ldr r4, [" ROW "]\n\t"                                    /* column 4 */                               \
+  "sxtab16 r6, r12, r4\n\t"                                                                               \
+  QGT_DW_NEXT("r1", "", "smlabb")                                                                         \
+  "sxtab16 r6, r12, r4, ror #8\n\t"                                                                       \
+  QGT_DW_NEXT("r3", "", "smlabt")
 #define QGT_DW_PASS(ROW)                                                                                   \
-  ROW("r0", "0", QGT_DW_FIRST, QGT_DW_ACC) ROW("r1", "12", QGT_DW_LATER, QGT_DW_ACC)                      \
-  ROW("r2", "24", QGT_DW_LATER, QGT_DW_ACC)
-#define QGT_DW_RUN(code)                                                                                   \
-  do {                                                                                                     \
-    uint32_t x, y, e, v;                                                                                   \
-    __asm__(code                                                                                           \
-            : [a00] "=&r"(a00), [a01] "=&r"(a01), [a10] "=&r"(a10), [a11] "=&r"(a11), [x] "=&r"(x),        \
-              [y] "=&r"(y), [e] "=&r"(e), [v] "=&r"(v), [r0] "+r"(r0), [r1] "+r"(r1), [r2] "+r"(r2)          \
-            : [w] "r"(w), [off] "r"(offset2)                                                               \
-            : "memory");                                                                                   \
-  } while (0)
+  ROW("r8", "0", "4", "8", QGT_DW_FIRST) ROW("r9", "12", "16", "20", QGT_DW_LATER)                        \
+  ROW("r10", "24", "28", "32", QGT_DW_LATER)
+/* Accumulators A0 (pixel 0) and A1 (pixel 1) requantized with the record at [sp, #B] (the fast form of
+ * qgt_internal.h) and stored at [lr] and [lr + r12]. */
+#define QGT_DW_FAST(A0, A1, B, B8, B16)                                                              \
+  "ldrd r4, r5, [sp, #" B "]\n\t"                   /* scale, bias */                               \
+  "mla " A0 ", " A0 ", r4, r5\n\t"                                                                  \
+  "mla " A1 ", " A1 ", r4, r5\n\t"                                                                  \
+  "ldrd r4, r5, [sp, #" B8 "]\n\t"                  /* multiplier, round */                         \
+  "smmlar r6, " A0 ", r4, r5\n\t"                                                                   \
+  "smmlar r7, " A1 ", r4, r5\n\t"                                                                   \
+  "ldrd r4, r5, [sp, #" B16 "]\n\t"                 /* right, sign */                               \
+  "and " A0 ", r5, " A0 ", asr #31\n\t"                                                             \
+  "and " A1 ", r5, " A1 ", asr #31\n\t"                                                             \
+  "add r6, r6, " A0 "\n\t"                                                                          \
+  "add r7, r7, " A1 "\n\t"                                                                          \
+  "asr r6, r6, r4\n\t"                                                                              \
+  "asr r7, r7, r4\n\t"                                                                              \
+  "ssat r6, #8, r6\n\t"                                                                             \
+  "ssat r7, #8, r7\n\t"                                                                             \
+  "strb r6, [lr]\n\t"                                                                               \
+  "strb r7, [lr, r12]\n\t"
+#define QGT_DW_ROUTINE(ROW)                                                                         \
+  __asm__("push {r4-r11, lr}\n\t"                                                                   \
+          "sub sp, sp, #100\n\t"                                                                    \
+          "str r0, [sp, #84]\n\t"                                                                   \
+          "ldr r1, [r0, #24]\n\t"                                                                   \
+          "ldr r2, [r0, #40]\n\t"                                                                   \
+          "strd r1, r2, [sp, #88]\n\t"                                                              \
+          "1:\n\t"                                  /* a channel pair: its weights and records */   \
+          "ldr r0, [sp, #84]\n\t"                                                                   \
+          "ldr r1, [r0, #12]\n\t"                                                                   \
+          "ldm r1!, {r2-r10}\n\t"                                                                   \
+          "str r1, [r0, #12]\n\t"                                                                   \
+          "stm sp, {r2-r10}\n\t"                                                                    \
+          "ldr r1, [r0, #16]\n\t"                                                                   \
+          "add r11, sp, #36\n\t"                                                                    \
+          "ldm r1!, {r2-r7}\n\t"                                                                    \
+          "stm r11!, {r2-r7}\n\t"                                                                   \
+          "ldm r1!, {r2-r7}\n\t"                                                                    \
+          "stm r11, {r2-r7}\n\t"                                                                    \
+          "str r1, [r0, #16]\n\t"                                                                   \
+          "ldm r0, {r8, r9, r10}\n\t"               /* its rows; the next pair's after them */      \
+          "ldr r11, [r0, #36]\n\t"                                                                  \
+          "add r1, r8, r11\n\t"                                                                     \
+          "add r2, r9, r11\n\t"                                                                     \
+          "add r3, r10, r11\n\t"                                                                    \
+          "stm r0, {r1, r2, r3}\n\t"                                                                \
+          "ldr lr, [r0, #20]\n\t"                                                                   \
+          "add r1, lr, #2\n\t"                                                                      \
+          "str r1, [r0, #20]\n\t"                                                                   \
+          "ldr r11, [r0, #28]\n\t"                                                                  \
+          "ldr r12, [sp, #92]\n\t"                                                                  \
+          "2:\n\t" QGT_DW_PASS(ROW)                 /* a pass: two pixels */                        \
+          "ldr r12, [sp, #88]\n\t"                                                                  \
+          QGT_DW_FAST("r0", "r1", "36", "44", "52")                                                 \
+          "add lr, lr, #1\n\t"                                                                      \
+          QGT_DW_FAST("r2", "r3", "60", "68", "76")                                                 \
+          "add lr, lr, r12, lsl #1\n\t"                                                             \
+          "sub lr, lr, #1\n\t"                                                                      \
+          "ldr r12, [sp, #92]\n\t"                                                                  \
+          "subs r11, r11, #1\n\t"                                                                   \
+          "bne 2b\n\t"                                                                              \
+          "ldr r0, [sp, #84]\n\t"                                                                   \
+          "ldr r1, [r0, #32]\n\t"                                                                   \
+          "subs r1, r1, #1\n\t"                                                                     \
+          "str r1, [r0, #32]\n\t"                                                                   \
+          "bne 1b\n\t"                                                                              \
+          "add sp, sp, #100\n\t"                                                                    \
+          "pop {r4-r11, pc}\n\t")
+
+__attribute__((naked)) static void rows_3x3_stride1(dw_rows_job *job __attribute__((unused))) {
+  QGT_DW_ROUTINE(QGT_DW_STRIDE1);
+}
+
+__attribute__((naked)) static void rows_3x3_stride2(dw_rows_job *job __attribute__((unused))) {
+  QGT_DW_ROUTINE(QGT_DW_STRIDE2);
+}
 
 /* One filter row of a 3 x 3 channel pair at one pixel: ring columns 0..2 at r; acc = {channel 0, channel 1}. */
 static inline __attribute__((always_inline)) void row_single(const int8_t *r, const uint32_t *w, int32_t offset2,
@@ -312,51 +401,34 @@ static inline __attribute__((always_inline)) void row_single(const int8_t *r, co
   acc[1] = __smlabt(sxtab16_odd(offset2, b), (int32_t)w[2], acc[1]);
 }
 
-/* The whole channel pairs of a 3 x 3 layer along an output row, two pixels per pass, for a constant stride (1
- * or 2), requantized in the fast form (QGT_FAST, which also serves layers of the QGT_FAST_RIGHT form: one loop
- * per stride, for flash); an odd last pixel through row_single. rows[ky] is the ring row of filter row ky. */
-static inline __attribute__((always_inline)) void pairs_3x3(const depthwise_job *job, const int8_t *const *rows,
-                                                            int8_t *row_out, int32_t out_w, int stride) {
-  const int32_t out_c = job->filter->out_channels, pairs = out_c / 2;
+/* The whole channel pairs of a 3 x 3 layer along an output row at stride 1 or 2 in the fast form: two pixels per
+ * pass by the routines, an odd last pixel here. rows[ky] is the ring row of filter row ky. */
+static void pairs_3x3(const depthwise_job *job, const int8_t *const *rows, int8_t *row_out, int32_t out_w) {
+  const int32_t out_c = job->filter->out_channels, pairs = out_c / 2, stride = job->params->stride.w;
   const int32_t offset2 = (int32_t)((uint32_t)(job->params->input_offset & 0xFFFF) * 0x00010001u);
   const size_t segment = job->l->segment_bytes;
-  for (int32_t p = 0; p < pairs; ++p) {
-    const uint32_t *w = job->weights + 9 * (size_t)p;
-    const qgt_channel *channel = job->channels + 2 * p;
-    const int8_t *r0 = rows[0] + (size_t)p * segment, *r1 = rows[1] + (size_t)p * segment,
-                 *r2 = rows[2] + (size_t)p * segment;
-    int8_t *out = row_out + 2 * p;
-    for (int32_t n = out_w / 2; n > 0; --n, out += 2 * out_c) {
-      int32_t a00, a01, a10, a11;
-      if (stride == 1) {
-        QGT_DW_RUN(QGT_DW_PASS(QGT_DW_STRIDE1));
-      } else {
-        QGT_DW_RUN(QGT_DW_PASS(QGT_DW_STRIDE2));
-      }
-      qgt__store_fast_pair(a00, a01, &channel[0], out, out_c, QGT_FAST);
-      qgt__store_fast_pair(a10, a11, &channel[1], out + 1, out_c, QGT_FAST);
-    }
-    if (out_w & 1) {
+  if (out_w >= 2) {
+    dw_rows_job j = {{rows[0], rows[1], rows[2]}, job->weights, job->channels, row_out, out_c, out_w / 2, pairs,
+                     (int32_t)segment, offset2};
+    (stride == 1 ? rows_3x3_stride1 : rows_3x3_stride2)(&j);
+  }
+  if (out_w & 1) {
+    const size_t column = 2u * (size_t)(stride * (out_w - 1));
+    int8_t *out = row_out + (size_t)(out_w - 1) * (size_t)out_c;
+    for (int32_t p = 0; p < pairs; ++p, out += 2) {
+      const uint32_t *w = job->weights + 9 * (size_t)p;
+      const qgt_channel *channel = job->channels + 2 * p;
+      const size_t at = (size_t)p * segment + column;
       int32_t acc[2] = {0, 0};
-      row_single(r0, w, offset2, acc);
-      row_single(r1, w + 3, offset2, acc);
-      row_single(r2, w + 6, offset2, acc);
+      row_single(rows[0] + at, w, offset2, acc);
+      row_single(rows[1] + at, w + 3, offset2, acc);
+      row_single(rows[2] + at, w + 6, offset2, acc);
       const int32_t v0 = qgt__fast_output(acc[0], &channel[0], QGT_FAST);
       const int32_t v1 = qgt__fast_output(acc[1], &channel[1], QGT_FAST);
       out[0] = (int8_t)v0;
       out[1] = (int8_t)v1;
     }
   }
-}
-
-static __attribute__((noinline)) void pairs_3x3_stride1(const depthwise_job *job, const int8_t *const *rows,
-                                                        int8_t *row_out, int32_t out_w) {
-  pairs_3x3(job, rows, row_out, out_w, 1);
-}
-
-static __attribute__((noinline)) void pairs_3x3_stride2(const depthwise_job *job, const int8_t *const *rows,
-                                                        int8_t *row_out, int32_t out_w) {
-  pairs_3x3(job, rows, row_out, out_w, 2);
 }
 
 /* One channel pair of a 3 x 3 layer along an output row at any stride and requantization (a half last pair
@@ -419,10 +491,8 @@ static void row_pairs(const depthwise_job *job, const int8_t *ring, int32_t top,
       rows[ky] = ring + (size_t)ring_slot(top + ky * params->dilation.h, l->rows) * l->row_bytes;
     }
     const int32_t stride = params->stride.w, out_c = job->filter->out_channels;
-    if (stride == 1 && job->form != QGT_GENERIC) {
-      pairs_3x3_stride1(job, rows, row_out, out_w);
-    } else if (stride == 2 && job->form != QGT_GENERIC) {
-      pairs_3x3_stride2(job, rows, row_out, out_w);
+    if (stride <= 2 && job->form != QGT_GENERIC && out_c >= 2) {
+      pairs_3x3(job, rows, row_out, out_w);
     } else {
       for (int32_t p = 0; 2 * p + 1 < out_c; ++p) pair_row_3x3(job, p, rows, row_out, out_w, 1);
     }
