@@ -126,7 +126,7 @@ static int32_t widen(const int8_t *values, int32_t length, int32_t input_offset,
   for (; k + 4 <= length; k += 4, words += 4) {
     const uint32_t x4 = qgt__load32(values + k);
     const uint32_t even = (uint32_t)__sxtab16((int32_t)offset, (int32_t)x4);
-    const uint32_t odd = (uint32_t)__sxtab16((int32_t)offset, (int32_t)qgt__ror(x4, 8));
+    const uint32_t odd = (uint32_t)qgt__sxtab16_odd((int32_t)offset, (int32_t)x4);
     words[0] = even;
     words[2] = odd;
     sum = __smlad((int32_t)even, (int32_t)kOnes, sum);
@@ -140,6 +140,35 @@ static int32_t widen(const int8_t *values, int32_t length, int32_t input_offset,
   }
   return sum;
 }
+
+#if QGT_DSP
+/* Both pixels of a pair (their `length` values each, the input offset added) into the pair copy in one loop,
+ * zeros up to the next whole quad; their sums into sums[0], sums[1]. */
+static void widen_pair(const int8_t *pixel0, const int8_t *pixel1, int32_t length, int32_t input_offset,
+                       int16_t *copy, int32_t sums[2]) {
+  const int32_t offset = (int32_t)((uint32_t)(input_offset & 0xFFFF) * kOnes);
+  uint32_t *words = (uint32_t *)(void *)copy;
+  int32_t sum0 = 0, sum1 = 0, k = 0;
+  for (; k + 4 <= length; k += 4, words += 4) {
+    const int32_t a = (int32_t)qgt__load32(pixel0 + k), b = (int32_t)qgt__load32(pixel1 + k);
+    const int32_t even0 = __sxtab16(offset, a), odd0 = qgt__sxtab16_odd(offset, a);
+    const int32_t even1 = __sxtab16(offset, b), odd1 = qgt__sxtab16_odd(offset, b);
+    words[0] = (uint32_t)even0;
+    words[1] = (uint32_t)even1;
+    words[2] = (uint32_t)odd0;
+    words[3] = (uint32_t)odd1;
+    sum0 = __smlad(even0, (int32_t)kOnes, __smlad(odd0, (int32_t)kOnes, sum0));
+    sum1 = __smlad(even1, (int32_t)kOnes, __smlad(odd1, (int32_t)kOnes, sum1));
+  }
+  if (k < length) {
+    sums[0] = sum0 + widen(pixel0 + k, length - k, input_offset, 0, (int16_t *)(void *)words);
+    sums[1] = sum1 + widen(pixel1 + k, length - k, input_offset, 1, (int16_t *)(void *)words);
+    return;
+  }
+  sums[0] = sum0;
+  sums[1] = sum1;
+}
+#endif
 
 /* The accumulator of a pixel before its dot products: 1, 2 and 4-bit fields are read as unsigned codes
  * c + 2^(bits-1) (1 bit: (c + 1) / 2) on the DSP path, so -2^(bits-1) times the pixel's sum of copied values
@@ -406,24 +435,14 @@ typedef struct {
 } conv_job;
 
 #if QGT_DSP
-/* The output channels of one pixel pair (pixel 1's outputs at out1, which is out0 when the pair is one pixel
- * taken twice): every pair in one call for the fast forms; otherwise pair by pair, requantized here (TFLite's
- * arithmetic, any clamp), as is an odd last channel (its row taken twice). */
-static void channels_of_pair(const conv_job *job, const int32_t sums[2], int8_t *out0, int8_t *out1) {
+/* The output channels from `first` of one pixel pair, pair by pair through the routine's raw accumulators, and
+ * requantized here (TFLite's arithmetic, any clamp); an odd last channel is its row taken twice. */
+static void generic_channels(const conv_job *job, const pairs_job *fixed, int32_t first, int8_t *out0, int8_t *out1) {
   const qgt_filter *filter = job->filter;
   const int32_t out_c = filter->out_channels, output_offset = job->params->output_offset;
   const qgt_range activation = job->params->activation;
-  pairs_job j = job->pairs;
-  j.start[0] = block_start(filter->weight_bits, sums[0]);
-  j.start[1] = block_start(filter->weight_bits, sums[1]);
-  j.out = out0;
-  j.delta = (int32_t)(out1 - out0);
-  int32_t c = 0;
-  if (j.form != QGT_GENERIC && j.pairs > 0) {
-    job->routine(&j);
-    c = out_c & ~1;
-  }
-  for (; c < out_c; c += 2) {
+  pairs_job j = *fixed;
+  for (int32_t c = first; c < out_c; c += 2) {
     j.weights = filter->weights + (size_t)c * (size_t)filter->row_bytes;
     j.row_bytes = c + 1 < out_c ? filter->row_bytes : 0;
     j.pairs = 1;
@@ -436,6 +455,26 @@ static void channels_of_pair(const conv_job *job, const int32_t sums[2], int8_t 
       out1[c + 1] = qgt__output(j.acc[3], &job->channels[c + 1], output_offset, activation);
     }
   }
+}
+
+/* The output channels of one pixel pair (pixel 1's outputs at out1, which is out0 when the pair is one pixel
+ * taken twice): every pair in one routine call for the fast forms; otherwise, and an odd last channel,
+ * through generic_channels. */
+static void channels_of_pair(conv_job *job, const int32_t sums[2], int8_t *out0, int8_t *out1) {
+  const qgt_filter *filter = job->filter;
+  const int32_t out_c = filter->out_channels, bits = filter->weight_bits;
+  pairs_job *const routine_job = &job->pairs;
+  routine_job->start[0] = block_start(bits, sums[0]);
+  routine_job->start[1] = block_start(bits, sums[1]);
+  routine_job->out = out0;
+  routine_job->delta = (int32_t)(out1 - out0);
+  if (job->form != QGT_GENERIC && out_c >= 2) { /* the routine moves channels, out and pairs on: reset them */
+    routine_job->channels = job->channels;
+    routine_job->pairs = out_c / 2;
+    job->routine(routine_job);
+    if ((out_c & 1) == 0) return;
+  }
+  generic_channels(job, routine_job, job->form != QGT_GENERIC ? out_c - 1 : 0, out0, out1);
 }
 
 /* The channel-pair routine's job of a layer: all but the per pixel pair fields. */
@@ -478,7 +517,7 @@ static void dot_block(int32_t bits, const uint8_t *r0, const uint8_t *r1, const 
 
 /* The output channels of one pixel pair (pixel 1's outputs at out1, which is out0 when the pair is one pixel
  * taken twice), two at a time; an odd last channel is its row taken twice. */
-static void channels_of_pair(const conv_job *job, const int32_t sums[2], int8_t *out0, int8_t *out1) {
+static void channels_of_pair(conv_job *job, const int32_t sums[2], int8_t *out0, int8_t *out1) {
   const qgt_filter *filter = job->filter;
   const int32_t out_c = filter->out_channels, quads = quads_of(filter->row_length), row_bytes = filter->row_bytes;
   const int32_t output_offset = job->params->output_offset;
@@ -527,7 +566,7 @@ static int32_t copy_field(const fields *f, const int8_t *image, int32_t oy, int3
 }
 
 /* The loop over pixel pairs (raster order over the batch); an odd last pixel is a pair of itself. */
-static void conv_rows(const conv_job *job) {
+static void conv_rows(conv_job *job) {
   const qgt_filter *filter = job->filter;
   const qgt_dims *out = job->output_dims;
   const int32_t pixels = out->n * out->h * out->w, out_c = filter->out_channels;
@@ -539,8 +578,13 @@ static void conv_rows(const conv_job *job) {
     const int32_t second = p + 1 < pixels ? p + 1 : p;
     int32_t sums[2];
     if (job->pointwise) { /* the receptive field is the input pixel */
+#if QGT_DSP
+      widen_pair(job->input + (size_t)p * length, job->input + (size_t)second * length, length, offset, job->copy,
+                 sums);
+#else
       sums[0] = widen(job->input + (size_t)p * length, length, offset, 0, job->copy);
       sums[1] = widen(job->input + (size_t)second * length, length, offset, 1, job->copy);
+#endif
     } else {
       for (int32_t k = 0; k < 2; ++k) {
         if (k == 1 && second == p) {

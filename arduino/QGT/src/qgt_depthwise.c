@@ -236,12 +236,6 @@ static void filter_for_three_by_three(const layout *l, uint32_t *weights) {
   }
 }
 
-/* SXTAB16 of x rotated right by 8: the odd bytes, offset added (the rotation folded into the instruction). */
-static inline int32_t sxtab16_odd(int32_t offset2, int32_t x) {
-  int32_t r;
-  __asm__("sxtab16 %0, %1, %2, ror #8" : "=r"(r) : "r"(offset2), "r"(x));
-  return r;
-}
 
 /* The 3 x 3 layers' loop on the DSP path: assembly routines (one per stride), over all whole channel pairs of
  * an output row, two pixels per pass. Per pair, its 9 weight words and 2 channel records are copied into the
@@ -396,9 +390,9 @@ static inline __attribute__((always_inline)) void row_single(const int8_t *r, co
                                                              int32_t acc[2]) {
   const int32_t a = (int32_t)qgt__load32(r), b = (int32_t)qgt__load32(r + 4);
   acc[0] = __smlad(__sxtab16(offset2, a), (int32_t)w[0], acc[0]);
-  acc[1] = __smlad(sxtab16_odd(offset2, a), (int32_t)w[1], acc[1]);
+  acc[1] = __smlad(qgt__sxtab16_odd(offset2, a), (int32_t)w[1], acc[1]);
   acc[0] = __smlabb(__sxtab16(offset2, b), (int32_t)w[2], acc[0]);
-  acc[1] = __smlabt(sxtab16_odd(offset2, b), (int32_t)w[2], acc[1]);
+  acc[1] = __smlabt(qgt__sxtab16_odd(offset2, b), (int32_t)w[2], acc[1]);
 }
 
 /* The whole channel pairs of a 3 x 3 layer along an output row at stride 1 or 2 in the fast form: two pixels per
@@ -470,7 +464,7 @@ static QGT_COLD void pair_row_taps(const depthwise_job *job, int32_t p, const in
     for (int32_t t = 0; t < taps; ++t) {
       const int32_t x = (int32_t)qgt__load32(segment + offsets[t]);
       a0 = __smlabb(__sxtab16(offset2, x), (int32_t)w[t], a0);
-      a1 = __smlabt(sxtab16_odd(offset2, x), (int32_t)w[t], a1);
+      a1 = __smlabt(qgt__sxtab16_odd(offset2, x), (int32_t)w[t], a1);
     }
     store_pair(out, both, channel, a0, a1, job->params->output_offset, job->params->activation,
                job->form == QGT_GENERIC ? QGT_GENERIC : QGT_FAST);

@@ -129,6 +129,14 @@ static inline int32_t qgt__requantize(int32_t x, int32_t multiplier, int32_t shi
 int32_t qgt__requantized_generic(int32_t acc, const qgt_channel *channel, int32_t output_offset);
 
 #if QGT_DSP
+/* SXTAB16 of x rotated right by 8: its odd bytes sign-extended into two lanes, offset2's lanes added (the
+ * rotation folded into the instruction). */
+static inline int32_t qgt__sxtab16_odd(int32_t offset2, int32_t x) {
+  int32_t r;
+  __asm__("sxtab16 %0, %1, %2, ror #8" : "=r"(r) : "r"(offset2), "r"(x));
+  return r;
+}
+
 /* The fast form's value (qgt_channel); `form` QGT_FAST_RIGHT, a compile-time constant in the kernels, uses that
  * every channel has scale 2 and sign -1. */
 static inline __attribute__((always_inline)) int32_t qgt__fast_value(int32_t acc, const qgt_channel *channel,
