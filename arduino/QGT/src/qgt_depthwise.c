@@ -74,6 +74,28 @@ static inline size_t weight_halfword(const layout *l, int32_t c, int32_t t) {
   return ((size_t)(c >> 1) * (size_t)l->taps + (size_t)t) * 2u + (size_t)(c & 1);
 }
 
+/* The low half-words of a and b as one word (PKHBT), and their high half-words (PKHTB): two columns of a channel
+ * pair, or two channels of a tap. */
+static inline uint32_t low_halves(uint32_t a, uint32_t b) {
+#if QGT_DSP
+  uint32_t r;
+  __asm__("pkhbt %0, %1, %2, lsl #16" : "=r"(r) : "r"(a), "r"(b));
+  return r;
+#else
+  return (a & 0xFFFFu) | b << 16;
+#endif
+}
+
+static inline uint32_t high_halves(uint32_t a, uint32_t b) {
+#if QGT_DSP
+  uint32_t r;
+  __asm__("pkhtb %0, %1, %2, asr #16" : "=r"(r) : "r"(b), "r"(a));
+  return r;
+#else
+  return (b & 0xFFFF0000u) | a >> 16;
+#endif
+}
+
 /* The signed codes of field j of both half-words of a weight word, as int16 lanes (FORMAT.md's field order). */
 static inline __attribute__((always_inline)) uint32_t field_lanes(uint32_t word, int32_t j, int32_t bits) {
 #if QGT_DSP
@@ -100,8 +122,8 @@ static void widen_filter(const qgt_filter *filter, const layout *l, uint32_t *we
       uint32_t *pair = weights + t;
       for (int32_t c = 0; c < channels; c += 4, pair += 2 * l->taps) {
         const uint32_t even = field_lanes(*word, 2 * q, bits), odd = field_lanes(*word, 2 * q + 1, bits);
-        pair[0] = (even & 0xFFFFu) | odd << 16;
-        pair[l->taps] = (odd & 0xFFFF0000u) | even >> 16;
+        pair[0] = low_halves(even, odd);
+        pair[l->taps] = high_halves(even, odd);
         if (++q == quads) {
           q = 0;
           ++word;
@@ -150,8 +172,8 @@ static void load_row(const qgt_conv_params *params, const qgt_dims *input_dims, 
     uint8_t *to = slot + 2u * (size_t)cx;
     for (int32_t g = 0; g < groups; ++g, to += 2 * segment) {
       const uint32_t a = qgt__load32(x0 + 4 * g), b = qgt__load32(x1 + 4 * g);
-      qgt__store32(to, (a & 0xFFFFu) | b << 16);
-      qgt__store32(to + segment, (b & 0xFFFF0000u) | a >> 16);
+      qgt__store32(to, low_halves(a, b));
+      qgt__store32(to + segment, high_halves(a, b));
     }
   }
   /* the rest: channels past the groups of 4, and a last odd column */
@@ -230,8 +252,8 @@ static void filter_for_three_by_three(const layout *l, uint32_t *weights) {
     uint32_t *w = weights + 9 * (size_t)p;
     for (int32_t ky = 0; ky < 3; ++ky, w += 3) {
       const uint32_t w0 = w[0], w1 = w[1];
-      w[0] = (w0 & 0xFFFFu) | w1 << 16;
-      w[1] = (w1 & 0xFFFF0000u) | w0 >> 16;
+      w[0] = low_halves(w0, w1);
+      w[1] = high_halves(w0, w1);
     }
   }
 }
