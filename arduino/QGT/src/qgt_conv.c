@@ -607,7 +607,8 @@ static void conv_rows(conv_job *job) {
 
 /* Output may overlap input only for pointwise layers, where pixel pairs are copied before they are
  * overwritten: output + k * out_c <= input + k * in_c for k = 1 .. pixels. */
-QGT_COLD static qgt_status check_overlap(const int8_t *input, size_t input_bytes, const int8_t *output, size_t output_bytes,
+QGT_COLD
+static qgt_status check_overlap(const int8_t *input, size_t input_bytes, const int8_t *output, size_t output_bytes,
                                 int pointwise, int32_t pixels, int32_t in_c, int32_t out_c) {
   if (!qgt__overlap(input, input_bytes, output, output_bytes)) return QGT_OK;
   if (!pointwise) return QGT_ERR_ARGUMENT;
@@ -647,7 +648,8 @@ QGT_COLD qgt_status qgt_conv_params_init(const qgt_layer *layer, const qgt_dims 
   return QGT_OK;
 }
 
-QGT_COLD size_t qgt_conv2d_scratch_size(const qgt_conv_params *params, const qgt_dims *input_dims, const qgt_filter *filter,
+QGT_COLD
+size_t qgt_conv2d_scratch_size(const qgt_conv_params *params, const qgt_dims *input_dims, const qgt_filter *filter,
                                const qgt_dims *output_dims) {
   (void)params; /* the copies hold one receptive field per pixel of a pair, whatever the geometry */
   (void)input_dims;
@@ -659,9 +661,9 @@ QGT_COLD static qgt_status check_filter(const qgt_filter *filter, int32_t row_le
   if (filter->weights == NULL || filter->bias == NULL || filter->scale_codes == NULL) return QGT_ERR_ARGUMENT;
   if (((uintptr_t)filter->weights & 3u) != 0) return QGT_ERR_ARGUMENT;
   if (!QGT_SUPPORTS_BITS(filter->weight_bits)) return QGT_ERR_OPTIONS;
-  const int64_t per_word = 32 / filter->weight_bits;
+  const int32_t per_word = 32 / filter->weight_bits; /* int32 arithmetic: no 64-bit division from libgcc */
   if (filter->out_channels <= 0 || filter->row_length != row_length ||
-      filter->row_bytes != 4 * ((row_length + per_word - 1) / per_word)) {
+      filter->row_bytes / 4 != row_length / per_word + (row_length % per_word != 0) || filter->row_bytes % 4 != 0) {
     return QGT_ERR_SHAPE;
   }
   return QGT_OK;

@@ -417,6 +417,27 @@ static inline __attribute__((always_inline)) void row_single(const int8_t *r, co
   acc[1] = __smlabt(qgt__sxtab16_odd(offset2, b), (int32_t)w[2], acc[1]);
 }
 
+/* One channel pair of a 3 x 3 layer along output pixels [first, last) of a row, one pixel at a time, at any stride
+ * and requantization (a half last pair when `both` is 0): the layers and pixels the routines leave. */
+static QGT_COLD void pair_row_3x3(const depthwise_job *job, int32_t p, const int8_t *const *rows, int8_t *row_out,
+                                  int32_t first, int32_t last, int both) {
+  const int32_t out_c = job->filter->out_channels;
+  const int32_t offset2 = (int32_t)((uint32_t)(job->params->input_offset & 0xFFFF) * 0x00010001u);
+  const uint32_t *w = job->weights + 9 * (size_t)p;
+  const qgt_channel *channel = job->channels + 2 * p;
+  const size_t step = 2u * (size_t)job->params->stride.w, at = (size_t)p * job->l->segment_bytes + step * (size_t)first;
+  const int8_t *r0 = rows[0] + at, *r1 = rows[1] + at, *r2 = rows[2] + at;
+  int8_t *out = row_out + 2 * p + (size_t)first * (size_t)out_c;
+  for (int32_t ox = first; ox < last; ++ox, r0 += step, r1 += step, r2 += step, out += out_c) {
+    int32_t acc[2] = {0, 0};
+    row_single(r0, w, offset2, acc);
+    row_single(r1, w + 3, offset2, acc);
+    row_single(r2, w + 6, offset2, acc);
+    store_pair(out, both, channel, acc[0], acc[1], job->params->output_offset, job->params->activation,
+               job->form == QGT_GENERIC ? QGT_GENERIC : QGT_FAST);
+  }
+}
+
 /* The whole channel pairs of a 3 x 3 layer along an output row at stride 1 or 2 in the fast form: two pixels per
  * pass by the routines, an odd last pixel here. rows[ky] is the ring row of filter row ky. */
 static void pairs_3x3(const depthwise_job *job, const int8_t *const *rows, int8_t *row_out, int32_t out_w) {
@@ -428,7 +449,7 @@ static void pairs_3x3(const depthwise_job *job, const int8_t *const *rows, int8_
                      (int32_t)segment, offset2};
     (stride == 1 ? rows_3x3_stride1 : rows_3x3_stride2)(&j);
   }
-  if (out_w & 1) {
+  if (out_w & 1) { /* odd widths (MobileNet's last layers): inline, it is a third of their pixels */
     const size_t column = 2u * (size_t)(stride * (out_w - 1));
     int8_t *out = row_out + (size_t)(out_w - 1) * (size_t)out_c;
     for (int32_t p = 0; p < pairs; ++p, out += 2) {
@@ -447,33 +468,12 @@ static void pairs_3x3(const depthwise_job *job, const int8_t *const *rows, int8_
   }
 }
 
-/* One channel pair of a 3 x 3 layer along an output row at any stride and requantization (a half last pair
- * when `both` is 0), one pixel at a time. */
-static QGT_COLD void pair_row_3x3(const depthwise_job *job, int32_t p, const int8_t *const *rows, int8_t *out, int32_t out_w,
-                         int both) {
-  const int32_t out_c = job->filter->out_channels;
-  const int32_t offset2 = (int32_t)((uint32_t)(job->params->input_offset & 0xFFFF) * 0x00010001u);
-  const uint32_t *w = job->weights + 9 * (size_t)p;
-  const qgt_channel *channel = job->channels + 2 * p;
-  const size_t segment = job->l->segment_bytes, step = 2u * (size_t)job->params->stride.w;
-  const int8_t *r0 = rows[0] + (size_t)p * segment, *r1 = rows[1] + (size_t)p * segment,
-               *r2 = rows[2] + (size_t)p * segment;
-  out += 2 * p;
-  for (int32_t ox = 0; ox < out_w; ++ox, r0 += step, r1 += step, r2 += step, out += out_c) {
-    int32_t acc[2] = {0, 0};
-    row_single(r0, w, offset2, acc);
-    row_single(r1, w + 3, offset2, acc);
-    row_single(r2, w + 6, offset2, acc);
-    store_pair(out, both, channel, acc[0], acc[1], job->params->output_offset, job->params->activation,
-               job->form == QGT_GENERIC ? QGT_GENERIC : QGT_FAST);
-  }
-}
-
 /* One channel pair along an output row for any filter (depth multiplier 1): per tap, one word load at the
  * tap's column and the two channels' low lanes against the tap's weight word. `offsets[t]` is tap t's offset
  * from the pair's segment of the first window row. */
-static QGT_COLD void pair_row_taps(const depthwise_job *job, int32_t p, const int8_t *segment, const int32_t *offsets,
-                          int8_t *out, int32_t out_w) {
+static QGT_COLD __attribute__((noinline)) void pair_row_taps(const depthwise_job *job, int32_t p,
+                                                             const int8_t *segment, const int32_t *offsets,
+                                                             int8_t *out, int32_t out_w) {
   const int32_t out_c = job->filter->out_channels, taps = job->l->taps;
   const int both = 2 * p + 1 < out_c;
   const int32_t offset2 = (int32_t)((uint32_t)(job->params->input_offset & 0xFFFF) * 0x00010001u);
@@ -510,9 +510,9 @@ static void row_pairs(const depthwise_job *job, const int8_t *ring, int32_t top,
     if (stride <= 2 && job->form != QGT_GENERIC && out_c >= 2) {
       pairs_3x3(job, rows, row_out, out_w);
     } else {
-      for (int32_t p = 0; 2 * p + 1 < out_c; ++p) pair_row_3x3(job, p, rows, row_out, out_w, 1);
+      for (int32_t p = 0; 2 * p + 1 < out_c; ++p) pair_row_3x3(job, p, rows, row_out, 0, out_w, 1);
     }
-    if (out_c & 1) pair_row_3x3(job, out_c / 2, rows, row_out, out_w, 0);
+    if (out_c & 1) pair_row_3x3(job, out_c / 2, rows, row_out, 0, out_w, 0);
     return;
   }
   int32_t offsets[QGT_DW_MAX_TAPS];
@@ -527,6 +527,32 @@ static void row_pairs(const depthwise_job *job, const int8_t *ring, int32_t top,
 }
 #endif
 
+/* One output row the scalar way: any filter and depth multiplier (and the portable path's only loop). Cold on
+ * the DSP path, where MobileNet's layers never take it. */
+#if QGT_DSP
+QGT_COLD __attribute__((noinline))
+#endif
+static void scalar_row(const qgt_conv_params *params, const qgt_filter *filter, const layout *l,
+                       const qgt_channel *channels, const int16_t *half, const int8_t *ring, int32_t top,
+                       int8_t *row_out, int32_t out_w) {
+  const int32_t out_c = filter->out_channels, multiplier = params->depth_multiplier;
+  for (int32_t ox = 0; ox < out_w; ++ox) {
+    const int32_t column = ox * params->stride.w;
+    int8_t *pixel_out = row_out + (size_t)ox * out_c;
+    for (int32_t c = 0; c < out_c; ++c) {
+      const int32_t ic = c / multiplier;
+      int32_t acc = 0;
+      for (int32_t t = 0; t < l->taps; ++t) {
+        const int32_t ky = t / filter->kernel_w, kx = t % filter->kernel_w;
+        const int8_t *slot = ring + (size_t)ring_slot(top + ky * params->dilation.h, l->rows) * l->row_bytes;
+        acc += (ring_value(l, slot, column + kx * params->dilation.w, ic) + params->input_offset) *
+               half[weight_halfword(l, c, t)];
+      }
+      pixel_out[c] = qgt__output(acc, &channels[c], params->output_offset, params->activation);
+    }
+  }
+}
+
 static void depthwise_rows(const qgt_conv_params *params, const qgt_quant_params *quant, const qgt_dims *in,
                            const int8_t *input, const qgt_filter *filter, const qgt_dims *out, int8_t *output,
                            void *scratch) {
@@ -535,8 +561,7 @@ static void depthwise_rows(const qgt_conv_params *params, const qgt_quant_params
   qgt_channel *channels = (qgt_channel *)scratch;
   uint8_t *ring = bytes + l.channels_bytes;
   uint32_t *weights = (uint32_t *)(void *)(bytes + l.channels_bytes + l.ring_bytes);
-  const int32_t out_c = out->c, in_c = in->c, multiplier = params->depth_multiplier;
-  const int16_t *half = (const int16_t *)(const void *)weights;
+  const int32_t out_c = out->c, in_c = in->c;
   const int form = qgt__expand_channels(filter, quant, params->output_offset, channels);
   widen_filter(filter, &l, weights);
 #if !QGT_DSP
@@ -544,7 +569,7 @@ static void depthwise_rows(const qgt_conv_params *params, const qgt_quant_params
 #else
   const int full_range = params->activation.min == -128 && params->activation.max == 127;
   const depthwise_job job = {params, filter, &l, channels, weights, full_range ? form : QGT_GENERIC};
-  const int fast = multiplier == 1 && l.taps <= QGT_DW_MAX_TAPS;
+  const int fast = params->depth_multiplier == 1 && l.taps <= QGT_DW_MAX_TAPS;
   if (three_by_three(params, filter)) filter_for_three_by_three(&l, weights);
 #endif
   for (int32_t b = 0; b < out->n; ++b) {
@@ -563,22 +588,8 @@ static void depthwise_rows(const qgt_conv_params *params, const qgt_quant_params
         continue;
       }
 #endif
-      for (int32_t ox = 0; ox < out->w; ++ox) {
-        const int32_t column = ox * params->stride.w;
-        int8_t *pixel_out = row_out + (size_t)ox * out_c;
-        for (int32_t c = 0; c < out_c; ++c) {
-          const int32_t ic = c / multiplier;
-          int32_t acc = 0;
-          for (int32_t t = 0; t < l.taps; ++t) {
-            const int32_t ky = t / filter->kernel_w, kx = t % filter->kernel_w;
-            const int8_t *slot =
-                (const int8_t *)ring + (size_t)ring_slot(top + ky * params->dilation.h, l.rows) * l.row_bytes;
-            acc += (ring_value(&l, slot, column + kx * params->dilation.w, ic) + params->input_offset) *
-                   half[weight_halfword(&l, c, t)];
-          }
-          pixel_out[c] = qgt__output(acc, &channels[c], params->output_offset, params->activation);
-        }
-      }
+      scalar_row(params, filter, &l, channels, (const int16_t *)(const void *)weights, (const int8_t *)ring, top,
+                 row_out, out->w);
     }
   }
 }
@@ -599,12 +610,13 @@ qgt_status qgt_depthwise_conv2d(const qgt_conv_params *params, const qgt_quant_p
     return QGT_ERR_ARGUMENT;
   }
   if (!QGT_SUPPORTS_BITS(filter->weight_bits)) return QGT_ERR_OPTIONS;
-  const int64_t taps = (int64_t)filter->kernel_h * filter->kernel_w, per_word = 32 / filter->weight_bits;
+  const int64_t taps = (int64_t)filter->kernel_h * filter->kernel_w;
+  const int32_t per_word = 32 / filter->weight_bits; /* int32 arithmetic: no 64-bit division from libgcc */
   if (filter->kernel_h <= 0 || filter->kernel_w <= 0 || output_dims->n != input_dims->n ||
       output_dims->c != filter->out_channels || (int64_t)input_dims->c * params->depth_multiplier != output_dims->c ||
       taps * output_dims->c > QGT_INT32_MAX || filter->row_length != taps * output_dims->c ||
-      filter->row_bytes != 4 * ((filter->row_length + per_word - 1) / per_word) ||
-      !layout_fits(params, input_dims, filter, output_dims)) {
+      filter->row_bytes / 4 != filter->row_length / per_word + (filter->row_length % per_word != 0) ||
+      filter->row_bytes % 4 != 0 || !layout_fits(params, input_dims, filter, output_dims)) {
     return QGT_ERR_SHAPE;
   }
   status = qgt__check_offsets(params->input_offset, params->output_offset, params->activation);

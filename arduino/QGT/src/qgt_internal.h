@@ -141,8 +141,8 @@ static inline int32_t qgt__sxtab16_odd(int32_t offset2, int32_t x) {
  * every channel has scale 2 and sign -1. */
 static inline __attribute__((always_inline)) int32_t qgt__fast_value(int32_t acc, const qgt_channel *channel,
                                                                      int form) {
-  const int32_t t = form == QGT_FAST_RIGHT ? (int32_t)((uint32_t)acc * 2u + (uint32_t)channel->bias)
-                                           : (int32_t)((uint32_t)acc * (uint32_t)channel->scale + (uint32_t)channel->bias);
+  const uint32_t scale = form == QGT_FAST_RIGHT ? 2u : (uint32_t)channel->scale;
+  const int32_t t = (int32_t)((uint32_t)acc * scale + (uint32_t)channel->bias);
   int32_t high;
   __asm__("smmlar %0, %1, %2, %3" : "=r"(high) : "r"(t), "r"(channel->multiplier), "r"(channel->round));
   return (high + (form == QGT_FAST_RIGHT ? t >> 31 : channel->sign & (t >> 31))) >> channel->right;

@@ -63,7 +63,8 @@ QGT_COLD static uint64_t round_quotient(uint64_t numerator, uint64_t denominator
   return mantissa;
 }
 
-QGT_COLD qgt_status qgt_quant_params_init(const qgt_filter *filter, uint32_t input_scale_bits, uint32_t output_scale_bits,
+QGT_COLD
+qgt_status qgt_quant_params_init(const qgt_filter *filter, uint32_t input_scale_bits, uint32_t output_scale_bits,
                                  qgt_quant_params *quant) {
   uint32_t input_m, output_m;
   int32_t input_e, output_e;
