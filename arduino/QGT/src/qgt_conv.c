@@ -58,7 +58,7 @@ typedef struct {
   int8_t *field;  /* where a field is gathered */
 } fields;
 
-QGT_COLD static fields fields_of(const qgt_conv_params *params, const qgt_dims *input_dims, const int8_t *input,
+static fields fields_of(const qgt_conv_params *params, const qgt_dims *input_dims, const int8_t *input,
                         const qgt_filter *filter, int8_t *field) {
   fields f;
   f.input = input;
@@ -116,22 +116,32 @@ static QGT_COLD void gather_field(const fields *f, const int8_t *image, int32_t 
   pad_field(f->field, f->length, f->padded, f->zero);
 }
 
+#if QGT_DSP
+/* Widens `quads` whole quads of int8 values (the input offset added) into pixel p of the pair copy; returns their
+ * sum. */
+static inline __attribute__((always_inline)) int32_t widen_quads(const int8_t *values, int32_t quads,
+                                                                 int32_t input_offset, int32_t p, int16_t *copy) {
+  const int32_t offset = (int32_t)((uint32_t)(input_offset & 0xFFFF) * kOnes);
+  uint32_t *words = (uint32_t *)(void *)copy + p;
+  int32_t sum = 0;
+  for (int32_t q = 0; q < quads; ++q, values += 4, words += 4) {
+    const int32_t x4 = (int32_t)qgt__load32(values);
+    const int32_t even = __sxtab16(offset, x4), odd = qgt__sxtab16_odd(offset, x4);
+    words[0] = (uint32_t)even;
+    words[2] = (uint32_t)odd;
+    sum = __smlad(even, (int32_t)kOnes, __smlad(odd, (int32_t)kOnes, sum));
+  }
+  return sum;
+}
+#endif
+
 /* Widens `length` int8 values (the input offset added) into pixel p of the pair copy, zeros up to the next
  * whole quad; returns their sum. */
 static int32_t widen(const int8_t *values, int32_t length, int32_t input_offset, int32_t p, int16_t *copy) {
   int32_t sum = 0, k = 0;
 #if QGT_DSP
-  const uint32_t offset = (uint32_t)(input_offset & 0xFFFF) * kOnes;
-  uint32_t *words = (uint32_t *)(void *)copy + p;
-  for (; k + 4 <= length; k += 4, words += 4) {
-    const uint32_t x4 = qgt__load32(values + k);
-    const uint32_t even = (uint32_t)__sxtab16((int32_t)offset, (int32_t)x4);
-    const uint32_t odd = (uint32_t)qgt__sxtab16_odd((int32_t)offset, (int32_t)x4);
-    words[0] = even;
-    words[2] = odd;
-    sum = __smlad((int32_t)even, (int32_t)kOnes, sum);
-    sum = __smlad((int32_t)odd, (int32_t)kOnes, sum);
-  }
+  k = 4 * (length / 4);
+  sum = widen_quads(values, length / 4, input_offset, p, copy);
 #endif
   for (; k < 4 * quads_of(length); ++k) {
     const int32_t value = k < length ? values[k] + input_offset : 0;
@@ -478,7 +488,7 @@ static void channels_of_pair(conv_job *job, const int32_t sums[2], int8_t *out0,
 }
 
 /* The channel-pair routine's job of a layer: all but the per pixel pair fields. */
-QGT_COLD static void pairs_job_of(conv_job *job) {
+static void pairs_job_of(conv_job *job) {
   const qgt_filter *filter = job->filter;
   const int32_t bits = filter->weight_bits, quads = quads_of(filter->row_length), per_word = 8 / bits;
   pairs_job *j = &job->pairs;
@@ -547,7 +557,11 @@ static __attribute__((noinline)) int32_t word_field(const int8_t *from, size_t s
                                                     int16_t *copy, int32_t p) {
   for (int32_t ky = 0; ky < rows; ++ky, from += step) qgt__store32(field + ky * run, qgt__load32(from));
   pad_field(field, length, padded, zero);
+#if QGT_DSP
+  return widen_quads(field, padded / 4, -zero, p, copy);
+#else
   return widen(field, padded, -zero, p, copy);
+#endif
 }
 
 /* The receptive field of pixel p of a pair, output pixel (oy, ox) of image `image` of a non-pointwise layer, in
@@ -607,7 +621,6 @@ static void conv_rows(conv_job *job) {
 
 /* Output may overlap input only for pointwise layers, where pixel pairs are copied before they are
  * overwritten: output + k * out_c <= input + k * in_c for k = 1 .. pixels. */
-QGT_COLD
 static qgt_status check_overlap(const int8_t *input, size_t input_bytes, const int8_t *output, size_t output_bytes,
                                 int pointwise, int32_t pixels, int32_t in_c, int32_t out_c) {
   if (!qgt__overlap(input, input_bytes, output, output_bytes)) return QGT_OK;
@@ -657,7 +670,7 @@ size_t qgt_conv2d_scratch_size(const qgt_conv_params *params, const qgt_dims *in
   return filter == NULL ? 0 : conv_scratch_size(filter);
 }
 
-QGT_COLD static qgt_status check_filter(const qgt_filter *filter, int32_t row_length) {
+static qgt_status check_filter(const qgt_filter *filter, int32_t row_length) {
   if (filter->weights == NULL || filter->bias == NULL || filter->scale_codes == NULL) return QGT_ERR_ARGUMENT;
   if (((uintptr_t)filter->weights & 3u) != 0) return QGT_ERR_ARGUMENT;
   if (!QGT_SUPPORTS_BITS(filter->weight_bits)) return QGT_ERR_OPTIONS;

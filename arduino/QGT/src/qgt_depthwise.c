@@ -30,7 +30,7 @@ typedef struct {
 /* The scratch the layout takes (kernel_abi.py mirrors it): the ring is counted as input channels in groups of 4
  * and the filter as output channels in groups of 4, which hold the pairs (and leave the 2 bytes a word load
  * reads past the last column). */
-QGT_COLD static int layout_fits(const qgt_conv_params *params, const qgt_dims *input_dims, const qgt_filter *filter,
+static int layout_fits(const qgt_conv_params *params, const qgt_dims *input_dims, const qgt_filter *filter,
                        const qgt_dims *output_dims) {
   const int64_t rows = (int64_t)(filter->kernel_h - 1) * params->dilation.h + 1;
   const int64_t width = (int64_t)(output_dims->w - 1) * params->stride.w +
@@ -197,7 +197,7 @@ static inline int32_t ring_slot(int32_t row, int32_t rows) {
 }
 
 /* In place: output row (b, oy) must not cover input rows still to be copied. */
-QGT_COLD static int in_place_ok(const qgt_conv_params *params, const qgt_dims *in, const qgt_filter *filter,
+static int in_place_ok(const qgt_conv_params *params, const qgt_dims *in, const qgt_filter *filter,
                        const qgt_dims *out) {
   const int64_t in_row = (int64_t)in->w * in->c, out_row = (int64_t)out->w * out->c;
   for (int32_t b = 0; b < out->n; ++b) {

@@ -13,8 +13,10 @@
 #define QGT_DSP 0
 #endif
 
-/* Code that runs once per call or less (validation, parameter setup, generic fallbacks): GCC optimizes a cold
- * function for size, so only the hot loops pay for speed in flash. */
+/* Code the per-inference path does not take (parsing and parameter setup, done at Prepare or generation time;
+ * the generic fallbacks): GCC optimizes a cold function for size, so only the hot code pays for speed in flash.
+ * Never on a function the kernels call on their normal path: GCC predicts the blocks that call a cold function
+ * as never run and would optimize what follows them, the kernel's loops, for size too. */
 #define QGT_COLD __attribute__((cold))
 
 #define QGT_INT32_MAX 2147483647

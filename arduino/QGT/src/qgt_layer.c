@@ -19,7 +19,7 @@ QGT_COLD const char *qgt_status_name(qgt_status status) {
   return "QGT_ERR_UNKNOWN";
 }
 
-QGT_COLD int32_t qgt__dims_count(const qgt_dims *dims) {
+int32_t qgt__dims_count(const qgt_dims *dims) {
   const int32_t sizes[4] = {dims->n, dims->h, dims->w, dims->c};
   int64_t count = 1;
   for (int i = 0; i < 4; ++i) {
@@ -30,17 +30,17 @@ QGT_COLD int32_t qgt__dims_count(const qgt_dims *dims) {
   return (int32_t)count;
 }
 
-QGT_COLD qgt_status qgt__check_dims(const qgt_dims *dims) {
+qgt_status qgt__check_dims(const qgt_dims *dims) {
   if (dims == NULL) return QGT_ERR_ARGUMENT;
   return qgt__dims_count(dims) < 0 ? QGT_ERR_SHAPE : QGT_OK;
 }
 
-QGT_COLD int qgt__overlap(const void *a, size_t a_bytes, const void *b, size_t b_bytes) {
+int qgt__overlap(const void *a, size_t a_bytes, const void *b, size_t b_bytes) {
   const uintptr_t a0 = (uintptr_t)a, b0 = (uintptr_t)b;
   return a0 < b0 + b_bytes && b0 < a0 + a_bytes;
 }
 
-QGT_COLD qgt_status qgt__check_offsets(int32_t input_offset, int32_t output_offset, qgt_range activation) {
+qgt_status qgt__check_offsets(int32_t input_offset, int32_t output_offset, qgt_range activation) {
   if (input_offset < -127 || input_offset > 128 || output_offset < -128 || output_offset > 127) {
     return QGT_ERR_ARGUMENT;
   }
@@ -48,7 +48,7 @@ QGT_COLD qgt_status qgt__check_offsets(int32_t input_offset, int32_t output_offs
   return QGT_OK;
 }
 
-QGT_COLD qgt_status qgt__check_scratch(const void *scratch, size_t scratch_bytes, size_t needed) {
+qgt_status qgt__check_scratch(const void *scratch, size_t scratch_bytes, size_t needed) {
   if (needed == 0) return QGT_OK;
   if (scratch == NULL || ((uintptr_t)scratch & 3u) != 0 || scratch_bytes < needed) return QGT_ERR_SCRATCH;
   return QGT_OK;

@@ -22,7 +22,7 @@ QGT_COLD qgt_status qgt_pool_params_init(uint8_t padding, qgt_tile stride, qgt_t
   return QGT_OK;
 }
 
-QGT_COLD qgt_status qgt_average_pool2d(const qgt_pool_params *params, const qgt_dims *input_dims, const int8_t *input,
+qgt_status qgt_average_pool2d(const qgt_pool_params *params, const qgt_dims *input_dims, const int8_t *input,
                               const qgt_dims *output_dims, int8_t *output) {
   if (params == NULL || input == NULL || output == NULL) return QGT_ERR_ARGUMENT;
   qgt_status status = qgt__check_dims(input_dims);

@@ -108,7 +108,7 @@ QGT_COLD qgt_status qgt_softmax_params_init(uint32_t input_scale_bits, uint32_t 
   return QGT_OK;
 }
 
-QGT_COLD qgt_status qgt_softmax(const qgt_softmax_params *params, int32_t rows, int32_t depth, const int8_t *input,
+qgt_status qgt_softmax(const qgt_softmax_params *params, int32_t rows, int32_t depth, const int8_t *input,
                        int8_t *output) {
   if (params == NULL || input == NULL || output == NULL) return QGT_ERR_ARGUMENT;
   if (rows <= 0 || depth <= 0 || depth > kMaxDepth || (int64_t)rows * depth > QGT_INT32_MAX) return QGT_ERR_SHAPE;
