@@ -7,8 +7,10 @@
  * of accumulators is a dot product of two packed rows with the two copies: the field order of the packed
  * format (FORMAT.md) puts field j of both half-words of a weight word against copy word j. On the DSP path a
  * pair of fields is one AND of the rotated word (1, 2, 4 bits: the codes read as unsigned, c + 2^(bits-1),
- * and 2^(bits-1) times the pixel's sum of copied values subtracted once) or one SXTB16 (8 bits), and one
- * LDRD fetches copy word j of both pixels, which two SMLADs then use.
+ * the accumulators starting at -2^(bits-1) times the pixel's sum of copied values) or one SXTB16 (8 bits), and
+ * one LDRD fetches copy word j of both pixels, which two SMLADs then use: a 2-bit word (16 codes) of two rows
+ * against two pixels is 2 loads, 2 EOR, 16 AND, 8 LDRD and 32 SMLAD for 64 multiply-accumulates. The loop over
+ * a pixel pair's channel pairs, requantization included, is a hand-written routine per weight width.
  */
 #include <stddef.h>
 
@@ -188,7 +190,6 @@ static inline int32_t block_start(int32_t bits, int32_t sum) {
   if (!QGT_DSP || bits == 8) return 0;
   return (int32_t)(0u - ((uint32_t)sum << (bits == 1 ? 0 : bits - 1)));
 }
-
 
 #if QGT_DSP
 /* The channel pairs of a pixel pair on the DSP path: assembly routines, one per weight width, over this job.
@@ -630,7 +631,8 @@ static qgt_status check_overlap(const int8_t *input, size_t input_bytes, const i
   return QGT_OK;
 }
 
-QGT_COLD qgt_status qgt_conv_params_init(const qgt_layer *layer, const qgt_dims *input_dims, qgt_tensor_quant input,
+QGT_COLD
+qgt_status qgt_conv_params_init(const qgt_layer *layer, const qgt_dims *input_dims, qgt_tensor_quant input,
                                 qgt_tensor_quant output, qgt_conv_params *params, qgt_dims *output_dims) {
   qgt_conv_params p;
   qgt_dims out;
@@ -737,7 +739,8 @@ qgt_status qgt_conv2d(const qgt_conv_params *params, const qgt_quant_params *qua
   return QGT_OK;
 }
 
-QGT_COLD qgt_status qgt_fc_params_init(const qgt_layer *layer, int32_t input_elements, qgt_tensor_quant input,
+QGT_COLD
+qgt_status qgt_fc_params_init(const qgt_layer *layer, int32_t input_elements, qgt_tensor_quant input,
                               qgt_tensor_quant output, qgt_fc_params *params, qgt_dims *input_dims,
                               qgt_dims *output_dims) {
   qgt_fc_params p;
@@ -759,7 +762,8 @@ QGT_COLD qgt_status qgt_fc_params_init(const qgt_layer *layer, int32_t input_ele
   return QGT_OK;
 }
 
-QGT_COLD size_t qgt_fully_connected_scratch_size(const qgt_fc_params *params, const qgt_dims *input_dims,
+QGT_COLD
+size_t qgt_fully_connected_scratch_size(const qgt_fc_params *params, const qgt_dims *input_dims,
                                         const qgt_filter *filter, const qgt_dims *output_dims) {
   (void)params;
   (void)input_dims;

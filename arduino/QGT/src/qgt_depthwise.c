@@ -8,10 +8,10 @@
  * offset added) makes the lanes (x[col], x[col+1]) of each channel, a pair of horizontally adjacent taps for
  * SMLAD. The output may overwrite the input in place. The filter is widened once per call into scratch, 2 bytes
  * per weight, per output channel pair: for 3 x 3 filters on the DSP path, per filter row the words
- * (w0, w1) of each channel and (w2 of both); otherwise per tap the word (w of both channels). On the DSP path a
- * 3 x 3 layer takes two output pixels per pass (stride 1: columns x..x+3, stride 2: x..x+4, loaded once for
- * both) and one channel pair: per filter row 2 or 3 loads, 4 or 6 SXTAB16 and 10 or 8 multiply-accumulates
- * for 12 MACs; channel pairs go outer, the output row's pixels inner.
+ * (w0, w1) of each channel and (w2 of both); otherwise per tap the word (w of both channels). On the DSP path
+ * 3 x 3 layers at stride 1 or 2 run in hand-written routines (rows_3x3_*): channel pairs outer, two output
+ * pixels per pass (stride 1: columns x..x+3, stride 2: x..x+4, loaded once for both): per filter row 2 or 3
+ * loads, 4 or 6 SXTAB16 and 10 or 8 multiply-accumulates for 12 MACs, then the four outputs requantized.
  */
 #include <stddef.h>
 
@@ -27,9 +27,7 @@ typedef struct {
   size_t channels_bytes, ring_bytes, weights_bytes;
 } layout;
 
-/* The scratch the layout takes (kernel_abi.py mirrors it): the ring is counted as input channels in groups of 4
- * and the filter as output channels in groups of 4, which hold the pairs (and leave the 2 bytes a word load
- * reads past the last column). */
+/* Whether the layout's sizes fit int32. */
 static int layout_fits(const qgt_conv_params *params, const qgt_dims *input_dims, const qgt_filter *filter,
                        const qgt_dims *output_dims) {
   const int64_t rows = (int64_t)(filter->kernel_h - 1) * params->dilation.h + 1;
@@ -40,6 +38,10 @@ static int layout_fits(const qgt_conv_params *params, const qgt_dims *input_dims
   return ring <= QGT_INT32_MAX && weights <= QGT_INT32_MAX;
 }
 
+/* Scratch: channel records | ring | widened filter. The sizes reserved (kernel_abi.py mirrors them) count the
+ * ring's input channels and the filter's output channels in groups of 4, which holds their pairs; the ring's
+ * rows take 2 bytes per channel and column, so a word load at a row's last column (which reads 2 bytes past it)
+ * stays inside the scratch. */
 static layout layout_of(const qgt_conv_params *params, const qgt_dims *input_dims, const qgt_filter *filter,
                         const qgt_dims *output_dims) {
   layout l;
@@ -57,7 +59,8 @@ static layout layout_of(const qgt_conv_params *params, const qgt_dims *input_dim
 
 static size_t scratch_of(const layout *l) { return l->channels_bytes + l->ring_bytes + l->weights_bytes; }
 
-QGT_COLD size_t qgt_depthwise_conv2d_scratch_size(const qgt_conv_params *params, const qgt_dims *input_dims,
+QGT_COLD
+size_t qgt_depthwise_conv2d_scratch_size(const qgt_conv_params *params, const qgt_dims *input_dims,
                                          const qgt_filter *filter, const qgt_dims *output_dims) {
   if (params == NULL || input_dims == NULL || filter == NULL || output_dims == NULL) return 0;
   if (qgt__dims_count(input_dims) < 0 || qgt__dims_count(output_dims) < 0 || filter->kernel_h <= 0 ||
@@ -227,8 +230,8 @@ static inline __attribute__((always_inline)) void store_pair(int8_t *out, int bo
                                                              qgt_range activation, int form) {
 #if QGT_DSP
   if (form != QGT_GENERIC) {
-    out[0] = (int8_t)qgt__fast_output(a0, &channel[0], form);
-    if (both) out[1] = (int8_t)qgt__fast_output(a1, &channel[1], form);
+    out[0] = (int8_t)qgt__fast_output(a0, &channel[0]);
+    if (both) out[1] = (int8_t)qgt__fast_output(a1, &channel[1]);
     return;
   }
 #else
@@ -419,8 +422,9 @@ static inline __attribute__((always_inline)) void row_single(const int8_t *r, co
 
 /* One channel pair of a 3 x 3 layer along output pixels [first, last) of a row, one pixel at a time, at any stride
  * and requantization (a half last pair when `both` is 0): the layers and pixels the routines leave. */
-static QGT_COLD void pair_row_3x3(const depthwise_job *job, int32_t p, const int8_t *const *rows, int8_t *row_out,
-                                  int32_t first, int32_t last, int both) {
+QGT_COLD
+static void pair_row_3x3(const depthwise_job *job, int32_t p, const int8_t *const *rows, int8_t *row_out,
+                         int32_t first, int32_t last, int both) {
   const int32_t out_c = job->filter->out_channels;
   const int32_t offset2 = (int32_t)((uint32_t)(job->params->input_offset & 0xFFFF) * 0x00010001u);
   const uint32_t *w = job->weights + 9 * (size_t)p;
@@ -460,8 +464,8 @@ static void pairs_3x3(const depthwise_job *job, const int8_t *const *rows, int8_
       row_single(rows[0] + at, w, offset2, acc);
       row_single(rows[1] + at, w + 3, offset2, acc);
       row_single(rows[2] + at, w + 6, offset2, acc);
-      const int32_t v0 = qgt__fast_output(acc[0], &channel[0], QGT_FAST);
-      const int32_t v1 = qgt__fast_output(acc[1], &channel[1], QGT_FAST);
+      const int32_t v0 = qgt__fast_output(acc[0], &channel[0]);
+      const int32_t v1 = qgt__fast_output(acc[1], &channel[1]);
       out[0] = (int8_t)v0;
       out[1] = (int8_t)v1;
     }
@@ -471,9 +475,9 @@ static void pairs_3x3(const depthwise_job *job, const int8_t *const *rows, int8_
 /* One channel pair along an output row for any filter (depth multiplier 1): per tap, one word load at the
  * tap's column and the two channels' low lanes against the tap's weight word. `offsets[t]` is tap t's offset
  * from the pair's segment of the first window row. */
-static QGT_COLD __attribute__((noinline)) void pair_row_taps(const depthwise_job *job, int32_t p,
-                                                             const int8_t *segment, const int32_t *offsets,
-                                                             int8_t *out, int32_t out_w) {
+QGT_COLD
+static __attribute__((noinline)) void pair_row_taps(const depthwise_job *job, int32_t p, const int8_t *segment,
+                                                    const int32_t *offsets, int8_t *out, int32_t out_w) {
   const int32_t out_c = job->filter->out_channels, taps = job->l->taps;
   const int both = 2 * p + 1 < out_c;
   const int32_t offset2 = (int32_t)((uint32_t)(job->params->input_offset & 0xFFFF) * 0x00010001u);

@@ -31,10 +31,10 @@
  *   (one MLA) is 2 (acc + bias) << left; round holds 2^(right-1) (0 if right = 0) plus (output offset << right),
  *   sign is -1 when right > 0. SMMLAR(t, multiplier, round) is the rounding doubling high multiply plus round,
  *   and adding sign & (t >> 31) before the arithmetic right shift makes it TFLite's rounding right shift (ties
- *   away from zero) with the output offset added, exactly: the high product is negative only where t is, and
- *   where t < 0 but the high product is 0 both give the output offset; |high| < 2^30 and |offset << right| <
- *   2^29, so nothing overflows. The field order is the order of use: LDRD pairs fetch a record (without scale and
- * sign in the common case, QGT_FAST_RIGHT). */
+ *   away from zero) with the output offset added, exactly: the sign of t stands for the sign of the high
+ *   product, which differs from it only where t < 0 and the high product is 0, and there both give the output
+ *   offset; |high| < 2^30 and |offset << right| < 2^29, so nothing overflows. The field order is the order of
+ *   use: LDRD pairs fetch a record (scale and sign unused in the common case, QGT_FAST_RIGHT). */
 typedef struct {
   int32_t scale;
   int32_t bias;
@@ -104,7 +104,7 @@ qgt_status qgt__check_scratch(const void *scratch, size_t scratch_bytes, size_t 
 static inline size_t qgt__channels_bytes(int32_t channels) { return (size_t)channels * sizeof(qgt_channel); }
 
 /* How a layer's channels can be requantized: each has the fast form with a right shift (right >= 1, so no left
- * shift: a kernel specializes this common case at compile time); each has the fast form; some do not. */
+ * shift: the pointwise routines specialize this common case); each has the fast form; some do not. */
 enum { QGT_GENERIC = 0, QGT_FAST = 1, QGT_FAST_RIGHT = 2 };
 
 /* Fills channels[0 .. filter->out_channels) from the packed biases, scale codes and the 32-entry table (the
@@ -139,78 +139,23 @@ static inline int32_t qgt__sxtab16_odd(int32_t offset2, int32_t x) {
   return r;
 }
 
-/* The fast form's value (qgt_channel); `form` QGT_FAST_RIGHT, a compile-time constant in the kernels, uses that
- * every channel has scale 2 and sign -1. */
-static inline __attribute__((always_inline)) int32_t qgt__fast_value(int32_t acc, const qgt_channel *channel,
-                                                                     int form) {
-  const uint32_t scale = form == QGT_FAST_RIGHT ? 2u : (uint32_t)channel->scale;
-  const int32_t t = (int32_t)((uint32_t)acc * scale + (uint32_t)channel->bias);
+/* The fast form's value (qgt_channel); the hot loops do the same in their assembly. */
+static inline __attribute__((always_inline)) int32_t qgt__fast_value(int32_t acc, const qgt_channel *channel) {
+  const int32_t t = (int32_t)((uint32_t)acc * (uint32_t)channel->scale + (uint32_t)channel->bias);
   int32_t high;
   __asm__("smmlar %0, %1, %2, %3" : "=r"(high) : "r"(t), "r"(channel->multiplier), "r"(channel->round));
-  return (high + (form == QGT_FAST_RIGHT ? t >> 31 : channel->sign & (t >> 31))) >> channel->right;
+  return (high + (channel->sign & (t >> 31))) >> channel->right;
 }
 
 /* The fast form's output saturated to int8, for layers whose channels all have it and whose clamp range is
  * the whole int8 range. */
-static inline __attribute__((always_inline)) int32_t qgt__fast_output(int32_t acc, const qgt_channel *channel,
-                                                                      int form) {
-  return __ssat(qgt__fast_value(acc, channel, form), 8);
-}
-
-/* Two accumulators of one channel (two pixels) requantized in the fast form `form` (a constant), saturated to
- * int8 and stored at out[0] and out[delta]: every load of the record comes before the stores (which could
- * alias it), and the record is loaded once for both. 17 instructions (QGT_FAST), 15 (QGT_FAST_RIGHT). Volatile:
- * its only effect is the stores. */
-static inline __attribute__((always_inline)) void qgt__store_fast_pair(int32_t a0, int32_t a1,
-                                                                       const qgt_channel *channel, int8_t *out,
-                                                                       int32_t delta, int form) {
-  uint32_t p, q, h0, h1;
-  if (form == QGT_FAST_RIGHT) {
-    __asm__ volatile("ldr %[p], [%[ch], #4]\n\t"                /* bias */
-            "add %[a0], %[p], %[a0], lsl #1\n\t"      /* t = 2 acc + bias */
-            "add %[a1], %[p], %[a1], lsl #1\n\t"
-            "ldrd %[p], %[q], [%[ch], #8]\n\t"        /* multiplier, round */
-            "smmlar %[h0], %[a0], %[p], %[q]\n\t"
-            "smmlar %[h1], %[a1], %[p], %[q]\n\t"
-            "ldr %[q], [%[ch], #16]\n\t"              /* right */
-            "add %[h0], %[h0], %[a0], asr #31\n\t"
-            "add %[h1], %[h1], %[a1], asr #31\n\t"
-            "asr %[h0], %[h0], %[q]\n\t"
-            "asr %[h1], %[h1], %[q]\n\t"
-            "ssat %[h0], #8, %[h0]\n\t"
-            "ssat %[h1], #8, %[h1]\n\t"
-            "strb %[h0], [%[out]]\n\t"
-            "strb %[h1], [%[out], %[delta]]"
-            : [a0] "+&r"(a0), [a1] "+&r"(a1), [p] "=&r"(p), [q] "=&r"(q), [h0] "=&r"(h0), [h1] "=&r"(h1)
-            : [ch] "r"(channel), [out] "r"(out), [delta] "r"(delta)
-            : "memory");
-  } else {
-    __asm__ volatile("ldrd %[p], %[q], [%[ch]]\n\t"            /* scale, bias */
-            "mla %[a0], %[a0], %[p], %[q]\n\t"        /* t = acc * scale + bias */
-            "mla %[a1], %[a1], %[p], %[q]\n\t"
-            "ldrd %[p], %[q], [%[ch], #8]\n\t"        /* multiplier, round */
-            "smmlar %[h0], %[a0], %[p], %[q]\n\t"
-            "smmlar %[h1], %[a1], %[p], %[q]\n\t"
-            "ldrd %[p], %[q], [%[ch], #16]\n\t"       /* right, sign */
-            "and %[a0], %[q], %[a0], asr #31\n\t"
-            "and %[a1], %[q], %[a1], asr #31\n\t"
-            "add %[h0], %[h0], %[a0]\n\t"
-            "add %[h1], %[h1], %[a1]\n\t"
-            "asr %[h0], %[h0], %[p]\n\t"
-            "asr %[h1], %[h1], %[p]\n\t"
-            "ssat %[h0], #8, %[h0]\n\t"
-            "ssat %[h1], #8, %[h1]\n\t"
-            "strb %[h0], [%[out]]\n\t"
-            "strb %[h1], [%[out], %[delta]]"
-            : [a0] "+&r"(a0), [a1] "+&r"(a1), [p] "=&r"(p), [q] "=&r"(q), [h0] "=&r"(h0), [h1] "=&r"(h1)
-            : [ch] "r"(channel), [out] "r"(out), [delta] "r"(delta)
-            : "memory");
-  }
+static inline __attribute__((always_inline)) int32_t qgt__fast_output(int32_t acc, const qgt_channel *channel) {
+  return __ssat(qgt__fast_value(acc, channel), 8);
 }
 
 /* The requantized accumulator (bias not yet added) plus the output offset, before the activation clamp. */
 static inline int32_t qgt__requantized(int32_t acc, const qgt_channel *channel, int32_t output_offset) {
-  if (channel->right >= 0) return qgt__fast_value(acc, channel, QGT_FAST);
+  if (channel->right >= 0) return qgt__fast_value(acc, channel);
   return qgt__requantized_generic(acc, channel, output_offset);
 }
 #else

@@ -54,7 +54,8 @@ qgt_status qgt__check_scratch(const void *scratch, size_t scratch_bytes, size_t 
   return QGT_OK;
 }
 
-QGT_COLD qgt_status qgt__output_size(int32_t size, int32_t kernel, int32_t stride, int32_t dilation, uint8_t padding,
+QGT_COLD
+qgt_status qgt__output_size(int32_t size, int32_t kernel, int32_t stride, int32_t dilation, uint8_t padding,
                             int32_t *output_size, int32_t *leading_padding) {
   const int64_t effective = (int64_t)(kernel - 1) * dilation + 1;
   int64_t out;
@@ -236,7 +237,8 @@ QGT_COLD static qgt_status check_accumulators(qgt_layer *layer, int64_t largest_
   return QGT_OK;
 }
 
-QGT_COLD qgt_status qgt_layer_parse(qgt_op op, const uint8_t *options, size_t options_len, const uint8_t *blob,
+QGT_COLD
+qgt_status qgt_layer_parse(qgt_op op, const uint8_t *options, size_t options_len, const uint8_t *blob,
                            size_t blob_len, qgt_layer *layer) {
   uint32_t shape[4];
   qgt_layer parsed;

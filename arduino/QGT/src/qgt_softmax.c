@@ -74,7 +74,8 @@ QGT_COLD static int32_t leading_zeros(uint32_t x) {
   return n;
 }
 
-QGT_COLD qgt_status qgt_softmax_params_init(uint32_t input_scale_bits, uint32_t beta_bits, qgt_tensor_quant output,
+QGT_COLD
+qgt_status qgt_softmax_params_init(uint32_t input_scale_bits, uint32_t beta_bits, qgt_tensor_quant output,
                                    qgt_softmax_params *params) {
   uint32_t beta_m, input_m;
   int32_t beta_e, input_e;
