@@ -506,8 +506,8 @@ static void pairs_job_of(conv_job *job) {
 #else
 /* The 2 x 2 block of accumulators of rows (r0, r1) and the pair copy, the portable way: field j of both
  * half-words of weight word t against copy word j of quad group t. */
-static void dot_block(int32_t bits, const uint8_t *r0, const uint8_t *r1, const int16_t *copy, int32_t quads,
-                      int32_t acc[4]) {
+static inline __attribute__((always_inline)) void dot_block(int32_t bits, const uint8_t *r0, const uint8_t *r1,
+                                                            const int16_t *copy, int32_t quads, int32_t acc[4]) {
   const int32_t quads_per_word = 8 / bits;
   acc[0] = acc[1] = acc[2] = acc[3] = 0;
   for (int32_t q = 0, t = 0; q < quads; q += quads_per_word, ++t) {
@@ -516,7 +516,8 @@ static void dot_block(int32_t bits, const uint8_t *r0, const uint8_t *r1, const 
     for (int32_t j = 0; j < copy_words; ++j) { /* field j of both half-words against copy word 2q + j */
       const int16_t *pair = copy + 4 * (2 * q + j); /* pixel 0: pair[0], pair[1]; pixel 1: pair[2], pair[3] */
       for (int32_t h = 0; h < 2; ++h) {
-        const int32_t k0 = qgt__field_code(w0, 16 * h + bits * j, bits), k1 = qgt__field_code(w1, 16 * h + bits * j, bits);
+        const int32_t k0 = qgt__field_code(w0, 16 * h + bits * j, bits);
+        const int32_t k1 = qgt__field_code(w1, 16 * h + bits * j, bits);
         acc[0] += k0 * pair[h];
         acc[1] += k0 * pair[2 + h];
         acc[2] += k1 * pair[h];
@@ -526,25 +527,43 @@ static void dot_block(int32_t bits, const uint8_t *r0, const uint8_t *r1, const 
   }
 }
 
-/* The output channels of one pixel pair (pixel 1's outputs at out1, which is out0 when the pair is one pixel
- * taken twice), two at a time; an odd last channel is its row taken twice. */
-static void channels_of_pair(conv_job *job, const int32_t sums[2], int8_t *out0, int8_t *out1) {
+/* The output channels of one pixel pair for a constant width (the compiler specializes the field extraction),
+ * two at a time; an odd last channel is its row taken twice. */
+static inline __attribute__((always_inline)) void channel_pairs(const conv_job *job, int32_t bits, int8_t *out0,
+                                                                int8_t *out1) {
   const qgt_filter *filter = job->filter;
   const int32_t out_c = filter->out_channels, quads = quads_of(filter->row_length), row_bytes = filter->row_bytes;
   const int32_t output_offset = job->params->output_offset;
   const qgt_range activation = job->params->activation;
-  (void)sums;
   for (int32_t c = 0; c < out_c; c += 2) {
     const uint8_t *row = filter->weights + (size_t)c * (size_t)row_bytes;
     const int both = c + 1 < out_c;
     int32_t acc[4];
-    dot_block(filter->weight_bits, row, both ? row + row_bytes : row, job->copy, quads, acc);
+    dot_block(bits, row, both ? row + row_bytes : row, job->copy, quads, acc);
     out0[c] = qgt__output(acc[0], &job->channels[c], output_offset, activation);
     out1[c] = qgt__output(acc[1], &job->channels[c], output_offset, activation);
     if (both) {
       out0[c + 1] = qgt__output(acc[2], &job->channels[c + 1], output_offset, activation);
       out1[c + 1] = qgt__output(acc[3], &job->channels[c + 1], output_offset, activation);
     }
+  }
+}
+
+/* The output channels of one pixel pair (pixel 1's outputs at out1, which is out0 when the pair is one pixel
+ * taken twice), per width of the build (QGT_WEIGHT_BITS_MASK). */
+static void channels_of_pair(conv_job *job, const int32_t sums[2], int8_t *out0, int8_t *out1) {
+  (void)sums;
+  switch (job->filter->weight_bits) {
+#if (QGT_WEIGHT_BITS_MASK >> 1) & 1u
+    case 1: channel_pairs(job, 1, out0, out1); break;
+#endif
+#if (QGT_WEIGHT_BITS_MASK >> 2) & 1u
+    case 2: channel_pairs(job, 2, out0, out1); break;
+#endif
+#if (QGT_WEIGHT_BITS_MASK >> 4) & 1u
+    case 4: channel_pairs(job, 4, out0, out1); break;
+#endif
+    default: channel_pairs(job, 8, out0, out1); break;
   }
 }
 #endif
