@@ -293,43 +293,42 @@ typedef char pairs_job_layout_is_the_assembly_s[offsetof(pairs_job, acc) == 48 &
   "rsb r1, r5, r1, lsl #1\n\t"                                                                      \
   "rsb r2, r4, r2, lsl #1\n\t"                                                                      \
   "rsb r3, r5, r3, lsl #1\n\t"
-/* The requantization of accumulators A0 (pixel 0) and A1 (pixel 1) of the channel record at r8 + B (the fast
- * forms of qgt_internal.h), stored at [r9] and [r9 + lr]; r9 moves on by one channel. */
-#define QGT_PW_FAST(A0, A1, B, B8, B16)                                                              \
-  "ldrd r4, r5, [r8, #" B "]\n\t"                   /* scale, bias */                               \
+/* The requantization of accumulators A0 (pixel 0) and A1 (pixel 1) of the channel record at r8 (the fast forms
+ * of qgt_internal.h: scale, bias, multiplier and round in one LDM), stored at [r9] and [r9 + lr]; r8 and r9 move
+ * on by one channel. */
+#define QGT_PW_FAST(A0, A1)                                                                          \
+  "ldm r8!, {r4, r5, r6, r7}\n\t"                 /* scale, bias, multiplier, round */            \
   "mla " A0 ", " A0 ", r4, r5\n\t"                                                                  \
   "mla " A1 ", " A1 ", r4, r5\n\t"                                                                  \
-  "ldrd r4, r5, [r8, #" B8 "]\n\t"                  /* multiplier, round */                         \
-  "smmlar r6, " A0 ", r4, r5\n\t"                                                                   \
-  "smmlar r7, " A1 ", r4, r5\n\t"                                                                   \
-  "ldrd r4, r5, [r8, #" B16 "]\n\t"                 /* right, sign */                               \
-  "and " A0 ", r5, " A0 ", asr #31\n\t"                                                             \
-  "and " A1 ", r5, " A1 ", asr #31\n\t"                                                             \
-  "add r6, r6, " A0 "\n\t"                                                                          \
-  "add r7, r7, " A1 "\n\t"                                                                          \
-  "asr r6, r6, r4\n\t"                                                                              \
-  "asr r7, r7, r4\n\t"                                                                              \
-  "ssat r6, #8, r6\n\t"                                                                             \
-  "ssat r7, #8, r7\n\t"                                                                             \
-  "strb r6, [r9]\n\t"                                                                               \
-  "strb r7, [r9, lr]\n\t"                                                                           \
+  "smmlar r4, " A0 ", r6, r7\n\t"                                                                   \
+  "smmlar r5, " A1 ", r6, r7\n\t"                                                                   \
+  "ldm r8!, {r6, r7}\n\t"                         /* right, sign */                               \
+  "and " A0 ", r7, " A0 ", asr #31\n\t"                                                             \
+  "and " A1 ", r7, " A1 ", asr #31\n\t"                                                             \
+  "add r4, r4, " A0 "\n\t"                                                                          \
+  "add r5, r5, " A1 "\n\t"                                                                          \
+  "asr r4, r4, r6\n\t"                                                                              \
+  "asr r5, r5, r6\n\t"                                                                              \
+  "ssat r4, #8, r4\n\t"                                                                             \
+  "ssat r5, #8, r5\n\t"                                                                             \
+  "strb r4, [r9]\n\t"                                                                               \
+  "strb r5, [r9, lr]\n\t"                                                                           \
   "add r9, r9, #1\n\t"
-#define QGT_PW_FAST_RIGHT(A0, A1, B, B4, B8, B16)                                                    \
-  "ldr r4, [r8, #" B4 "]\n\t"                       /* bias */                                      \
-  "add " A0 ", r4, " A0 ", lsl #1\n\t"                                                              \
-  "add " A1 ", r4, " A1 ", lsl #1\n\t"                                                              \
-  "ldrd r4, r5, [r8, #" B8 "]\n\t"                  /* multiplier, round */                         \
-  "smmlar r6, " A0 ", r4, r5\n\t"                                                                   \
-  "smmlar r7, " A1 ", r4, r5\n\t"                                                                   \
-  "ldr r4, [r8, #" B16 "]\n\t"                      /* right */                                     \
-  "add r6, r6, " A0 ", asr #31\n\t"                                                                 \
-  "add r7, r7, " A1 ", asr #31\n\t"                                                                 \
-  "asr r6, r6, r4\n\t"                                                                              \
-  "asr r7, r7, r4\n\t"                                                                              \
-  "ssat r6, #8, r6\n\t"                                                                             \
-  "ssat r7, #8, r7\n\t"                                                                             \
-  "strb r6, [r9]\n\t"                                                                               \
-  "strb r7, [r9, lr]\n\t"                                                                           \
+#define QGT_PW_FAST_RIGHT(A0, A1)                                                                    \
+  "ldm r8!, {r4, r5, r6, r7}\n\t"                 /* scale (2), bias, multiplier, round */        \
+  "add " A0 ", r5, " A0 ", lsl #1\n\t"                                                              \
+  "add " A1 ", r5, " A1 ", lsl #1\n\t"                                                              \
+  "smmlar r4, " A0 ", r6, r7\n\t"                                                                   \
+  "smmlar r5, " A1 ", r6, r7\n\t"                                                                   \
+  "ldr r6, [r8], #8\n\t"                          /* right; past sign */                          \
+  "add r4, r4, " A0 ", asr #31\n\t"                                                                 \
+  "add r5, r5, " A1 ", asr #31\n\t"                                                                 \
+  "asr r4, r4, r6\n\t"                                                                              \
+  "asr r5, r5, r6\n\t"                                                                              \
+  "ssat r4, #8, r4\n\t"                                                                             \
+  "ssat r5, #8, r5\n\t"                                                                             \
+  "strb r4, [r9]\n\t"                                                                               \
+  "strb r5, [r9, lr]\n\t"                                                                           \
   "add r9, r9, #1\n\t"
 /* After a block: raw accumulators (form QGT_GENERIC, one block) or both channels requantized, then the next pair. */
 #define QGT_PW_BLOCK_END                                                                            \
@@ -345,16 +344,15 @@ typedef char pairs_job_layout_is_the_assembly_s[offsetof(pairs_job, acc) == 48 &
   "ldr r8, [r10, #24]\n\t"                                                                          \
   "ldr r9, [r10, #28]\n\t"                                                                          \
   "ldr lr, [r10, #32]\n\t"                                                                          \
-  QGT_PW_FAST_RIGHT("r0", "r1", "0", "4", "8", "16") QGT_PW_FAST_RIGHT("r2", "r3", "24", "28", "32", "40") \
+  QGT_PW_FAST_RIGHT("r0", "r1") QGT_PW_FAST_RIGHT("r2", "r3")                                      \
   "b 8f\n\t"                                                                                        \
   "7:\n\t"                                                                                          \
   "ldr r8, [r10, #24]\n\t"                                                                          \
   "ldr r9, [r10, #28]\n\t"                                                                          \
   "ldr lr, [r10, #32]\n\t"                                                                          \
-  QGT_PW_FAST("r0", "r1", "0", "8", "16") QGT_PW_FAST("r2", "r3", "24", "32", "40")                 \
+  QGT_PW_FAST("r0", "r1") QGT_PW_FAST("r2", "r3")                                                  \
   "8:\n\t"                                                                                          \
   "mov r11, r12\n\t"                            /* the next pair's first row */                     \
-  "add r8, r8, #48\n\t"                                                                             \
   "str r8, [r10, #24]\n\t"                                                                          \
   "str r9, [r10, #28]\n\t"                                                                          \
   "ldr r4, [r10, #36]\n\t"                                                                          \
