@@ -248,23 +248,54 @@ typedef char pairs_job_layout_is_the_assembly_s[offsetof(pairs_job, acc) == 48 &
   "ldr r4, [r11], #4\n\t"                                                                           \
   "ldr r5, [r12], #4\n\t" FLIP
 #define QGT_PW_FLIP(VALUE) "eor r4, r4, #" VALUE "\n\teor r5, r5, #" VALUE "\n\t"
-/* The unsigned widths: whole words, then a partial word quad by quad, its fields rotated into place. */
-#define QGT_PW_UNSIGNED_DOT(FLIP, WORD, FIRST_QUAD, NEXT_QUAD)                                      \
+/* A quad of a partial last word, copy words taken backwards: 56 bytes of code (14 32-bit instructions), which
+ * the tail entry relies on. */
+#define QGT_PW_QUAD_BACK(ROT0, ROT1)                                                                \
+  "ldrd r7, r8, [r10], #-8\n\t"                                                                     \
+  "and.w r6, r9, r4" ROT1 "\n\t"                                                                    \
+  "smlad r0, r6, r7, r0\n\t"                                                                        \
+  "smlad r1, r6, r8, r1\n\t"                                                                        \
+  "and.w r6, r9, r5" ROT1 "\n\t"                                                                    \
+  "smlad r2, r6, r7, r2\n\t"                                                                        \
+  "smlad r3, r6, r8, r3\n\t"                                                                        \
+  "ldrd r7, r8, [r10], #-8\n\t"                                                                     \
+  "and.w r6, r9, r4" ROT0 "\n\t"                                                                    \
+  "smlad r0, r6, r7, r0\n\t"                                                                        \
+  "smlad r1, r6, r8, r1\n\t"                                                                        \
+  "and.w r6, r9, r5" ROT0 "\n\t"                                                                    \
+  "smlad r2, r6, r7, r2\n\t"                                                                        \
+  "smlad r3, r6, r8, r3\n\t"
+/* Once per call, for the unsigned widths: where a block goes after its whole words ([sp, #4]: label 4, or label
+ * 5 when there is no partial word), the copy offset of the partial word's last quad ([sp, #8]) and the entry
+ * into the backward quad sequence that does its `tail` quads ([sp, #12]: label 5 less 56 bytes per quad). */
+#define QGT_PW_TAIL_SETUP                                                                           \
+  "ldr r1, [r0, #40]\n\t"                                                                           \
+  "adr.w r2, 5f\n\t"                                                                                \
+  "cbz r1, 0f\n\t"                                                                                  \
+  "mov r3, #56\n\t"                                                                                 \
+  "mls r3, r1, r3, r2\n\t"                                                                          \
+  "orr r3, r3, #1\n\t"                              /* Thumb */                                     \
+  "str r3, [sp, #12]\n\t"                                                                           \
+  "lsl r3, r1, #4\n\t"                                                                              \
+  "sub r3, r3, #8\n\t"                                                                              \
+  "str r3, [sp, #8]\n\t"                                                                            \
+  "adr.w r2, 4f\n\t"                                                                                \
+  "0:\n\t"                                                                                          \
+  "orr r2, r2, #1\n\t"                                                                              \
+  "str r2, [sp, #4]\n\t"
+/* The unsigned widths: whole words, then a partial word's quads from the last down (no count, no rotations). */
+#define QGT_PW_UNSIGNED_DOT(FLIP, WORD, BACK_QUADS)                                                 \
   "cmp lr, #0\n\t"                                                                                  \
   "beq 3f\n\t"                                                                                      \
   "2:\n\t" QGT_PW_LOAD_WORDS(FLIP) WORD                                                             \
   "subs lr, lr, #1\n\t"                                                                             \
   "bne 2b\n\t"                                                                                      \
   "3:\n\t"                                                                                          \
-  "ldr lr, [sp]\n\t"                                                                                \
-  "ldr lr, [lr, #40]\n\t"                                                                           \
-  "cmp lr, #0\n\t"                                                                                  \
-  "beq 5f\n\t" QGT_PW_LOAD_WORDS(FLIP)                                                              \
-  "4:\n\t" FIRST_QUAD                                                                               \
-  "ror r4, r4, #" NEXT_QUAD "\n\t"                                                                  \
-  "ror r5, r5, #" NEXT_QUAD "\n\t"                                                                  \
-  "subs lr, lr, #1\n\t"                                                                             \
-  "bne 4b\n\t"                                                                                      \
+  "ldr pc, [sp, #4]\n\t"                                                                            \
+  "4:\n\t" QGT_PW_LOAD_WORDS(FLIP)                                                                  \
+  "ldr r6, [sp, #8]\n\t"                                                                            \
+  "add r10, r10, r6\n\t"                                                                            \
+  "ldr pc, [sp, #12]\n\t" BACK_QUADS                                                                \
   "5:\n\t"
 /* 8 bits: one quad per step, SXTB16 of each row's word (even bytes, then odd) against copy words 2q, 2q+1. */
 #define QGT_PW_8BIT_DOT                                                                             \
@@ -360,46 +391,55 @@ typedef char pairs_job_layout_is_the_assembly_s[offsetof(pairs_job, acc) == 48 &
   "str r4, [r10, #36]\n\t"                                                                          \
   "bne 1b\n\t"                                                                                      \
   "9:\n\t"
-#define QGT_PW_ROUTINE(DOT)                                                                         \
+#define QGT_PW_ROUTINE(SETUP, DOT)                                                                  \
   __asm__("push {r4-r11, lr}\n\t"                                                                   \
-          "sub sp, sp, #4\n\t"                        /* [sp]: the job; sp stays 8-byte aligned */    \
-          "str r0, [sp]\n\t"                                                                        \
+          "sub sp, sp, #20\n\t"                       /* [sp]: the job; sp stays 8-byte aligned */    \
+          "str r0, [sp]\n\t" SETUP                                                                  \
           "ldr r11, [r0]\n\t" DOT QGT_PW_BLOCK_END                                                  \
-          "add sp, sp, #4\n\t"                                                                      \
+          "add sp, sp, #20\n\t"                                                                     \
           "pop {r4-r11, pc}\n\t")
 #define QGT_ROR(n) ", ror #" #n
 
 #if (QGT_WEIGHT_BITS_MASK >> 1) & 1u
 __attribute__((naked)) static void pairs_1bit(pairs_job *job __attribute__((unused))) {
-  QGT_PW_ROUTINE(QGT_PW_BLOCK_START("0x00010001")
+  QGT_PW_ROUTINE(QGT_PW_TAIL_SETUP,
+                 QGT_PW_BLOCK_START("0x00010001")
                  QGT_PW_UNSIGNED_DOT("",
                                      QGT_PW_QUAD("", QGT_ROR(1)) QGT_PW_QUAD(QGT_ROR(2), QGT_ROR(3))
                                      QGT_PW_QUAD(QGT_ROR(4), QGT_ROR(5)) QGT_PW_QUAD(QGT_ROR(6), QGT_ROR(7))
                                      QGT_PW_QUAD(QGT_ROR(8), QGT_ROR(9)) QGT_PW_QUAD(QGT_ROR(10), QGT_ROR(11))
                                      QGT_PW_QUAD(QGT_ROR(12), QGT_ROR(13)) QGT_PW_QUAD(QGT_ROR(14), QGT_ROR(15)),
-                                     QGT_PW_QUAD("", QGT_ROR(1)), "2") QGT_PW_DOUBLE);
+                                     QGT_PW_QUAD_BACK(QGT_ROR(12), QGT_ROR(13))
+                                     QGT_PW_QUAD_BACK(QGT_ROR(10), QGT_ROR(11))
+                                     QGT_PW_QUAD_BACK(QGT_ROR(8), QGT_ROR(9)) QGT_PW_QUAD_BACK(QGT_ROR(6), QGT_ROR(7))
+                                     QGT_PW_QUAD_BACK(QGT_ROR(4), QGT_ROR(5)) QGT_PW_QUAD_BACK(QGT_ROR(2), QGT_ROR(3))
+                                     QGT_PW_QUAD_BACK("", QGT_ROR(1)))
+                 QGT_PW_DOUBLE);
 }
 #endif
 #if (QGT_WEIGHT_BITS_MASK >> 2) & 1u
 __attribute__((naked)) static void pairs_2bit(pairs_job *job __attribute__((unused))) {
-  QGT_PW_ROUTINE(QGT_PW_BLOCK_START("0x00030003")
+  QGT_PW_ROUTINE(QGT_PW_TAIL_SETUP,
+                 QGT_PW_BLOCK_START("0x00030003")
                  QGT_PW_UNSIGNED_DOT(QGT_PW_FLIP("0xAAAAAAAA"),
                                      QGT_PW_QUAD("", QGT_ROR(2)) QGT_PW_QUAD(QGT_ROR(4), QGT_ROR(6))
                                      QGT_PW_QUAD(QGT_ROR(8), QGT_ROR(10)) QGT_PW_QUAD(QGT_ROR(12), QGT_ROR(14)),
-                                     QGT_PW_QUAD("", QGT_ROR(2)), "4"));
+                                     QGT_PW_QUAD_BACK(QGT_ROR(8), QGT_ROR(10)) QGT_PW_QUAD_BACK(QGT_ROR(4), QGT_ROR(6))
+                                     QGT_PW_QUAD_BACK("", QGT_ROR(2))));
 }
 #endif
 #if (QGT_WEIGHT_BITS_MASK >> 4) & 1u
 __attribute__((naked)) static void pairs_4bit(pairs_job *job __attribute__((unused))) {
-  QGT_PW_ROUTINE(QGT_PW_BLOCK_START("0x000F000F")
+  QGT_PW_ROUTINE(QGT_PW_TAIL_SETUP,
+                 QGT_PW_BLOCK_START("0x000F000F")
                  QGT_PW_UNSIGNED_DOT(QGT_PW_FLIP("0x88888888"),
                                      QGT_PW_QUAD("", QGT_ROR(4)) QGT_PW_QUAD(QGT_ROR(8), QGT_ROR(12)),
-                                     QGT_PW_QUAD("", QGT_ROR(4)), "8"));
+                                     QGT_PW_QUAD_BACK("", QGT_ROR(4))));
 }
 #endif
 #if (QGT_WEIGHT_BITS_MASK >> 8) & 1u
 __attribute__((naked)) static void pairs_8bit(pairs_job *job __attribute__((unused))) {
-  QGT_PW_ROUTINE(QGT_PW_BLOCK_START("0") QGT_PW_8BIT_DOT);
+  QGT_PW_ROUTINE("", QGT_PW_BLOCK_START("0") QGT_PW_8BIT_DOT);
 }
 #endif
 
