@@ -361,26 +361,39 @@ typedef char pairs_job_layout_is_the_assembly_s[offsetof(pairs_job, acc) == 48 &
   "strb r4, [r9]\n\t"                                                                               \
   "strb r5, [r9, lr]\n\t"                                                                           \
   "add r9, r9, #1\n\t"
-/* After a block: raw accumulators (form QGT_GENERIC, one block) or both channels requantized, then the next pair. */
+/* Once per call: where a block goes after its dot products ([sp, #16]), by form: label 7 (QGT_FAST), 6
+ * (QGT_FAST_RIGHT) or 10 (QGT_GENERIC: the raw accumulators of one block). */
+#define QGT_PW_FORM_SETUP                                                                           \
+  "ldr r1, [r0, #44]\n\t"                                                                           \
+  "cmp r1, #1\n\t"                                                                                  \
+  "beq 11f\n\t"                                                                                     \
+  "bhi 12f\n\t"                                                                                     \
+  "adr.w r2, 10f\n\t"                                                                               \
+  "b 13f\n\t"                                                                                       \
+  "11:\n\t"                                                                                         \
+  "adr.w r2, 7f\n\t"                                                                                \
+  "b 13f\n\t"                                                                                       \
+  "12:\n\t"                                                                                         \
+  "adr.w r2, 6f\n\t"                                                                                \
+  "13:\n\t"                                                                                         \
+  "orr r2, r2, #1\n\t"                              /* Thumb */                                     \
+  "str r2, [sp, #16]\n\t"
+/* After a block: both channels requantized and stored, then the next pair; or the raw accumulators. */
 #define QGT_PW_BLOCK_END                                                                            \
   "ldr r10, [sp]\n\t"                                                                               \
-  "ldr r4, [r10, #44]\n\t"                                                                          \
-  "cmp r4, #1\n\t"                                                                                  \
-  "beq 7f\n\t"                                                                                      \
-  "bhi 6f\n\t"                                                                                      \
+  "ldr pc, [sp, #16]\n\t"                                                                           \
+  "10:\n\t"                                                                                         \
   "add r10, r10, #48\n\t"                                                                           \
   "stm r10, {r0, r1, r2, r3}\n\t"                                                                   \
   "b 9f\n\t"                                                                                        \
   "6:\n\t"                                                                                          \
-  "ldr r8, [r10, #24]\n\t"                                                                          \
-  "ldr r9, [r10, #28]\n\t"                                                                          \
-  "ldr lr, [r10, #32]\n\t"                                                                          \
+  "add r8, r10, #24\n\t"                          /* channels, out, delta */                      \
+  "ldm r8, {r8, r9, lr}\n\t"                                                                        \
   QGT_PW_FAST_RIGHT("r0", "r1") QGT_PW_FAST_RIGHT("r2", "r3")                                      \
   "b 8f\n\t"                                                                                        \
   "7:\n\t"                                                                                          \
-  "ldr r8, [r10, #24]\n\t"                                                                          \
-  "ldr r9, [r10, #28]\n\t"                                                                          \
-  "ldr lr, [r10, #32]\n\t"                                                                          \
+  "add r8, r10, #24\n\t"                                                                            \
+  "ldm r8, {r8, r9, lr}\n\t"                                                                        \
   QGT_PW_FAST("r0", "r1") QGT_PW_FAST("r2", "r3")                                                  \
   "8:\n\t"                                                                                          \
   "mov r11, r12\n\t"                            /* the next pair's first row */                     \
@@ -394,7 +407,7 @@ typedef char pairs_job_layout_is_the_assembly_s[offsetof(pairs_job, acc) == 48 &
 #define QGT_PW_ROUTINE(SETUP, DOT)                                                                  \
   __asm__("push {r4-r11, lr}\n\t"                                                                   \
           "sub sp, sp, #20\n\t"                       /* [sp]: the job; sp stays 8-byte aligned */    \
-          "str r0, [sp]\n\t" SETUP                                                                  \
+          "str r0, [sp]\n\t" QGT_PW_FORM_SETUP SETUP                                                \
           "ldr r11, [r0]\n\t" DOT QGT_PW_BLOCK_END                                                  \
           "add sp, sp, #20\n\t"                                                                     \
           "pop {r4-r11, pc}\n\t")
