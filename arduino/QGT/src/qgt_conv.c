@@ -216,7 +216,8 @@ typedef struct {
 typedef char pairs_job_layout_is_the_assembly_s[offsetof(pairs_job, acc) == 48 && sizeof(qgt_channel) == 24 ? 1 : -1];
 
 /* Registers: r0-r3 the accumulators, r4/r5 the two rows' weight words, r6 a field pair, r7/r8 copy word j of
- * both pixels, r9 the field mask, r10 the copy, r11/r12 the rows, lr the step count; [sp] the job. */
+ * both pixels, r9 the field mask, r10 the copy, r11/r12 the rows, lr the step count; the frame: [sp] the job,
+ * [sp, #4] to [sp, #16] what the call's setup computed (QGT_PW_TAIL_SETUP, QGT_PW_FORM_SETUP). */
 #define QGT_PW_BLOCK_START(MASK)                                                                    \
   "1:\n\t"                                                                                          \
   "ldr r10, [sp]\n\t"                                                                               \
@@ -284,7 +285,7 @@ typedef char pairs_job_layout_is_the_assembly_s[offsetof(pairs_job, acc) == 48 &
   "orr r2, r2, #1\n\t"                                                                              \
   "str r2, [sp, #4]\n\t"
 /* The unsigned widths: whole words, then a partial word's quads from the last down (no count, no rotations). */
-#define QGT_PW_UNSIGNED_DOT(FLIP, WORD, BACK_QUADS)                                                 \
+#define QGT_PW_UNSIGNED_DOT(FLIP, WORD, BACK_QUADS, BACK_BYTES)                                     \
   "cmp lr, #0\n\t"                                                                                  \
   "beq 3f\n\t"                                                                                      \
   "2:\n\t" QGT_PW_LOAD_WORDS(FLIP) WORD                                                             \
@@ -295,8 +296,12 @@ typedef char pairs_job_layout_is_the_assembly_s[offsetof(pairs_job, acc) == 48 &
   "4:\n\t" QGT_PW_LOAD_WORDS(FLIP)                                                                  \
   "ldr r6, [sp, #8]\n\t"                                                                            \
   "add r10, r10, r6\n\t"                                                                            \
-  "ldr pc, [sp, #12]\n\t" BACK_QUADS                                                                \
-  "5:\n\t"
+  "ldr pc, [sp, #12]\n\t"                                                                           \
+  "14:\n\t" BACK_QUADS                                                                              \
+  "5:\n\t"                                                                                          \
+  ".if (5b - 14b) != " BACK_BYTES "\n\t"                                                            \
+  ".error \"a backward quad is not 56 bytes\"\n\t"                                                  \
+  ".endif\n\t"
 /* 8 bits: one quad per step, SXTB16 of each row's word (even bytes, then odd) against copy words 2q, 2q+1. */
 #define QGT_PW_8BIT_DOT                                                                             \
   "2:\n\t" QGT_PW_LOAD_WORDS("")                                                                    \
@@ -426,7 +431,7 @@ __attribute__((naked)) static void pairs_1bit(pairs_job *job __attribute__((unus
                                      QGT_PW_QUAD_BACK(QGT_ROR(10), QGT_ROR(11))
                                      QGT_PW_QUAD_BACK(QGT_ROR(8), QGT_ROR(9)) QGT_PW_QUAD_BACK(QGT_ROR(6), QGT_ROR(7))
                                      QGT_PW_QUAD_BACK(QGT_ROR(4), QGT_ROR(5)) QGT_PW_QUAD_BACK(QGT_ROR(2), QGT_ROR(3))
-                                     QGT_PW_QUAD_BACK("", QGT_ROR(1)))
+                                     QGT_PW_QUAD_BACK("", QGT_ROR(1)), "392")
                  QGT_PW_DOUBLE);
 }
 #endif
@@ -438,7 +443,7 @@ __attribute__((naked)) static void pairs_2bit(pairs_job *job __attribute__((unus
                                      QGT_PW_QUAD("", QGT_ROR(2)) QGT_PW_QUAD(QGT_ROR(4), QGT_ROR(6))
                                      QGT_PW_QUAD(QGT_ROR(8), QGT_ROR(10)) QGT_PW_QUAD(QGT_ROR(12), QGT_ROR(14)),
                                      QGT_PW_QUAD_BACK(QGT_ROR(8), QGT_ROR(10)) QGT_PW_QUAD_BACK(QGT_ROR(4), QGT_ROR(6))
-                                     QGT_PW_QUAD_BACK("", QGT_ROR(2))));
+                                     QGT_PW_QUAD_BACK("", QGT_ROR(2)), "168"));
 }
 #endif
 #if (QGT_WEIGHT_BITS_MASK >> 4) & 1u
@@ -447,7 +452,7 @@ __attribute__((naked)) static void pairs_4bit(pairs_job *job __attribute__((unus
                  QGT_PW_BLOCK_START("0x000F000F")
                  QGT_PW_UNSIGNED_DOT(QGT_PW_FLIP("0x88888888"),
                                      QGT_PW_QUAD("", QGT_ROR(4)) QGT_PW_QUAD(QGT_ROR(8), QGT_ROR(12)),
-                                     QGT_PW_QUAD_BACK("", QGT_ROR(4))));
+                                     QGT_PW_QUAD_BACK("", QGT_ROR(4)), "56"));
 }
 #endif
 #if (QGT_WEIGHT_BITS_MASK >> 8) & 1u
