@@ -5,12 +5,16 @@ Every conv / depthwise / fully connected layer of the network is one case of tfl
 with random codes at 2 bits and at 8 bits (the first layer at 8 bits in both), realistic scales and
 biases; its output is checked against tflm_export.reference, and the instructions of its kernel call
 (parameter expansion and requantization included) are counted, for the DSP path and the portable one.
-Writes benchmarks/results/kernel_instructions.{json,md}. Usage: python benchmarks/kernel_instructions.py
+Also the library's flash for 2- and 8-bit weights (text + rodata, arm-none-eabi-gcc -O2, section garbage
+collection): per object, and what an image calling only the per-inference kernels links (a generated model
+precomputes parsing and parameters). Writes benchmarks/results/kernel_instructions.{json,md}.
+Usage: python benchmarks/kernel_instructions.py
 """
 
 import json
 import math
 import os
+import subprocess
 import sys
 import tempfile
 
@@ -19,13 +23,30 @@ import numpy as np
 import provenance
 
 from qgt_keras.models import MOBILENET_V1_BLOCKS  # noqa: E402
-from tflm_export import kernel_runner, pack, reference, requant  # noqa: E402
+from tflm_export import kernel_runner, pack, reference, requant, toolchain  # noqa: E402
 from tflm_export.files import write_atomic  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 ALPHA, SIZE = 0.25, 96
 KIND = {"conv": "CONV_2D", "depthwise": "DEPTHWISE_CONV_2D", "fully_connected": "FULLY_CONNECTED"}
+WIDTHS = "QGT_WEIGHT_BITS_MASK=0x104"  # the person model's 2- and 8-bit layers
+# What a generated model calls per inference; volatile pointers keep the calls (and their code) in the image.
+RUNTIME_CALLS = r"""
+#include "qgt_kernels.h"
+static qgt_conv_params conv; static qgt_fc_params fc; static qgt_pool_params pool; static qgt_softmax_params soft;
+static qgt_quant_params quant; static qgt_dims dims; static qgt_filter filter;
+static int8_t data[64]; static uint32_t scratch[16];
+int main(void) {
+  void *volatile keep = data;
+  int8_t *x = (int8_t *)keep;
+  int status = qgt_conv2d(&conv, &quant, &dims, x, &filter, &dims, x, scratch, sizeof scratch);
+  status += qgt_depthwise_conv2d(&conv, &quant, &dims, x, &filter, &dims, x, scratch, sizeof scratch);
+  status += qgt_fully_connected(&fc, &quant, &dims, x, &filter, &dims, x, scratch, sizeof scratch);
+  status += qgt_average_pool2d(&pool, &dims, x, &dims, x);
+  return status + qgt_softmax(&soft, 1, 2, x, x);
+}
+"""
 
 
 def layers():
@@ -54,7 +75,10 @@ def case(rng, name, kind, dims, shape, stride, bits):
     input_scale, output_scale = 6 / 255, 6 / 255  # ReLU6 outputs of a trained model: zero point -128, full range
     real = 60 / (math.sqrt(taps) * 74 * max(1.0, 2.0 ** (bits - 2)))  # outputs spread over the int8 range
     exponent, scale_codes = requant.scale_codes(real * output_scale / input_scale * 2.0 ** rng.uniform(-1, 1, channels))
-    bias = np.round(rng.normal(0, 200, channels)).astype(np.int32)
+    # uniform int8 inputs with zero point -128 add 127.5 * (sum of a channel's codes) on average: the bias takes it
+    # off, as a trained layer's does, so outputs spread over the ReLU6 range instead of saturating
+    code_sums = codes.reshape(-1, channels).sum(0) if kind == "depthwise" else codes.reshape(channels, -1).sum(1)
+    bias = np.round(-127.5 * code_sums + rng.normal(0, 200, channels)).astype(np.int32)
     multiplier, shift = requant.layer_multipliers(input_scale, output_scale, scale_codes, exponent)
     options = {"activation": 3 if kind != "fully_connected" else 0, "padding": 0, "keep_num_dims": False,
                "stride_w": stride if kind != "fully_connected" else 0, "stride_h": stride if kind != "fully_connected" else 0,
@@ -103,9 +127,35 @@ def summary(rows):
     return {kind: {"instructions": i, "macs": m, "instructions_per_mac": round(i / m, 3)} for kind, (i, m) in kinds.items()}
 
 
+def _text_and_rodata(sizes):
+    return sum(v for k, v in sizes.items() if k.startswith((".text", ".rodata")))
+
+
+def flash(folder):
+    """Text + rodata bytes of each library object (2- and 8-bit build, -O2, one section per function) and of the
+    kernels an image calling only the per-inference ones links (the difference to the same image calling none)."""
+    objects = {}
+    for source in toolchain.library_sources():
+        obj = os.path.join(folder, os.path.basename(source)[:-2] + ".o")
+        subprocess.run([toolchain.require(toolchain.ARM_CC), *toolchain.C_FLAGS, *toolchain.CORTEX_M4_FLAGS, "-O2",
+                        "-ffunction-sections", "-fdata-sections", f"-D{WIDTHS}", "-c", source, "-o", obj], check=True)
+        objects[os.path.basename(obj)] = _text_and_rodata(toolchain.section_sizes(obj))
+    linked = {}
+    for name, code in (("runtime", RUNTIME_CALLS), ("empty", "int main(void) { return 0; }\n")):
+        source = os.path.join(folder, name + ".c")
+        with open(source, "w") as f:
+            f.write(code)
+        elf = toolchain.build_cortex_m4([source], folder, name + ".elf", defines=[WIDTHS])
+        linked[name] = _text_and_rodata(toolchain.section_sizes(elf))
+    return {"objects": objects, "all_objects": sum(objects.values()),
+            "runtime_kernels_linked": linked["runtime"] - linked["empty"]}
+
+
 def main():
     run = provenance.Run()
     result = {"model": "MobileNetV1-0.25 96x96x1 layers, random codes", "runs": []}
+    with tempfile.TemporaryDirectory() as folder:
+        result["flash"] = flash(folder)
     for bits in (2, 8):
         for portable in (False, True):
             with tempfile.TemporaryDirectory() as folder:
@@ -140,6 +190,13 @@ def markdown(result):
         lines.append(f"| {r['weights_bits']}-bit | {r['path']} | {r['instructions']:,} | {r['macs']:,} | "
                      f"{r['instructions_per_mac']} | {k['pointwise']['instructions_per_mac']} | "
                      f"{k['depthwise']['instructions_per_mac']} | {k['first conv (8-bit)']['instructions_per_mac']} |")
+    fl = result["flash"]
+    lines += ["", f"Flash, 2- and 8-bit build (`-D{WIDTHS}`, `-O2`, text + rodata): "
+              f"{fl['runtime_kernels_linked']:,} B linked by an image that calls only the per-inference kernels "
+              "(conv, depthwise, fully connected, average pool, softmax: what a generated model calls); "
+              f"{fl['all_objects']:,} B for every object (parsing and parameter setup included, as TFLite-Micro glue "
+              "links them).", "", "| object | bytes |", "|---|---|"]
+    lines += [f"| {name} | {size:,} |" for name, size in sorted(fl["objects"].items())]
     lines += ["", "Per layer (DSP path):", "", "| layer | MACs | 2-bit instr | per MAC | 8-bit instr | per MAC |",
               "|---|---|---|---|---|---|"]
     dsp = {r["weights_bits"]: r for r in result["runs"] if r["path"] == "dsp"}

@@ -41,7 +41,9 @@ def layer_case(rng, kind, bits, dims, filter_shape, stride=(1, 1), dilation=(1, 
     """A conv / depthwise / fully connected case of the given geometry (``dims``: input n, h, w, c; fully
     connected: rows, 1, 1, in; ``filter_shape`` in TFLite layout) with random codes, zero points, scales and
     biases, and its expected output from tflm_export.reference. ``multipliers``: "normal" (outputs spread
-    over int8), "large" (saturating outputs, left shifts) or "tiny" (QuantizeMultiplier's clamp to zero)."""
+    over int8), "large" (saturating outputs, left shifts), "tiny" (QuantizeMultiplier's clamp to zero) or
+    "ties" (inputs at or near the zero point, small biases, right shifts of 1 to 3 bits: small accumulators whose
+    rounding right shift often falls exactly half way, of either sign)."""
     input_zp, output_zp = (int(v) for v in rng.integers(-128, 128, 2))
     input_scale, output_scale = _f32(2.0 ** rng.uniform(-7, -2)), _f32(2.0 ** rng.uniform(-6, 1))
     options = {"activation": activation, "padding": 0, "keep_num_dims": False, "stride_w": 0, "stride_h": 0,
@@ -58,12 +60,16 @@ def layer_case(rng, kind, bits, dims, filter_shape, stride=(1, 1), dilation=(1, 
         taps = filter_shape[1] * filter_shape[2] * (1 if kind == "depthwise" else filter_shape[3])
         x = rng.integers(-128, 128, dims)
     spread = math.sqrt(taps) * 74 * max(1.0, 2.0 ** (bits - 1) / 2)  # typical |accumulator|
-    real = {"normal": 60 / spread * 2.0 ** rng.uniform(-1.5, 1.5),
-            "large": 60 / spread * 2.0 ** rng.uniform(3, 12), "tiny": 2.0 ** -36}[multipliers]
+    real = {"normal": 60 / spread * 2.0 ** rng.uniform(-1.5, 1.5), "large": 60 / spread * 2.0 ** rng.uniform(3, 12),
+            "tiny": 2.0 ** -36, "ties": 2.0 ** rng.uniform(-4, -1.5)}[multipliers]
     weight_scales = real * output_scale / input_scale * 2.0 ** rng.uniform(-1, 1, channels)
     exponent, scale_codes = requant.scale_codes(weight_scales)
     bias_scale = spread * float(rng.choice([0.5, 4, 400]))
     bias = np.clip(np.round(rng.normal(0, bias_scale, channels)), -(2 ** 24), 2 ** 24).astype(np.int64)
+    if multipliers == "ties":
+        nudge = rng.integers(-2, 3, x.shape) * (rng.random(x.shape) < 0.3)
+        x = np.clip(input_zp + nudge, -128, 127)
+        bias = rng.integers(-8, 9, channels).astype(np.int64)
     multipliers, shifts = requant.layer_multipliers(input_scale, output_scale, scale_codes, exponent)
     layer = pack.PackedLayer(0, _BUILTIN[kind], bits, codes.astype(np.int8), multipliers, bias.astype(np.int32),
                              shifts, options)
@@ -98,7 +104,7 @@ def random_layer_case(rng, kind):
         dims = (int(rng.choice([1, 1, 2])), h, w, in_c)
         shape = [1, kh, kw, channels] if kind == "depthwise" else [channels, kh, kw, in_c]
     case = layer_case(rng, kind, bits, dims, shape, stride, dilation, padding, multiplier, activation,
-                      multipliers=str(rng.choice(["normal"] * 17 + ["large"] * 2 + ["tiny"])))
+                      multipliers=str(rng.choice(["normal"] * 16 + ["large"] * 2 + ["tiny", "ties"])))
     if rng.random() < 0.25:
         case.layout = 1
         out = case.expected.shape
@@ -148,10 +154,37 @@ def random_argmax_case(rng):
     return Case("argmax", (rows, 1, 1, depth), x.astype(np.int8), expected=reference.argmax(x), label=f"{rows}x{depth}")
 
 
-def property_cases(seed, layers=1050, others=150):
-    """``layers`` random conv / depthwise / fully connected cases and ``others`` pool, softmax, argmax ones."""
+def mobilenet_like_case(rng, kind):
+    """A 3 x 3 depthwise or pointwise case of the shapes the DSP path's fast loops take (MobileNet's), at the
+    whole int8 clamp range that selects them (activation NONE): depthwise stride 1, 2 or 3, dilated rows, odd
+    widths and channel counts, sometimes in place; pointwise input channels that fill whole weight words and
+    leave partial ones, odd output channel counts, odd pixel counts. Multipliers normal, large or "ties"."""
+    bits = int(rng.choice([1, 2, 2, 4, 8, 8]))
+    multipliers = str(rng.choice(["normal"] * 4 + ["large", "ties", "ties"]))
+    h, w = (int(v) for v in rng.integers(1, 12, 2))
+    if kind == "depthwise":
+        channels, stride = int(rng.integers(1, 21)), int(rng.choice([1, 1, 2, 2, 3]))
+        dilation = (1, int(rng.choice([1, 1, 1, 2])))
+        padding = int(rng.integers(0, 2)) if h >= 1 + 2 * dilation[1] and w >= 3 else 0
+        case = layer_case(rng, "depthwise", bits, (int(rng.choice([1, 1, 2])), h, w, channels), [1, 3, 3, channels],
+                          (stride, stride), dilation, padding, 1, 0, multipliers)
+        if rng.random() < 0.3:
+            pad_h = reference._output_size_and_padding(h, 3, stride, dilation[1], padding)[1]
+            out = case.expected.shape
+            case.layout = 1
+            if not _in_place_ok(case.dims, out, 3, stride, dilation[1], pad_h):
+                case.expected, case.expected_status = None, "QGT_ERR_ARGUMENT"
+        return case
+    in_c, out_c = int(rng.integers(1, 81)), int(rng.integers(1, 21))
+    return layer_case(rng, "conv", bits, (1, h, w, in_c), [out_c, 1, 1, in_c], activation=0, multipliers=multipliers)
+
+
+def property_cases(seed, layers=1050, others=150, mobilenet_like=150):
+    """``layers`` random conv / depthwise / fully connected cases, ``mobilenet_like`` cases of the DSP path's fast
+    loops and ``others`` pool, softmax, argmax ones."""
     rng = np.random.default_rng(seed)
     cases = [random_layer_case(rng, KINDS[i % 3]) for i in range(layers)]
+    cases += [mobilenet_like_case(rng, ("depthwise", "conv")[i % 2]) for i in range(mobilenet_like)]
     makers = (random_pool_case, random_softmax_case, random_argmax_case)
     return cases + [makers[i % 3](rng) for i in range(others)]
 

@@ -7,9 +7,13 @@
  * of accumulators is a dot product of two packed rows with the two copies: the field order of the packed
  * format (FORMAT.md) puts field j of both half-words of a weight word against copy word j. On the DSP path a
  * pair of fields is one AND of the rotated word (1, 2, 4 bits: the codes read as unsigned, c + 2^(bits-1),
- * and 2^(bits-1) times the pixel's sum of copied values subtracted once) or one SXTB16 (8 bits), and one
- * LDRD fetches copy word j of both pixels, which two SMLADs then use.
+ * the accumulators starting at -2^(bits-1) times the pixel's sum of copied values) or one SXTB16 (8 bits), and
+ * one LDRD fetches copy word j of both pixels, which two SMLADs then use: a 2-bit word (16 codes) of two rows
+ * against two pixels is 2 loads, 2 EOR, 16 AND, 8 LDRD and 32 SMLAD for 64 multiply-accumulates. The loop over
+ * a pixel pair's channel pairs, requantization included, is a hand-written routine per weight width.
  */
+#include <stddef.h>
+
 #include "qgt_internal.h"
 
 static inline int32_t quads_of(int32_t length) { return (length + 3) / 4; }
@@ -42,55 +46,104 @@ static inline void copy_bytes_to(int8_t *to, const int8_t *from, int32_t n) {
   for (int32_t i = 0; i < n; ++i) to[i] = from[i];
 }
 
-/* Gathers the receptive field of output pixel `pixel` (batch-major raster order) into `field`, K int8 values
- * in the filter's order; positions outside the input hold the input zero point, whose value plus the input
- * offset is zero. */
-static void gather_field(const qgt_conv_params *params, const qgt_dims *input_dims, const int8_t *input,
-                         const qgt_filter *filter, const qgt_dims *output_dims, int32_t pixel, int8_t *field) {
-  const int32_t out_w = output_dims->w, out_h = output_dims->h, in_c = input_dims->c, kw = filter->kernel_w;
-  const int32_t batch = pixel / (out_h * out_w), oy = pixel / out_w % out_h, ox = pixel % out_w;
-  const int32_t y0 = oy * params->stride.h - params->padding.h, x0 = ox * params->stride.w - params->padding.w;
-  const int8_t *image = input + (size_t)batch * input_dims->h * input_dims->w * in_c;
-  const int8_t zero = (int8_t)(-params->input_offset);
-  const int32_t x_last = x0 + (kw - 1) * params->dilation.w;
-  const int contiguous = params->dilation.w == 1 && x0 >= 0 && x_last < input_dims->w; /* a row of taps in one run */
-  int8_t *out = field;
-  for (int32_t ky = 0; ky < filter->kernel_h; ++ky) {
-    const int32_t y = y0 + ky * params->dilation.h;
-    if (y < 0 || y >= input_dims->h) {
-      for (int32_t i = 0; i < kw * in_c; ++i) out[i] = zero;
+/* Where a layer's receptive fields come from: the geometry, fixed per call. */
+typedef struct {
+  const int8_t *input;
+  size_t image_bytes, row_bytes; /* an input image, an input row */
+  int32_t in_h, in_w, in_c, kh, kw;
+  int32_t run;    /* bytes of a filter row: kw * in_c */
+  int32_t length; /* K */
+  int32_t padded; /* K up to a whole quad */
+  qgt_tile stride, padding, dilation;
+  int8_t zero;    /* the input zero point */
+  int word_rows;  /* filter rows of at most 4 bytes, taken as one word each (see word_field) */
+  int8_t *field;  /* where a field is gathered */
+} fields;
+
+static fields fields_of(const qgt_conv_params *params, const qgt_dims *input_dims, const int8_t *input,
+                        const qgt_filter *filter, int8_t *field) {
+  fields f;
+  f.input = input;
+  f.in_h = input_dims->h;
+  f.in_w = input_dims->w;
+  f.in_c = input_dims->c;
+  f.row_bytes = (size_t)f.in_w * (size_t)f.in_c;
+  f.image_bytes = (size_t)f.in_h * f.row_bytes;
+  f.kh = filter->kernel_h;
+  f.kw = filter->kernel_w;
+  f.run = f.kw * f.in_c;
+  f.length = filter->row_length;
+  f.padded = 4 * quads_of(f.length);
+  f.stride = params->stride;
+  f.padding = params->padding;
+  f.dilation = params->dilation;
+  f.zero = (int8_t)(-params->input_offset);
+  f.word_rows = params->dilation.w == 1 && f.run <= 4 && (f.kh - 1) * f.run + 4 <= f.padded;
+  f.field = field;
+  return f;
+}
+
+/* The input zero point over the field's padding up to a whole quad: 1 to 3 bytes merged into the last word. */
+static inline void pad_field(int8_t *field, int32_t length, int32_t padded, int8_t zero) {
+  if (length == padded) return;
+  const uint32_t keep = 0xFFFFFFFFu >> (8 * (padded - length)), zeros = (uint8_t)zero * 0x01010101u;
+  int8_t *last = field + padded - 4;
+  qgt__store32(last, (qgt__load32(last) & keep) | (zeros & ~keep));
+}
+
+/* Gathers the receptive field whose window starts at input row y0, column x0 of image `image` into f->field:
+ * K int8 values in the filter's order, then the zero point up to a whole quad; positions outside the input hold
+ * the zero point too, whose value plus the input offset is zero. The general way, for any window. */
+static QGT_COLD void gather_field(const fields *f, const int8_t *image, int32_t y0, int32_t x0) {
+  const int32_t in_c = f->in_c, kw = f->kw, run = f->run;
+  const int contiguous = f->dilation.w == 1 && x0 >= 0 && x0 + kw - 1 < f->in_w; /* a row of taps in one run */
+  int8_t *out = f->field;
+  for (int32_t ky = 0; ky < f->kh; ++ky, out += run) {
+    const int32_t y = y0 + ky * f->dilation.h;
+    if (y < 0 || y >= f->in_h) {
+      for (int32_t i = 0; i < run; ++i) out[i] = f->zero;
     } else if (contiguous) {
-      copy_bytes_to(out, image + ((size_t)y * input_dims->w + x0) * in_c, kw * in_c);
+      copy_bytes_to(out, image + (size_t)y * f->row_bytes + (size_t)x0 * (size_t)in_c, run);
     } else {
       for (int32_t kx = 0; kx < kw; ++kx) {
-        const int32_t x = x0 + kx * params->dilation.w;
-        if (x < 0 || x >= input_dims->w) {
-          for (int32_t i = 0; i < in_c; ++i) out[kx * in_c + i] = zero;
+        const int32_t x = x0 + kx * f->dilation.w;
+        if (x < 0 || x >= f->in_w) {
+          for (int32_t i = 0; i < in_c; ++i) out[kx * in_c + i] = f->zero;
         } else {
-          copy_bytes_to(out + kx * in_c, image + ((size_t)y * input_dims->w + x) * in_c, in_c);
+          copy_bytes_to(out + kx * in_c, image + (size_t)y * f->row_bytes + (size_t)x * (size_t)in_c, in_c);
         }
       }
     }
-    out += kw * in_c;
   }
+  pad_field(f->field, f->length, f->padded, f->zero);
 }
+
+#if QGT_DSP
+/* Widens `quads` whole quads of int8 values (the input offset added) into pixel p of the pair copy; returns their
+ * sum. */
+static inline __attribute__((always_inline)) int32_t widen_quads(const int8_t *values, int32_t quads,
+                                                                 int32_t input_offset, int32_t p, int16_t *copy) {
+  const int32_t offset = (int32_t)((uint32_t)(input_offset & 0xFFFF) * kOnes);
+  uint32_t *words = (uint32_t *)(void *)copy + p;
+  int32_t sum = 0;
+  for (int32_t q = 0; q < quads; ++q, values += 4, words += 4) {
+    const int32_t x4 = (int32_t)qgt__load32(values);
+    const int32_t even = __sxtab16(offset, x4), odd = qgt__sxtab16_odd(offset, x4);
+    words[0] = (uint32_t)even;
+    words[2] = (uint32_t)odd;
+    sum = __smlad(even, (int32_t)kOnes, __smlad(odd, (int32_t)kOnes, sum));
+  }
+  return sum;
+}
+#endif
 
 /* Widens `length` int8 values (the input offset added) into pixel p of the pair copy, zeros up to the next
  * whole quad; returns their sum. */
 static int32_t widen(const int8_t *values, int32_t length, int32_t input_offset, int32_t p, int16_t *copy) {
   int32_t sum = 0, k = 0;
 #if QGT_DSP
-  const uint32_t offset = (uint32_t)(input_offset & 0xFFFF) * kOnes;
-  uint32_t *words = (uint32_t *)(void *)copy + p;
-  for (; k + 4 <= length; k += 4, words += 4) {
-    const uint32_t x4 = qgt__load32(values + k);
-    const uint32_t even = (uint32_t)__sxtab16((int32_t)offset, (int32_t)x4);
-    const uint32_t odd = (uint32_t)__sxtab16((int32_t)offset, (int32_t)qgt__ror(x4, 8));
-    words[0] = even;
-    words[2] = odd;
-    sum = __smlad((int32_t)even, (int32_t)kOnes, sum);
-    sum = __smlad((int32_t)odd, (int32_t)kOnes, sum);
-  }
+  k = 4 * (length / 4);
+  sum = widen_quads(values, length / 4, input_offset, p, copy);
 #endif
   for (; k < 4 * quads_of(length); ++k) {
     const int32_t value = k < length ? values[k] + input_offset : 0;
@@ -101,187 +154,335 @@ static int32_t widen(const int8_t *values, int32_t length, int32_t input_offset,
 }
 
 #if QGT_DSP
-/* One quad of the 2 x 2 block on the DSP path: copy words 2q and 2q+1 of both pixels (two LDRD at byte offset
- * `offset` of c) against fields j = 2q and 2q+1 of both rows' weight words, which are one AND each of the
- * word rotated by `rot0` and `rot1` bits (j * bits). Hand-scheduled because the block needs 14 live
- * registers, which the compiler spills. */
-#define QGT_QUAD_ASM(offset, and0, and1)                                        \
-  "ldrd %[x0], %[x1], [%[c], #" #offset "]\n\t"                                \
-  "and %[l], %[m], %[w0]" and0 "\n\t"                                          \
-  "smlad %[a00], %[l], %[x0], %[a00]\n\t"                                      \
-  "smlad %[a01], %[l], %[x1], %[a01]\n\t"                                      \
-  "and %[l], %[m], %[w1]" and0 "\n\t"                                          \
-  "smlad %[a10], %[l], %[x0], %[a10]\n\t"                                      \
-  "smlad %[a11], %[l], %[x1], %[a11]\n\t"                                      \
-  "ldrd %[x0], %[x1], [%[c], #" #offset "+8]\n\t"                              \
-  "and %[l], %[m], %[w0]" and1 "\n\t"                                          \
-  "smlad %[a00], %[l], %[x0], %[a00]\n\t"                                      \
-  "smlad %[a01], %[l], %[x1], %[a01]\n\t"                                      \
-  "and %[l], %[m], %[w1]" and1 "\n\t"                                          \
-  "smlad %[a10], %[l], %[x0], %[a10]\n\t"                                      \
-  "smlad %[a11], %[l], %[x1], %[a11]\n\t"
-#define QGT_ROR(n) ", ror #" #n
-#define QGT_RUN_ASM(code)                                                                                   \
-  do {                                                                                                      \
-    uint32_t l, x0, x1;                                                                                     \
-    __asm__(code                                                                                            \
-            : [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11), [l] "=&r"(l),            \
-              [x0] "=&r"(x0), [x1] "=&r"(x1)                                                               \
-            : [w0] "r"(w0), [w1] "r"(w1), [m] "r"(mask), [c] "r"(c)                                         \
-            : "memory");                                                                                    \
-  } while (0)
-
-/* Whole weight words: the quads of each width with their rotations. */
-#define QGT_WORD_1                                                                                 \
-  QGT_QUAD_ASM(0, "", QGT_ROR(1)) QGT_QUAD_ASM(16, QGT_ROR(2), QGT_ROR(3))                          \
-  QGT_QUAD_ASM(32, QGT_ROR(4), QGT_ROR(5)) QGT_QUAD_ASM(48, QGT_ROR(6), QGT_ROR(7))                 \
-  QGT_QUAD_ASM(64, QGT_ROR(8), QGT_ROR(9)) QGT_QUAD_ASM(80, QGT_ROR(10), QGT_ROR(11))               \
-  QGT_QUAD_ASM(96, QGT_ROR(12), QGT_ROR(13)) QGT_QUAD_ASM(112, QGT_ROR(14), QGT_ROR(15))
-#define QGT_WORD_2                                                                                 \
-  QGT_QUAD_ASM(0, "", QGT_ROR(2)) QGT_QUAD_ASM(16, QGT_ROR(4), QGT_ROR(6))                          \
-  QGT_QUAD_ASM(32, QGT_ROR(8), QGT_ROR(10)) QGT_QUAD_ASM(48, QGT_ROR(12), QGT_ROR(14))
-#define QGT_WORD_4 QGT_QUAD_ASM(0, "", QGT_ROR(4)) QGT_QUAD_ASM(16, QGT_ROR(8), QGT_ROR(12))
-#define QGT_FIRST_QUAD_1 QGT_QUAD_ASM(0, "", QGT_ROR(1))
-#define QGT_FIRST_QUAD_2 QGT_QUAD_ASM(0, "", QGT_ROR(2))
-#define QGT_FIRST_QUAD_4 QGT_QUAD_ASM(0, "", QGT_ROR(4))
-
-/* acc[2*r + p] = row r . copy of pixel p over `quads` quads (DSP path). Unsigned fields: the caller corrects.
- * A partial last word is taken quad by quad, its fields rotated into place. */
-#define QGT_DOT_UNSIGNED(name, BITS, FLIP, WORD, FIRST_QUAD)                                               \
-  static inline __attribute__((always_inline)) void name(const uint32_t *r0, const uint32_t *r1,          \
-                                                         const uint32_t *c, int32_t quads, int32_t acc[4]) { \
-    enum { QUADS = 8 / BITS };                                                                             \
-    const uint32_t mask = ((1u << BITS) - 1u) * 0x00010001u;                                               \
-    int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0;                                                            \
-    for (int32_t words = quads / QUADS; words > 0; --words) {                                              \
-      const uint32_t w0 = *r0++ ^ (FLIP), w1 = *r1++ ^ (FLIP);                                             \
-      QGT_RUN_ASM(WORD);                                                                                   \
-      c += 4 * QUADS;                                                                                      \
-    }                                                                                                      \
-    int32_t rest = quads % QUADS;                                                                          \
-    if (rest > 0) {                                                                                        \
-      uint32_t w0 = *r0 ^ (FLIP), w1 = *r1 ^ (FLIP);                                                       \
-      for (; rest > 0; --rest, c += 4) {                                                                   \
-        QGT_RUN_ASM(FIRST_QUAD);                                                                           \
-        w0 = qgt__ror(w0, 2 * BITS);                                                                       \
-        w1 = qgt__ror(w1, 2 * BITS);                                                                       \
-      }                                                                                                    \
-    }                                                                                                      \
-    acc[0] = a00;                                                                                          \
-    acc[1] = a01;                                                                                          \
-    acc[2] = a10;                                                                                          \
-    acc[3] = a11;                                                                                          \
+/* Both pixels of a pair (their `length` values each, the input offset added) into the pair copy in one loop,
+ * zeros up to the next whole quad; their sums into sums[0], sums[1]. */
+static void widen_pair(const int8_t *pixel0, const int8_t *pixel1, int32_t length, int32_t input_offset,
+                       int16_t *copy, int32_t sums[2]) {
+  const int32_t offset = (int32_t)((uint32_t)(input_offset & 0xFFFF) * kOnes);
+  uint32_t *words = (uint32_t *)(void *)copy;
+  int32_t sum0 = 0, sum1 = 0, k = 0;
+  for (; k + 4 <= length; k += 4, words += 4) {
+    const int32_t a = (int32_t)qgt__load32(pixel0 + k), b = (int32_t)qgt__load32(pixel1 + k);
+    const int32_t even0 = __sxtab16(offset, a), odd0 = qgt__sxtab16_odd(offset, a);
+    const int32_t even1 = __sxtab16(offset, b), odd1 = qgt__sxtab16_odd(offset, b);
+    words[0] = (uint32_t)even0;
+    words[1] = (uint32_t)even1;
+    words[2] = (uint32_t)odd0;
+    words[3] = (uint32_t)odd1;
+    sum0 = __smlad(even0, (int32_t)kOnes, __smlad(odd0, (int32_t)kOnes, sum0));
+    sum1 = __smlad(even1, (int32_t)kOnes, __smlad(odd1, (int32_t)kOnes, sum1));
   }
-
-QGT_DOT_UNSIGNED(dot_1bit, 1, 0u, QGT_WORD_1, QGT_FIRST_QUAD_1)
-QGT_DOT_UNSIGNED(dot_2bit, 2, 0xAAAAAAAAu, QGT_WORD_2, QGT_FIRST_QUAD_2)
-QGT_DOT_UNSIGNED(dot_4bit, 4, 0x88888888u, QGT_WORD_4, QGT_FIRST_QUAD_4)
-
-/* SXTB16 of w rotated right by 8 (the odd bytes), the rotation folded into the instruction. */
-static inline int32_t sxtb16_odd(uint32_t w) {
-  int32_t r;
-  __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(w));
-  return r;
-}
-
-static inline __attribute__((always_inline)) void dot_8bit(const uint32_t *r0, const uint32_t *r1, const uint32_t *c,
-                                                         int32_t quads, int32_t acc[4]) {
-  int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0;
-  for (; quads > 0; --quads) {
-    const uint32_t w0 = *r0++, w1 = *r1++;
-    const int32_t e0 = __sxtb16((int32_t)w0), o0 = sxtb16_odd(w0);
-    const int32_t e1 = __sxtb16((int32_t)w1), o1 = sxtb16_odd(w1);
-    const int32_t x0e = (int32_t)c[0], x1e = (int32_t)c[1], x0o = (int32_t)c[2], x1o = (int32_t)c[3];
-    c += 4;
-    a00 = __smlad(e0, x0e, a00);
-    a00 = __smlad(o0, x0o, a00);
-    a01 = __smlad(e0, x1e, a01);
-    a01 = __smlad(o0, x1o, a01);
-    a10 = __smlad(e1, x0e, a10);
-    a10 = __smlad(o1, x0o, a10);
-    a11 = __smlad(e1, x1e, a11);
-    a11 = __smlad(o1, x1o, a11);
-  }
-  acc[0] = a00;
-  acc[1] = a01;
-  acc[2] = a10;
-  acc[3] = a11;
-}
-
-/* The true accumulators from the unsigned-field sums: raw_scale * raw - sum_scale * pixel sum, modulo 2^32 (the
- * raw sums may wrap where the true ones do not). */
-static inline void correct(int32_t acc[4], int32_t bits, const int32_t sums[2]) {
-  if (bits == 8) return;
-  const uint32_t scale = bits == 1 ? 2u : 1u, c0 = (uint32_t)sums[0] << (bits == 1 ? 0 : bits - 1),
-                 c1 = (uint32_t)sums[1] << (bits == 1 ? 0 : bits - 1);
-  acc[0] = (int32_t)((uint32_t)acc[0] * scale - c0);
-  acc[1] = (int32_t)((uint32_t)acc[1] * scale - c1);
-  acc[2] = (int32_t)((uint32_t)acc[2] * scale - c0);
-  acc[3] = (int32_t)((uint32_t)acc[3] * scale - c1);
-}
-#endif
-
-/* The 2 x 2 block of accumulators of rows (r0, r1) and the pair copy (sums of the two pixels' copies). */
-static inline __attribute__((always_inline)) void dot_block(int32_t bits, const uint8_t *r0, const uint8_t *r1,
-                                                            const int16_t *copy, int32_t quads, const int32_t sums[2],
-                                                            int32_t acc[4]) {
-#if QGT_DSP
-  const uint32_t *w0 = (const uint32_t *)(const void *)r0, *w1 = (const uint32_t *)(const void *)r1;
-  const uint32_t *c = (const uint32_t *)(const void *)copy;
-  switch (bits) { /* only the widths of the build (QGT_WEIGHT_BITS_MASK) reach here */
-#if (QGT_WEIGHT_BITS_MASK >> 1) & 1u
-    case 1: dot_1bit(w0, w1, c, quads, acc); break;
-#endif
-#if (QGT_WEIGHT_BITS_MASK >> 2) & 1u
-    case 2: dot_2bit(w0, w1, c, quads, acc); break;
-#endif
-#if (QGT_WEIGHT_BITS_MASK >> 4) & 1u
-    case 4: dot_4bit(w0, w1, c, quads, acc); break;
-#endif
-    default: dot_8bit(w0, w1, c, quads, acc); break;
-  }
-  correct(acc, bits, sums);
-#else
-  const int32_t quads_per_word = 8 / bits;
-  (void)sums;
-  acc[0] = acc[1] = acc[2] = acc[3] = 0;
-  for (int32_t q = 0, t = 0; q < quads; q += quads_per_word, ++t) {
-    const uint32_t w0 = qgt__load32(r0 + 4 * t), w1 = qgt__load32(r1 + 4 * t);
-    const int32_t copy_words = 2 * qgt__min(quads_per_word, quads - q);
-    for (int32_t j = 0; j < copy_words; ++j) { /* field j of both half-words against copy word 2q + j */
-      const int16_t *pair = copy + 4 * (2 * q + j); /* pixel 0: pair[0], pair[1]; pixel 1: pair[2], pair[3] */
-      for (int32_t h = 0; h < 2; ++h) {
-        const int32_t k0 = qgt__field_code(w0, 16 * h + bits * j, bits), k1 = qgt__field_code(w1, 16 * h + bits * j, bits);
-        acc[0] += k0 * pair[h];
-        acc[1] += k0 * pair[2 + h];
-        acc[2] += k1 * pair[h];
-        acc[3] += k1 * pair[2 + h];
-      }
-    }
-  }
-#endif
-}
-
-/* Requantizes and stores channel `channel`'s outputs of the block's two pixels, for a constant `form`: the
- * layer's requantization form when its clamp is the whole int8 range, else QGT_GENERIC. */
-static inline __attribute__((always_inline)) void store_channel(int32_t acc_p0, int32_t acc_p1,
-                                                                const qgt_channel *channel, int8_t *out0,
-                                                                int8_t *out1, int32_t output_offset,
-                                                                qgt_range activation, int form) {
-#if QGT_DSP
-  if (form != QGT_GENERIC) {
-    const qgt_channel record = *channel; /* once for both pixels: the byte stores could alias it */
-    const int32_t v0 = qgt__fast_output(acc_p0, &record, form), v1 = qgt__fast_output(acc_p1, &record, form);
-    *out0 = (int8_t)v0;
-    *out1 = (int8_t)v1;
+  if (k < length) {
+    sums[0] = sum0 + widen(pixel0 + k, length - k, input_offset, 0, (int16_t *)(void *)words);
+    sums[1] = sum1 + widen(pixel1 + k, length - k, input_offset, 1, (int16_t *)(void *)words);
     return;
   }
-#else
-  (void)form;
-#endif
-  *out0 = qgt__output(acc_p0, channel, output_offset, activation);
-  *out1 = qgt__output(acc_p1, channel, output_offset, activation);
+  sums[0] = sum0;
+  sums[1] = sum1;
 }
+#endif
+
+/* The accumulator of a pixel before its dot products: 1, 2 and 4-bit fields are read as unsigned codes
+ * c + 2^(bits-1) (1 bit: (c + 1) / 2) on the DSP path, so -2^(bits-1) times the pixel's sum of copied values
+ * starts it (1 bit: -sum, and the sum of the unsigned products is doubled after); everything modulo 2^32, where
+ * the true accumulator fits int32. */
+static inline int32_t block_start(int32_t bits, int32_t sum) {
+  if (!QGT_DSP || bits == 8) return 0;
+  return (int32_t)(0u - ((uint32_t)sum << (bits == 1 ? 0 : bits - 1)));
+}
+
+#if QGT_DSP
+/* The channel pairs of a pixel pair on the DSP path: assembly routines, one per weight width, over this job.
+ * Per channel pair, the 2 x 2 block of accumulators (rows r, r + row_bytes against the copies of both pixels)
+ * starts at `start`, runs over `steps` whole weight words (1, 2, 4 bits; 8 bits: quads) and `tail` quads of a
+ * partial last word, then is requantized in the fast form and stored at out[c], out[c + delta], ... for every
+ * pair (form QGT_FAST_RIGHT or QGT_FAST; channels, out and pairs move on), or, with form QGT_GENERIC, stored
+ * raw in acc for one pair. They are hand-written because the loop needs all 14 registers: the compiler's
+ * version spilled and reloaded its state around every block. */
+typedef struct {
+  const uint8_t *weights;      /* 0: the first row of the first pair */
+  int32_t row_bytes;           /* 4: 0 to take one row twice */
+  const int16_t *copy;         /* 8 */
+  int32_t steps;               /* 12 */
+  int32_t start[2];            /* 16 */
+  const qgt_channel *channels; /* 24 */
+  int8_t *out;                 /* 28 */
+  int32_t delta;               /* 32: pixel 1's outputs minus pixel 0's (0 for one pixel taken twice) */
+  int32_t pairs;               /* 36 */
+  int32_t tail;                /* 40 */
+  int32_t form;                /* 44 */
+  int32_t acc[4];              /* 48: pixel 0 row 0, pixel 1 row 0, pixel 0 row 1, pixel 1 row 1 */
+} pairs_job;
+typedef char pairs_job_layout_is_the_assembly_s[offsetof(pairs_job, acc) == 48 && sizeof(qgt_channel) == 24 ? 1 : -1];
+
+/* Registers: r0-r3 the accumulators, r4/r5 the two rows' weight words, r6 a field pair, r7/r8 copy word j of
+ * both pixels, r9 the field mask, r10 the copy, r11/r12 the rows, lr the step count; the frame: [sp] the job,
+ * [sp, #4] to [sp, #16] what the call's setup computed (QGT_PW_TAIL_SETUP, QGT_PW_FORM_SETUP). */
+#define QGT_PW_BLOCK_START(MASK)                                                                    \
+  "1:\n\t"                                                                                          \
+  "ldr r10, [sp]\n\t"                                                                               \
+  "ldr r4, [r10, #4]\n\t"                                                                           \
+  "add r12, r11, r4\n\t"                                                                            \
+  "ldrd r0, r1, [r10, #16]\n\t"                                                                     \
+  "mov r2, r0\n\t"                                                                                  \
+  "mov r3, r1\n\t"                                                                                  \
+  "ldr lr, [r10, #12]\n\t"                                                                          \
+  "ldr r10, [r10, #8]\n\t"                                                                          \
+  "mov r9, #" MASK "\n\t"
+/* Fields j = 2q and 2q+1 of both rows' words (the rotations bits * j) against copy words j of both pixels. */
+#define QGT_PW_QUAD(ROT0, ROT1)                                                                     \
+  "ldrd r7, r8, [r10], #8\n\t"                                                                      \
+  "and.w r6, r9, r4" ROT0 "\n\t"                                                                    \
+  "smlad r0, r6, r7, r0\n\t"                                                                        \
+  "smlad r1, r6, r8, r1\n\t"                                                                        \
+  "and.w r6, r9, r5" ROT0 "\n\t"                                                                    \
+  "smlad r2, r6, r7, r2\n\t"                                                                        \
+  "smlad r3, r6, r8, r3\n\t"                                                                        \
+  "ldrd r7, r8, [r10], #8\n\t"                                                                      \
+  "and.w r6, r9, r4" ROT1 "\n\t"                                                                    \
+  "smlad r0, r6, r7, r0\n\t"                                                                        \
+  "smlad r1, r6, r8, r1\n\t"                                                                        \
+  "and.w r6, r9, r5" ROT1 "\n\t"                                                                    \
+  "smlad r2, r6, r7, r2\n\t"                                                                        \
+  "smlad r3, r6, r8, r3\n\t"
+#define QGT_PW_LOAD_WORDS(FLIP)                                                                     \
+  "ldr r4, [r11], #4\n\t"                                                                           \
+  "ldr r5, [r12], #4\n\t" FLIP
+#define QGT_PW_FLIP(VALUE) "eor r4, r4, #" VALUE "\n\teor r5, r5, #" VALUE "\n\t"
+/* A quad of a partial last word, copy words taken backwards: 56 bytes of code (14 32-bit instructions), which
+ * the tail entry relies on. */
+#define QGT_PW_QUAD_BACK(ROT0, ROT1)                                                                \
+  "ldrd r7, r8, [r10], #-8\n\t"                                                                     \
+  "and.w r6, r9, r4" ROT1 "\n\t"                                                                    \
+  "smlad r0, r6, r7, r0\n\t"                                                                        \
+  "smlad r1, r6, r8, r1\n\t"                                                                        \
+  "and.w r6, r9, r5" ROT1 "\n\t"                                                                    \
+  "smlad r2, r6, r7, r2\n\t"                                                                        \
+  "smlad r3, r6, r8, r3\n\t"                                                                        \
+  "ldrd r7, r8, [r10], #-8\n\t"                                                                     \
+  "and.w r6, r9, r4" ROT0 "\n\t"                                                                    \
+  "smlad r0, r6, r7, r0\n\t"                                                                        \
+  "smlad r1, r6, r8, r1\n\t"                                                                        \
+  "and.w r6, r9, r5" ROT0 "\n\t"                                                                    \
+  "smlad r2, r6, r7, r2\n\t"                                                                        \
+  "smlad r3, r6, r8, r3\n\t"
+/* Once per call, for the unsigned widths: where a block goes after its whole words ([sp, #4]: label 4, or label
+ * 5 when there is no partial word), the copy offset of the partial word's last quad ([sp, #8]) and the entry
+ * into the backward quad sequence that does its `tail` quads ([sp, #12]: label 5 less 56 bytes per quad). */
+#define QGT_PW_TAIL_SETUP                                                                           \
+  "ldr r1, [r0, #40]\n\t"                                                                           \
+  "adr.w r2, 5f\n\t"                                                                                \
+  "cbz r1, 0f\n\t"                                                                                  \
+  "mov r3, #56\n\t"                                                                                 \
+  "mls r3, r1, r3, r2\n\t"                                                                          \
+  "orr r3, r3, #1\n\t"                              /* Thumb */                                     \
+  "str r3, [sp, #12]\n\t"                                                                           \
+  "lsl r3, r1, #4\n\t"                                                                              \
+  "sub r3, r3, #8\n\t"                                                                              \
+  "str r3, [sp, #8]\n\t"                                                                            \
+  "adr.w r2, 4f\n\t"                                                                                \
+  "0:\n\t"                                                                                          \
+  "orr r2, r2, #1\n\t"                                                                              \
+  "str r2, [sp, #4]\n\t"
+/* The unsigned widths: whole words, then a partial word's quads from the last down (no count, no rotations). */
+#define QGT_PW_UNSIGNED_DOT(FLIP, WORD, BACK_QUADS, BACK_BYTES)                                     \
+  "cmp lr, #0\n\t"                                                                                  \
+  "beq 3f\n\t"                                                                                      \
+  "2:\n\t" QGT_PW_LOAD_WORDS(FLIP) WORD                                                             \
+  "subs lr, lr, #1\n\t"                                                                             \
+  "bne 2b\n\t"                                                                                      \
+  "3:\n\t"                                                                                          \
+  "ldr pc, [sp, #4]\n\t"                                                                            \
+  "4:\n\t" QGT_PW_LOAD_WORDS(FLIP)                                                                  \
+  "ldr r6, [sp, #8]\n\t"                                                                            \
+  "add r10, r10, r6\n\t"                                                                            \
+  "ldr pc, [sp, #12]\n\t"                                                                           \
+  "14:\n\t" BACK_QUADS                                                                              \
+  "5:\n\t"                                                                                          \
+  ".if (5b - 14b) != " BACK_BYTES "\n\t"                                                            \
+  ".error \"a backward quad is not 56 bytes\"\n\t"                                                  \
+  ".endif\n\t"
+/* 8 bits: one quad per step, SXTB16 of each row's word (even bytes, then odd) against copy words 2q, 2q+1. */
+#define QGT_PW_8BIT_DOT                                                                             \
+  "2:\n\t" QGT_PW_LOAD_WORDS("")                                                                    \
+  "ldrd r7, r8, [r10], #8\n\t"                                                                      \
+  "sxtb16 r6, r4\n\t"                                                                               \
+  "smlad r0, r6, r7, r0\n\t"                                                                        \
+  "smlad r1, r6, r8, r1\n\t"                                                                        \
+  "sxtb16 r6, r5\n\t"                                                                               \
+  "smlad r2, r6, r7, r2\n\t"                                                                        \
+  "smlad r3, r6, r8, r3\n\t"                                                                        \
+  "ldrd r7, r8, [r10], #8\n\t"                                                                      \
+  "sxtb16 r6, r4, ror #8\n\t"                                                                       \
+  "smlad r0, r6, r7, r0\n\t"                                                                        \
+  "smlad r1, r6, r8, r1\n\t"                                                                        \
+  "sxtb16 r6, r5, ror #8\n\t"                                                                       \
+  "smlad r2, r6, r7, r2\n\t"                                                                        \
+  "smlad r3, r6, r8, r3\n\t"                                                                        \
+  "subs lr, lr, #1\n\t"                                                                             \
+  "bne 2b\n\t"
+/* 1 bit: the unsigned products count twice (block_start): acc = 2 acc - start. */
+#define QGT_PW_DOUBLE                                                                               \
+  "ldr r10, [sp]\n\t"                                                                               \
+  "ldrd r4, r5, [r10, #16]\n\t"                                                                     \
+  "rsb r0, r4, r0, lsl #1\n\t"                                                                      \
+  "rsb r1, r5, r1, lsl #1\n\t"                                                                      \
+  "rsb r2, r4, r2, lsl #1\n\t"                                                                      \
+  "rsb r3, r5, r3, lsl #1\n\t"
+/* The requantization of accumulators A0 (pixel 0) and A1 (pixel 1) of the channel record at r8 (the fast forms
+ * of qgt_internal.h: scale, bias, multiplier and round in one LDM), stored at [r9] and [r9 + lr]; r8 and r9 move
+ * on by one channel. */
+#define QGT_PW_FAST(A0, A1)                                                                          \
+  "ldm r8!, {r4, r5, r6, r7}\n\t"                 /* scale, bias, multiplier, round */            \
+  "mla " A0 ", " A0 ", r4, r5\n\t"                                                                  \
+  "mla " A1 ", " A1 ", r4, r5\n\t"                                                                  \
+  "smmlar r4, " A0 ", r6, r7\n\t"                                                                   \
+  "smmlar r5, " A1 ", r6, r7\n\t"                                                                   \
+  "ldm r8!, {r6, r7}\n\t"                         /* right, sign */                               \
+  "and " A0 ", r7, " A0 ", asr #31\n\t"                                                             \
+  "and " A1 ", r7, " A1 ", asr #31\n\t"                                                             \
+  "add r4, r4, " A0 "\n\t"                                                                          \
+  "add r5, r5, " A1 "\n\t"                                                                          \
+  "asr r4, r4, r6\n\t"                                                                              \
+  "asr r5, r5, r6\n\t"                                                                              \
+  "ssat r4, #8, r4\n\t"                                                                             \
+  "ssat r5, #8, r5\n\t"                                                                             \
+  "strb r4, [r9]\n\t"                                                                               \
+  "strb r5, [r9, lr]\n\t"                                                                           \
+  "add r9, r9, #1\n\t"
+#define QGT_PW_FAST_RIGHT(A0, A1)                                                                    \
+  "ldm r8!, {r4, r5, r6, r7}\n\t"                 /* scale (2), bias, multiplier, round */        \
+  "add " A0 ", r5, " A0 ", lsl #1\n\t"                                                              \
+  "add " A1 ", r5, " A1 ", lsl #1\n\t"                                                              \
+  "smmlar r4, " A0 ", r6, r7\n\t"                                                                   \
+  "smmlar r5, " A1 ", r6, r7\n\t"                                                                   \
+  "ldr r6, [r8], #8\n\t"                          /* right; past sign */                          \
+  "add r4, r4, " A0 ", asr #31\n\t"                                                                 \
+  "add r5, r5, " A1 ", asr #31\n\t"                                                                 \
+  "asr r4, r4, r6\n\t"                                                                              \
+  "asr r5, r5, r6\n\t"                                                                              \
+  "ssat r4, #8, r4\n\t"                                                                             \
+  "ssat r5, #8, r5\n\t"                                                                             \
+  "strb r4, [r9]\n\t"                                                                               \
+  "strb r5, [r9, lr]\n\t"                                                                           \
+  "add r9, r9, #1\n\t"
+/* Once per call: where a block goes after its dot products ([sp, #16]), by form: label 7 (QGT_FAST), 6
+ * (QGT_FAST_RIGHT) or 10 (QGT_GENERIC: the raw accumulators of one block). */
+#define QGT_PW_FORM_SETUP                                                                           \
+  "ldr r1, [r0, #44]\n\t"                                                                           \
+  "cmp r1, #1\n\t"                                                                                  \
+  "beq 11f\n\t"                                                                                     \
+  "bhi 12f\n\t"                                                                                     \
+  "adr.w r2, 10f\n\t"                                                                               \
+  "b 13f\n\t"                                                                                       \
+  "11:\n\t"                                                                                         \
+  "adr.w r2, 7f\n\t"                                                                                \
+  "b 13f\n\t"                                                                                       \
+  "12:\n\t"                                                                                         \
+  "adr.w r2, 6f\n\t"                                                                                \
+  "13:\n\t"                                                                                         \
+  "orr r2, r2, #1\n\t"                              /* Thumb */                                     \
+  "str r2, [sp, #16]\n\t"
+/* After a block: both channels requantized and stored, then the next pair; or the raw accumulators. */
+#define QGT_PW_BLOCK_END                                                                            \
+  "ldr r10, [sp]\n\t"                                                                               \
+  "ldr pc, [sp, #16]\n\t"                                                                           \
+  "10:\n\t"                                                                                         \
+  "add r10, r10, #48\n\t"                                                                           \
+  "stm r10, {r0, r1, r2, r3}\n\t"                                                                   \
+  "b 9f\n\t"                                                                                        \
+  "6:\n\t"                                                                                          \
+  "add r8, r10, #24\n\t"                          /* channels, out, delta */                      \
+  "ldm r8, {r8, r9, lr}\n\t"                                                                        \
+  QGT_PW_FAST_RIGHT("r0", "r1") QGT_PW_FAST_RIGHT("r2", "r3")                                      \
+  "b 8f\n\t"                                                                                        \
+  "7:\n\t"                                                                                          \
+  "add r8, r10, #24\n\t"                                                                            \
+  "ldm r8, {r8, r9, lr}\n\t"                                                                        \
+  QGT_PW_FAST("r0", "r1") QGT_PW_FAST("r2", "r3")                                                  \
+  "8:\n\t"                                                                                          \
+  "mov r11, r12\n\t"                            /* the next pair's first row */                     \
+  "str r8, [r10, #24]\n\t"                                                                          \
+  "str r9, [r10, #28]\n\t"                                                                          \
+  "ldr r4, [r10, #36]\n\t"                                                                          \
+  "subs r4, r4, #1\n\t"                                                                             \
+  "str r4, [r10, #36]\n\t"                                                                          \
+  "bne 1b\n\t"                                                                                      \
+  "9:\n\t"
+#define QGT_PW_ROUTINE(SETUP, DOT)                                                                  \
+  __asm__("push {r4-r11, lr}\n\t"                                                                   \
+          "sub sp, sp, #20\n\t"                       /* [sp]: the job; sp stays 8-byte aligned */    \
+          "str r0, [sp]\n\t" QGT_PW_FORM_SETUP SETUP                                                \
+          "ldr r11, [r0]\n\t" DOT QGT_PW_BLOCK_END                                                  \
+          "add sp, sp, #20\n\t"                                                                     \
+          "pop {r4-r11, pc}\n\t")
+#define QGT_ROR(n) ", ror #" #n
+
+#if (QGT_WEIGHT_BITS_MASK >> 1) & 1u
+__attribute__((naked)) static void pairs_1bit(pairs_job *job __attribute__((unused))) {
+  QGT_PW_ROUTINE(QGT_PW_TAIL_SETUP,
+                 QGT_PW_BLOCK_START("0x00010001")
+                 QGT_PW_UNSIGNED_DOT("",
+                                     QGT_PW_QUAD("", QGT_ROR(1)) QGT_PW_QUAD(QGT_ROR(2), QGT_ROR(3))
+                                     QGT_PW_QUAD(QGT_ROR(4), QGT_ROR(5)) QGT_PW_QUAD(QGT_ROR(6), QGT_ROR(7))
+                                     QGT_PW_QUAD(QGT_ROR(8), QGT_ROR(9)) QGT_PW_QUAD(QGT_ROR(10), QGT_ROR(11))
+                                     QGT_PW_QUAD(QGT_ROR(12), QGT_ROR(13)) QGT_PW_QUAD(QGT_ROR(14), QGT_ROR(15)),
+                                     QGT_PW_QUAD_BACK(QGT_ROR(12), QGT_ROR(13))
+                                     QGT_PW_QUAD_BACK(QGT_ROR(10), QGT_ROR(11))
+                                     QGT_PW_QUAD_BACK(QGT_ROR(8), QGT_ROR(9)) QGT_PW_QUAD_BACK(QGT_ROR(6), QGT_ROR(7))
+                                     QGT_PW_QUAD_BACK(QGT_ROR(4), QGT_ROR(5)) QGT_PW_QUAD_BACK(QGT_ROR(2), QGT_ROR(3))
+                                     QGT_PW_QUAD_BACK("", QGT_ROR(1)), "392")
+                 QGT_PW_DOUBLE);
+}
+#endif
+#if (QGT_WEIGHT_BITS_MASK >> 2) & 1u
+__attribute__((naked)) static void pairs_2bit(pairs_job *job __attribute__((unused))) {
+  QGT_PW_ROUTINE(QGT_PW_TAIL_SETUP,
+                 QGT_PW_BLOCK_START("0x00030003")
+                 QGT_PW_UNSIGNED_DOT(QGT_PW_FLIP("0xAAAAAAAA"),
+                                     QGT_PW_QUAD("", QGT_ROR(2)) QGT_PW_QUAD(QGT_ROR(4), QGT_ROR(6))
+                                     QGT_PW_QUAD(QGT_ROR(8), QGT_ROR(10)) QGT_PW_QUAD(QGT_ROR(12), QGT_ROR(14)),
+                                     QGT_PW_QUAD_BACK(QGT_ROR(8), QGT_ROR(10)) QGT_PW_QUAD_BACK(QGT_ROR(4), QGT_ROR(6))
+                                     QGT_PW_QUAD_BACK("", QGT_ROR(2)), "168"));
+}
+#endif
+#if (QGT_WEIGHT_BITS_MASK >> 4) & 1u
+__attribute__((naked)) static void pairs_4bit(pairs_job *job __attribute__((unused))) {
+  QGT_PW_ROUTINE(QGT_PW_TAIL_SETUP,
+                 QGT_PW_BLOCK_START("0x000F000F")
+                 QGT_PW_UNSIGNED_DOT(QGT_PW_FLIP("0x88888888"),
+                                     QGT_PW_QUAD("", QGT_ROR(4)) QGT_PW_QUAD(QGT_ROR(8), QGT_ROR(12)),
+                                     QGT_PW_QUAD_BACK("", QGT_ROR(4)), "56"));
+}
+#endif
+#if (QGT_WEIGHT_BITS_MASK >> 8) & 1u
+__attribute__((naked)) static void pairs_8bit(pairs_job *job __attribute__((unused))) {
+  QGT_PW_ROUTINE("", QGT_PW_BLOCK_START("0") QGT_PW_8BIT_DOT);
+}
+#endif
+
+typedef void (*pairs_routine)(pairs_job *);
+
+/* The routine of a width, or NULL for a width this build leaves out (QGT_WEIGHT_BITS_MASK). */
+static pairs_routine pairs_routine_of(int32_t bits) {
+  switch (bits) {
+#if (QGT_WEIGHT_BITS_MASK >> 1) & 1u
+    case 1: return pairs_1bit;
+#endif
+#if (QGT_WEIGHT_BITS_MASK >> 2) & 1u
+    case 2: return pairs_2bit;
+#endif
+#if (QGT_WEIGHT_BITS_MASK >> 4) & 1u
+    case 4: return pairs_4bit;
+#endif
+#if (QGT_WEIGHT_BITS_MASK >> 8) & 1u
+    case 8: return pairs_8bit;
+#endif
+    default: return NULL;
+  }
+}
+
+#endif
 
 typedef struct {
   const qgt_conv_params *params;
@@ -294,99 +495,201 @@ typedef struct {
   int8_t *field; /* one receptive field gathered as int8, for non-pointwise layers */
   int pointwise;
   int form; /* the requantization form (QGT_FAST...) when the clamp is the whole int8 range, else QGT_GENERIC */
+#if QGT_DSP
+  pairs_job pairs;        /* the channel-pair routine's job for every pixel pair but starts, out and delta */
+  pairs_routine routine;
+#endif
 } conv_job;
 
-/* An odd last channel: its row twice, the second result dropped (out of line: rare, and kept out of the
- * specialized loops for flash). */
-static __attribute__((noinline)) void last_channel(const conv_job *job, int32_t bits, const int32_t sums[2],
-                                                   const uint8_t *row, const qgt_channel *channel, int8_t *out0,
-                                                   int8_t *out1) {
-  int32_t acc[4];
-  dot_block(bits, row, row, job->copy, quads_of(job->filter->row_length), sums, acc);
-  store_channel(acc[0], acc[1], channel, out0, out1, job->params->output_offset, job->params->activation,
-                QGT_GENERIC);
+#if QGT_DSP
+/* The output channels from `first` of one pixel pair, pair by pair through the routine's raw accumulators, and
+ * requantized here (TFLite's arithmetic, any clamp); an odd last channel is its row taken twice. */
+static void generic_channels(const conv_job *job, const pairs_job *fixed, int32_t first, int8_t *out0, int8_t *out1) {
+  const qgt_filter *filter = job->filter;
+  const int32_t out_c = filter->out_channels, output_offset = job->params->output_offset;
+  const qgt_range activation = job->params->activation;
+  pairs_job j = *fixed;
+  for (int32_t c = first; c < out_c; c += 2) {
+    j.weights = filter->weights + (size_t)c * (size_t)filter->row_bytes;
+    j.row_bytes = c + 1 < out_c ? filter->row_bytes : 0;
+    j.pairs = 1;
+    j.form = QGT_GENERIC;
+    job->routine(&j);
+    out0[c] = qgt__output(j.acc[0], &job->channels[c], output_offset, activation);
+    out1[c] = qgt__output(j.acc[1], &job->channels[c], output_offset, activation);
+    if (c + 1 < out_c) {
+      out0[c + 1] = qgt__output(j.acc[2], &job->channels[c + 1], output_offset, activation);
+      out1[c + 1] = qgt__output(j.acc[3], &job->channels[c + 1], output_offset, activation);
+    }
+  }
 }
 
-/* The channel pairs of one pixel pair (pixel 1's outputs at out1, which is out0 when the pair is one pixel
- * taken twice), for constant `bits` and requantization `form` (the compiler specializes them). */
-static inline __attribute__((always_inline)) void channel_pairs(const conv_job *job, int32_t bits, int fast,
-                                                                const int32_t sums[2], int8_t *out0, int8_t *out1) {
+/* The output channels of one pixel pair (pixel 1's outputs at out1, which is out0 when the pair is one pixel
+ * taken twice): every pair in one routine call for the fast forms; otherwise, and an odd last channel,
+ * through generic_channels. */
+static void channels_of_pair(conv_job *job, const int32_t sums[2], int8_t *out0, int8_t *out1) {
+  const qgt_filter *filter = job->filter;
+  const int32_t out_c = filter->out_channels, bits = filter->weight_bits;
+  pairs_job *const routine_job = &job->pairs;
+  routine_job->start[0] = block_start(bits, sums[0]);
+  routine_job->start[1] = block_start(bits, sums[1]);
+  routine_job->out = out0;
+  routine_job->delta = (int32_t)(out1 - out0);
+  if (job->form != QGT_GENERIC && out_c >= 2) { /* the routine moves channels, out and pairs on: reset them */
+    routine_job->channels = job->channels;
+    routine_job->pairs = out_c / 2;
+    job->routine(routine_job);
+    if ((out_c & 1) == 0) return;
+  }
+  generic_channels(job, routine_job, job->form != QGT_GENERIC ? out_c - 1 : 0, out0, out1);
+}
+
+/* The channel-pair routine's job of a layer: all but the per pixel pair fields. */
+static void pairs_job_of(conv_job *job) {
+  const qgt_filter *filter = job->filter;
+  const int32_t bits = filter->weight_bits, quads = quads_of(filter->row_length), per_word = 8 / bits;
+  pairs_job *j = &job->pairs;
+  j->weights = filter->weights;
+  j->row_bytes = filter->row_bytes;
+  j->copy = job->copy;
+  j->steps = bits == 8 ? quads : quads / per_word;
+  j->tail = bits == 8 ? 0 : quads % per_word;
+  j->channels = job->channels;
+  j->pairs = filter->out_channels / 2;
+  j->form = job->form;
+  job->routine = pairs_routine_of(bits);
+}
+#else
+/* The 2 x 2 block of accumulators of rows (r0, r1) and the pair copy, the portable way: field j of both
+ * half-words of weight word t against copy word j of quad group t. */
+static inline __attribute__((always_inline)) void dot_block(int32_t bits, const uint8_t *r0, const uint8_t *r1,
+                                                            const int16_t *copy, int32_t quads, int32_t acc[4]) {
+  const int32_t quads_per_word = 8 / bits;
+  acc[0] = acc[1] = acc[2] = acc[3] = 0;
+  for (int32_t q = 0, t = 0; q < quads; q += quads_per_word, ++t) {
+    const uint32_t w0 = qgt__load32(r0 + 4 * t), w1 = qgt__load32(r1 + 4 * t);
+    const int32_t copy_words = 2 * qgt__min(quads_per_word, quads - q);
+    for (int32_t j = 0; j < copy_words; ++j) { /* field j of both half-words against copy word 2q + j */
+      const int16_t *pair = copy + 4 * (2 * q + j); /* pixel 0: pair[0], pair[1]; pixel 1: pair[2], pair[3] */
+      for (int32_t h = 0; h < 2; ++h) {
+        const int32_t k0 = qgt__field_code(w0, 16 * h + bits * j, bits);
+        const int32_t k1 = qgt__field_code(w1, 16 * h + bits * j, bits);
+        acc[0] += k0 * pair[h];
+        acc[1] += k0 * pair[2 + h];
+        acc[2] += k1 * pair[h];
+        acc[3] += k1 * pair[2 + h];
+      }
+    }
+  }
+}
+
+/* The output channels of one pixel pair for a constant width (the compiler specializes the field extraction),
+ * two at a time; an odd last channel is its row taken twice. */
+static inline __attribute__((always_inline)) void channel_pairs(const conv_job *job, int32_t bits, int8_t *out0,
+                                                                int8_t *out1) {
   const qgt_filter *filter = job->filter;
   const int32_t out_c = filter->out_channels, quads = quads_of(filter->row_length), row_bytes = filter->row_bytes;
   const int32_t output_offset = job->params->output_offset;
   const qgt_range activation = job->params->activation;
-  const uint8_t *row = filter->weights;
-  const qgt_channel *channel = job->channels;
-  int32_t c = 0;
-  for (; c + 2 <= out_c; c += 2, row += 2 * row_bytes, channel += 2) {
+  for (int32_t c = 0; c < out_c; c += 2) {
+    const uint8_t *row = filter->weights + (size_t)c * (size_t)row_bytes;
+    const int both = c + 1 < out_c;
     int32_t acc[4];
-    dot_block(bits, row, row + row_bytes, job->copy, quads, sums, acc);
-    store_channel(acc[0], acc[1], &channel[0], out0 + c, out1 + c, output_offset, activation, fast);
-    store_channel(acc[2], acc[3], &channel[1], out0 + c + 1, out1 + c + 1, output_offset, activation, fast);
-  }
-  if (c < out_c) last_channel(job, bits, sums, row, channel, out0 + c, out1 + c);
-}
-
-/* Per width: the common form (QGT_FAST_RIGHT) specialized, any other one through the general code. */
-#define QGT_CHANNEL_PAIRS(bits)                                                                              \
-  static void channel_pairs_##bits(const conv_job *job, const int32_t sums[2], int8_t *out0, int8_t *out1) { \
-    if (job->form == QGT_FAST_RIGHT) {                                                                       \
-      channel_pairs(job, bits, QGT_FAST_RIGHT, sums, out0, out1);                                            \
-    } else {                                                                                                 \
-      channel_pairs(job, bits, job->form == QGT_FAST ? QGT_FAST : QGT_GENERIC, sums, out0, out1);            \
-    }                                                                                                        \
-  }
-#if (QGT_WEIGHT_BITS_MASK >> 1) & 1u
-QGT_CHANNEL_PAIRS(1)
-#endif
-#if (QGT_WEIGHT_BITS_MASK >> 2) & 1u
-QGT_CHANNEL_PAIRS(2)
-#endif
-#if (QGT_WEIGHT_BITS_MASK >> 4) & 1u
-QGT_CHANNEL_PAIRS(4)
-#endif
-#if (QGT_WEIGHT_BITS_MASK >> 8) & 1u
-QGT_CHANNEL_PAIRS(8)
-#endif
-
-/* The loop over a width's channel pairs, or NULL for a width this build leaves out. */
-typedef void (*channel_loop)(const conv_job *, const int32_t[2], int8_t *, int8_t *);
-static channel_loop channel_loop_of(int32_t bits) {
-  switch (bits) {
-#if (QGT_WEIGHT_BITS_MASK >> 1) & 1u
-    case 1: return channel_pairs_1;
-#endif
-#if (QGT_WEIGHT_BITS_MASK >> 2) & 1u
-    case 2: return channel_pairs_2;
-#endif
-#if (QGT_WEIGHT_BITS_MASK >> 4) & 1u
-    case 4: return channel_pairs_4;
-#endif
-#if (QGT_WEIGHT_BITS_MASK >> 8) & 1u
-    case 8: return channel_pairs_8;
-#endif
-    default: return NULL;
+    dot_block(bits, row, both ? row + row_bytes : row, job->copy, quads, acc);
+    out0[c] = qgt__output(acc[0], &job->channels[c], output_offset, activation);
+    out1[c] = qgt__output(acc[1], &job->channels[c], output_offset, activation);
+    if (both) {
+      out0[c + 1] = qgt__output(acc[2], &job->channels[c + 1], output_offset, activation);
+      out1[c + 1] = qgt__output(acc[3], &job->channels[c + 1], output_offset, activation);
+    }
   }
 }
 
-/* The loop over pixel pairs; an odd last pixel is a pair of itself. */
-static void conv_rows(const conv_job *job) {
+/* The output channels of one pixel pair (pixel 1's outputs at out1, which is out0 when the pair is one pixel
+ * taken twice), per width of the build (QGT_WEIGHT_BITS_MASK). */
+static void channels_of_pair(conv_job *job, const int32_t sums[2], int8_t *out0, int8_t *out1) {
+  (void)sums;
+  switch (job->filter->weight_bits) {
+#if (QGT_WEIGHT_BITS_MASK >> 1) & 1u
+    case 1: channel_pairs(job, 1, out0, out1); break;
+#endif
+#if (QGT_WEIGHT_BITS_MASK >> 2) & 1u
+    case 2: channel_pairs(job, 2, out0, out1); break;
+#endif
+#if (QGT_WEIGHT_BITS_MASK >> 4) & 1u
+    case 4: channel_pairs(job, 4, out0, out1); break;
+#endif
+    default: channel_pairs(job, 8, out0, out1); break;
+  }
+}
+#endif
+
+/* The field of a window inside the input whose filter rows take at most 4 bytes (a first conv over few channels),
+ * widened into pixel p of the pair copy: each row one word into `field` (its extra bytes overwritten by the next
+ * row or the padding), the zero point up to a whole quad, then the quads widened. Returns the sum of the copied
+ * values. Scalars only, in its own frame: the byte stores could alias any structure. */
+static __attribute__((noinline)) int32_t word_field(const int8_t *from, size_t step, int32_t rows, int32_t run,
+                                                    int8_t *field, int32_t length, int32_t padded, int8_t zero,
+                                                    int16_t *copy, int32_t p) {
+  for (int32_t ky = 0; ky < rows; ++ky, from += step) qgt__store32(field + ky * run, qgt__load32(from));
+  pad_field(field, length, padded, zero);
+#if QGT_DSP
+  return widen_quads(field, padded / 4, -zero, p, copy);
+#else
+  return widen(field, padded, -zero, p, copy);
+#endif
+}
+
+/* The receptive field of pixel p of a pair, output pixel (oy, ox) of image `image` of a non-pointwise layer, in
+ * the pair copy; returns the sum of its copied values. */
+static int32_t copy_field(const fields *f, const int8_t *image, int32_t oy, int32_t ox, int16_t *copy, int32_t p) {
+  const int32_t y0 = oy * f->stride.h - f->padding.h, x0 = ox * f->stride.w - f->padding.w;
+  const int32_t y_last = y0 + (f->kh - 1) * f->dilation.h;
+  const size_t start = (size_t)y0 * f->row_bytes + (size_t)x0 * (size_t)f->in_c;
+  if (f->word_rows && x0 >= 0 && x0 + f->kw <= f->in_w && y0 >= 0 && y_last < f->in_h &&
+      start + (size_t)(y_last - y0) * f->row_bytes + 4 <= f->image_bytes) {
+    return word_field(image + start, (size_t)f->dilation.h * f->row_bytes, f->kh, f->run, f->field, f->length,
+                      f->padded, f->zero, copy, p);
+  }
+  gather_field(f, image, y0, x0);
+  return widen(f->field, f->padded, -f->zero, p, copy);
+}
+
+/* The loop over pixel pairs (raster order over the batch); an odd last pixel is a pair of itself. */
+static void conv_rows(conv_job *job) {
   const qgt_filter *filter = job->filter;
-  const int32_t pixels = job->output_dims->n * job->output_dims->h * job->output_dims->w;
-  const int32_t out_c = filter->out_channels;
-  const channel_loop channels_of_pair = channel_loop_of(filter->weight_bits);
+  const qgt_dims *out = job->output_dims;
+  const int32_t pixels = out->n * out->h * out->w, out_c = filter->out_channels;
+  const int32_t offset = job->params->input_offset, length = filter->row_length;
+  const fields f = fields_of(job->params, job->input_dims, job->input, filter, job->field);
+  const int8_t *image = job->input;
+  int32_t oy = 0, ox = 0; /* of pixel p + k */
   for (int32_t p = 0; p < pixels; p += 2) {
     const int32_t second = p + 1 < pixels ? p + 1 : p;
     int32_t sums[2];
-    const int32_t offset = job->params->input_offset, length = filter->row_length;
     if (job->pointwise) { /* the receptive field is the input pixel */
+#if QGT_DSP
+      widen_pair(job->input + (size_t)p * length, job->input + (size_t)second * length, length, offset, job->copy,
+                 sums);
+#else
       sums[0] = widen(job->input + (size_t)p * length, length, offset, 0, job->copy);
       sums[1] = widen(job->input + (size_t)second * length, length, offset, 1, job->copy);
+#endif
     } else {
-      gather_field(job->params, job->input_dims, job->input, filter, job->output_dims, p, job->field);
-      sums[0] = widen(job->field, length, offset, 0, job->copy);
-      gather_field(job->params, job->input_dims, job->input, filter, job->output_dims, second, job->field);
-      sums[1] = widen(job->field, length, offset, 1, job->copy);
+      for (int32_t k = 0; k < 2; ++k) {
+        if (k == 1 && second == p) {
+          sums[1] = widen(job->field, f.padded, offset, 1, job->copy);
+          break;
+        }
+        sums[k] = copy_field(&f, image, oy, ox, job->copy, k);
+        if (++ox == out->w) {
+          ox = 0;
+          if (++oy == out->h) {
+            oy = 0;
+            image += f.image_bytes;
+          }
+        }
+      }
     }
     channels_of_pair(job, sums, job->output + (size_t)p * out_c, job->output + (size_t)second * out_c);
   }
@@ -403,6 +706,7 @@ static qgt_status check_overlap(const int8_t *input, size_t input_bytes, const i
   return QGT_OK;
 }
 
+QGT_COLD
 qgt_status qgt_conv_params_init(const qgt_layer *layer, const qgt_dims *input_dims, qgt_tensor_quant input,
                                 qgt_tensor_quant output, qgt_conv_params *params, qgt_dims *output_dims) {
   qgt_conv_params p;
@@ -434,6 +738,7 @@ qgt_status qgt_conv_params_init(const qgt_layer *layer, const qgt_dims *input_di
   return QGT_OK;
 }
 
+QGT_COLD
 size_t qgt_conv2d_scratch_size(const qgt_conv_params *params, const qgt_dims *input_dims, const qgt_filter *filter,
                                const qgt_dims *output_dims) {
   (void)params; /* the copies hold one receptive field per pixel of a pair, whatever the geometry */
@@ -446,9 +751,9 @@ static qgt_status check_filter(const qgt_filter *filter, int32_t row_length) {
   if (filter->weights == NULL || filter->bias == NULL || filter->scale_codes == NULL) return QGT_ERR_ARGUMENT;
   if (((uintptr_t)filter->weights & 3u) != 0) return QGT_ERR_ARGUMENT;
   if (!QGT_SUPPORTS_BITS(filter->weight_bits)) return QGT_ERR_OPTIONS;
-  const int64_t per_word = 32 / filter->weight_bits;
+  const int32_t per_word = 32 / filter->weight_bits; /* int32 arithmetic: no 64-bit division from libgcc */
   if (filter->out_channels <= 0 || filter->row_length != row_length ||
-      filter->row_bytes != 4 * ((row_length + per_word - 1) / per_word)) {
+      filter->row_bytes / 4 != row_length / per_word + (row_length % per_word != 0) || filter->row_bytes % 4 != 0) {
     return QGT_ERR_SHAPE;
   }
   return QGT_OK;
@@ -490,13 +795,26 @@ qgt_status qgt_conv2d(const qgt_conv_params *params, const qgt_quant_params *qua
   uint8_t *copy = (uint8_t *)scratch + qgt__align4(qgt__channels_bytes(filter->out_channels));
   const int form = qgt__expand_channels(filter, quant, params->output_offset, channels);
   const int full_range = params->activation.min == -128 && params->activation.max == 127;
-  const conv_job job = {params, input_dims, output_dims, input, filter, output, channels,
-                        (int16_t *)(void *)copy, (int8_t *)(copy + pair_copy_bytes(filter)), pointwise,
-                        full_range ? form : QGT_GENERIC};
+  conv_job job;
+  job.params = params;
+  job.input_dims = input_dims;
+  job.output_dims = output_dims;
+  job.input = input;
+  job.filter = filter;
+  job.output = output;
+  job.channels = channels;
+  job.copy = (int16_t *)(void *)copy;
+  job.field = (int8_t *)(copy + pair_copy_bytes(filter));
+  job.pointwise = pointwise;
+  job.form = full_range ? form : QGT_GENERIC;
+#if QGT_DSP
+  pairs_job_of(&job);
+#endif
   conv_rows(&job);
   return QGT_OK;
 }
 
+QGT_COLD
 qgt_status qgt_fc_params_init(const qgt_layer *layer, int32_t input_elements, qgt_tensor_quant input,
                               qgt_tensor_quant output, qgt_fc_params *params, qgt_dims *input_dims,
                               qgt_dims *output_dims) {
@@ -519,6 +837,7 @@ qgt_status qgt_fc_params_init(const qgt_layer *layer, int32_t input_elements, qg
   return QGT_OK;
 }
 
+QGT_COLD
 size_t qgt_fully_connected_scratch_size(const qgt_fc_params *params, const qgt_dims *input_dims,
                                         const qgt_filter *filter, const qgt_dims *output_dims) {
   (void)params;

@@ -1,29 +1,33 @@
 /* DEPTHWISE_CONV_2D.
  *
  * The input is read only through a ring of the window's rows in scratch: each input row is copied once, when
- * the first output row that needs it is computed, group-major (for each group of 4 input channels, the row's
- * columns one word each), with the padding columns (and padding rows) and missing channels filled with the
- * input zero point, whose contribution is zero. So the inner loops have no bounds checks, a 3x3 window's
- * taps sit at constant offsets, and the output may overwrite the input in place. The filter is widened once
- * per call into scratch, 2 bytes per weight, in groups of 4 channels: per group and tap the words
- * (w[c], w[c+2]) and (w[c+1], w[c+3]), the lanes SXTAB16 makes of 4 input bytes (the packed format's field
- * order gives both from one weight word). On the DSP path a tap of a group is one word load, two SXTAB16
- * (input offset added) and SMLABB/SMLATT for each channel; groups go outer, the output row's pixels inner.
+ * the first output row that needs it is computed, in channel pairs: for each pair of input channels, the
+ * row's columns, 2 bytes each (the two channels), padding columns (and padding rows) and a missing last
+ * channel filled with the input zero point, whose contribution is zero. So the inner loops have no bounds
+ * checks, and one word load at a column gives both channels at it and at the next column: SXTAB16 (input
+ * offset added) makes the lanes (x[col], x[col+1]) of each channel, a pair of horizontally adjacent taps for
+ * SMLAD. The output may overwrite the input in place. The filter is widened once per call into scratch, 2 bytes
+ * per weight, per output channel pair: for 3 x 3 filters on the DSP path, per filter row the words
+ * (w0, w1) of each channel and (w2 of both); otherwise per tap the word (w of both channels). On the DSP path
+ * 3 x 3 layers at stride 1 or 2 run in hand-written routines (rows_3x3_*): channel pairs outer, two output
+ * pixels per pass (stride 1: columns x..x+3, stride 2: x..x+4, loaded once for both): per filter row 2 or 3
+ * loads, 4 or 6 SXTAB16 and 10 or 8 multiply-accumulates for 12 MACs, then the four outputs requantized.
  */
+#include <stddef.h>
+
 #include "qgt_internal.h"
 
-#define QGT_DW_MAX_TAPS 49 /* the DSP path's tap table (up to 7 x 7); larger filters take the scalar loop */
-
 typedef struct {
-  int32_t taps;       /* kh * kw */
-  int32_t groups;     /* output channels in groups of 4, the last one possibly partial */
-  int32_t rows;       /* ring rows: the window's height in input rows */
-  int32_t width;      /* ring row width in pixels: the columns the output row reads, padding included */
-  size_t group_bytes; /* one group of 4 input channels of a ring row: width words */
-  size_t row_bytes;   /* a ring row: its input channel groups */
+  int32_t taps;         /* kh * kw */
+  int32_t pairs;        /* output channels in pairs, the last one possibly half */
+  int32_t rows;         /* ring rows: the window's height in input rows */
+  int32_t width;        /* ring row width in pixels: the columns the output row reads, padding included */
+  size_t segment_bytes; /* one pair of input channels of a ring row: 2 bytes per column */
+  size_t row_bytes;     /* a ring row: its input channel pairs */
   size_t channels_bytes, ring_bytes, weights_bytes;
 } layout;
 
+/* Whether the layout's sizes fit int32. */
 static int layout_fits(const qgt_conv_params *params, const qgt_dims *input_dims, const qgt_filter *filter,
                        const qgt_dims *output_dims) {
   const int64_t rows = (int64_t)(filter->kernel_h - 1) * params->dilation.h + 1;
@@ -34,23 +38,28 @@ static int layout_fits(const qgt_conv_params *params, const qgt_dims *input_dims
   return ring <= QGT_INT32_MAX && weights <= QGT_INT32_MAX;
 }
 
+/* Scratch: channel records | ring | widened filter. The sizes reserved (kernel_abi.py mirrors them) count the
+ * ring's input channels and the filter's output channels in groups of 4, which holds their pairs; the ring's
+ * rows take 2 bytes per channel and column, so a word load at a row's last column (which reads 2 bytes past it)
+ * stays inside the scratch. */
 static layout layout_of(const qgt_conv_params *params, const qgt_dims *input_dims, const qgt_filter *filter,
                         const qgt_dims *output_dims) {
   layout l;
   l.taps = filter->kernel_h * filter->kernel_w;
-  l.groups = (filter->out_channels + 3) / 4;
+  l.pairs = (filter->out_channels + 1) / 2;
   l.rows = (filter->kernel_h - 1) * params->dilation.h + 1;
   l.width = (output_dims->w - 1) * params->stride.w + (filter->kernel_w - 1) * params->dilation.w + 1;
-  l.group_bytes = (size_t)4 * (size_t)l.width;
-  l.row_bytes = l.group_bytes * (size_t)((input_dims->c + 3) / 4);
+  l.segment_bytes = (size_t)2 * (size_t)l.width;
+  l.row_bytes = l.segment_bytes * (size_t)((input_dims->c + 1) / 2);
   l.channels_bytes = qgt__align4(qgt__channels_bytes(filter->out_channels));
-  l.ring_bytes = l.row_bytes * (size_t)l.rows;
-  l.weights_bytes = (size_t)8 * (size_t)l.groups * (size_t)l.taps;
+  l.ring_bytes = (size_t)4 * (size_t)l.width * (size_t)((input_dims->c + 3) / 4) * (size_t)l.rows;
+  l.weights_bytes = (size_t)8 * (size_t)((filter->out_channels + 3) / 4) * (size_t)l.taps;
   return l;
 }
 
 static size_t scratch_of(const layout *l) { return l->channels_bytes + l->ring_bytes + l->weights_bytes; }
 
+QGT_COLD
 size_t qgt_depthwise_conv2d_scratch_size(const qgt_conv_params *params, const qgt_dims *input_dims,
                                          const qgt_filter *filter, const qgt_dims *output_dims) {
   if (params == NULL || input_dims == NULL || filter == NULL || output_dims == NULL) return 0;
@@ -63,13 +72,35 @@ size_t qgt_depthwise_conv2d_scratch_size(const qgt_conv_params *params, const qg
   return scratch_of(&l);
 }
 
-/* Halfword of the widened filter holding channel c at tap t. */
+/* Halfword of the widened filter (per tap layout) holding channel c at tap t. */
 static inline size_t weight_halfword(const layout *l, int32_t c, int32_t t) {
-  return (((size_t)(c >> 2) * (size_t)l->taps + (size_t)t) * 2u + (size_t)(c & 1)) * 2u + (size_t)((c >> 1) & 1);
+  return ((size_t)(c >> 1) * (size_t)l->taps + (size_t)t) * 2u + (size_t)(c & 1);
 }
 
-/* The signed lanes of field j of both half-words of `word`, as a pair of int16. */
-static inline uint32_t field_pair(uint32_t word, int32_t j, int32_t bits) {
+/* The low half-words of a and b as one word (PKHBT), and their high half-words (PKHTB): two columns of a channel
+ * pair, or two channels of a tap. */
+static inline uint32_t low_halves(uint32_t a, uint32_t b) {
+#if QGT_DSP
+  uint32_t r;
+  __asm__("pkhbt %0, %1, %2, lsl #16" : "=r"(r) : "r"(a), "r"(b));
+  return r;
+#else
+  return (a & 0xFFFFu) | b << 16;
+#endif
+}
+
+static inline uint32_t high_halves(uint32_t a, uint32_t b) {
+#if QGT_DSP
+  uint32_t r;
+  __asm__("pkhtb %0, %1, %2, asr #16" : "=r"(r) : "r"(b), "r"(a));
+  return r;
+#else
+  return (b & 0xFFFF0000u) | a >> 16;
+#endif
+}
+
+/* The signed codes of field j of both half-words of a weight word, as int16 lanes (FORMAT.md's field order). */
+static inline __attribute__((always_inline)) uint32_t field_lanes(uint32_t word, int32_t j, int32_t bits) {
 #if QGT_DSP
   const uint32_t lanes = qgt__ror(word, (uint32_t)(bits * j)) & (((1u << bits) - 1u) * 0x00010001u);
   if (bits == 8) return (uint32_t)__sxtb16((int32_t)lanes);
@@ -82,22 +113,30 @@ static inline uint32_t field_pair(uint32_t word, int32_t j, int32_t bits) {
 #endif
 }
 
-/* The filter widened (see the file comment); missing channels of a partial last group are zero. */
+/* The filter widened per tap (see the file comment); a missing last channel is zero. Where the channels come
+ * in whole groups of 4, a quad of a weight word holds channels c..c+3 of one tap: its field pairs (w[c], w[c+2])
+ * and (w[c+1], w[c+3]) become (w[c], w[c+1]) and (w[c+2], w[c+3]) by two half-word packs. */
 static void widen_filter(const qgt_filter *filter, const layout *l, uint32_t *weights) {
-  const int32_t channels = filter->out_channels, bits = filter->weight_bits, per_word = 32 / bits;
-  if ((channels & 3) == 0) { /* quads of the row are 4 channels of one tap: one field pair per word */
-    const uint32_t *row = (const uint32_t *)(const void *)filter->weights;
-    for (int32_t position = 0; position < filter->row_length; position += 4) {
-      const uint32_t word = row[position / per_word];
-      const int32_t q = (position % per_word) / 4, t = position / channels, c = position % channels;
-      uint32_t *pair = weights + ((size_t)(c >> 2) * (size_t)l->taps + (size_t)t) * 2u;
-      pair[0] = field_pair(word, 2 * q, bits);
-      pair[1] = field_pair(word, 2 * q + 1, bits);
+  const int32_t channels = filter->out_channels, bits = filter->weight_bits, quads = 8 / bits;
+  if ((channels & 3) == 0) {
+    const uint32_t *word = (const uint32_t *)(const void *)filter->weights;
+    int32_t q = 0;
+    for (int32_t t = 0; t < l->taps; ++t) {
+      uint32_t *pair = weights + t;
+      for (int32_t c = 0; c < channels; c += 4, pair += 2 * l->taps) {
+        const uint32_t even = field_lanes(*word, 2 * q, bits), odd = field_lanes(*word, 2 * q + 1, bits);
+        pair[0] = low_halves(even, odd);
+        pair[l->taps] = high_halves(even, odd);
+        if (++q == quads) {
+          q = 0;
+          ++word;
+        }
+      }
     }
     return;
   }
   int16_t *half = (int16_t *)(void *)weights;
-  for (size_t i = 0; i < 4u * (size_t)l->groups * (size_t)l->taps; ++i) half[i] = 0;
+  for (size_t i = 0; i < 2u * (size_t)l->pairs * (size_t)l->taps; ++i) half[i] = 0;
   for (int32_t t = 0; t < l->taps; ++t) {
     for (int32_t c = 0; c < channels; ++c) {
       half[weight_halfword(l, c, t)] = (int16_t)qgt__code(filter->weights, t * channels + c, bits);
@@ -105,34 +144,54 @@ static void widen_filter(const qgt_filter *filter, const layout *l, uint32_t *we
   }
 }
 
-/* Input row y of image `image` into ring slot `slot`, group-major; padding and missing channels hold the zero
- * point. */
+static inline void store16(uint8_t *p, uint32_t v) {
+  p[0] = (uint8_t)v;
+  p[1] = (uint8_t)(v >> 8);
+}
+
+/* Input row y of image `image` into ring slot `slot`, in channel pairs; padding and a missing last channel
+ * hold the zero point. Inside the input, whole groups of 4 channels of two columns at a time: two word
+ * loads, two half-word packs, two word stores. */
 static void load_row(const qgt_conv_params *params, const qgt_dims *input_dims, const int8_t *image, const layout *l,
-                     int32_t y, int8_t *slot) {
+                     int32_t y, uint8_t *slot) {
   const uint8_t zero = (uint8_t)(-params->input_offset);
-  const uint32_t zeros = zero * 0x01010101u;
-  const int32_t c = input_dims->c, groups = (c + 3) / 4, full = c / 4;
-  const int inside_row = y >= 0 && y < input_dims->h;
-  for (int32_t cx = 0; cx < l->width; ++cx) {
-    const int32_t x = cx - params->padding.w;
-    uint8_t *column = (uint8_t *)slot + (size_t)cx * 4;
-    if (!inside_row || x < 0 || x >= input_dims->w) {
-      for (int32_t g = 0; g < groups; ++g) memcpy(column + (size_t)g * l->group_bytes, &zeros, 4);
-      continue;
+  const int32_t c = input_dims->c, in_pairs = (c + 1) / 2, groups = c / 4;
+  const size_t segment = l->segment_bytes;
+  if (y < 0 || y >= input_dims->h) {
+    memset(slot, zero, l->row_bytes);
+    return;
+  }
+  const int32_t first = qgt__min(qgt__max(params->padding.w, 0), l->width);   /* first inside column */
+  const int32_t last = qgt__min(params->padding.w + input_dims->w, l->width); /* one past the last */
+  for (int32_t p = 0; p < in_pairs; ++p) { /* padding columns: a few, so no memset call */
+    uint8_t *column = slot + (size_t)p * segment;
+    for (int32_t x = 0; x < first; ++x) store16(column + 2 * x, zero * 0x0101u);
+    for (int32_t x = last; x < l->width; ++x) store16(column + 2 * x, zero * 0x0101u);
+  }
+  const int8_t *row = image + (size_t)y * (size_t)input_dims->w * (size_t)c;
+  int32_t cx = first;
+  for (; cx + 2 <= last; cx += 2) {
+    const int8_t *x0 = row + (size_t)(cx - params->padding.w) * (size_t)c, *x1 = x0 + c;
+    uint8_t *to = slot + 2u * (size_t)cx;
+    for (int32_t g = 0; g < groups; ++g, to += 2 * segment) {
+      const uint32_t a = qgt__load32(x0 + 4 * g), b = qgt__load32(x1 + 4 * g);
+      qgt__store32(to, low_halves(a, b));
+      qgt__store32(to + segment, high_halves(a, b));
     }
-    const int8_t *pixel = image + ((size_t)y * input_dims->w + x) * (size_t)c;
-    for (int32_t g = 0; g < full; ++g) memcpy(column + (size_t)g * l->group_bytes, pixel + 4 * g, 4);
-    if (full < groups) {
-      uint8_t last[4] = {zero, zero, zero, zero};
-      memcpy(last, pixel + 4 * full, (size_t)(c - 4 * full));
-      memcpy(column + (size_t)full * l->group_bytes, last, 4);
+  }
+  /* the rest: channels past the groups of 4, and a last odd column */
+  for (int32_t x = 2 * groups < in_pairs ? first : cx; x < last; ++x) {
+    const int8_t *pixel = row + (size_t)(x - params->padding.w) * (size_t)c;
+    for (int32_t p = x < cx ? 2 * groups : 0; p < in_pairs; ++p) {
+      const uint32_t low = (uint8_t)pixel[2 * p], high = 2 * p + 1 < c ? (uint8_t)pixel[2 * p + 1] : zero;
+      store16(slot + (size_t)p * segment + 2u * (size_t)x, low | high << 8);
     }
   }
 }
 
 /* Input channel ic at ring column cx of slot row `slot`. */
 static inline int32_t ring_value(const layout *l, const int8_t *slot, int32_t cx, int32_t ic) {
-  return slot[(size_t)(ic >> 2) * l->group_bytes + (size_t)cx * 4 + (size_t)(ic & 3)];
+  return slot[(size_t)(ic >> 1) * l->segment_bytes + 2u * (size_t)cx + (size_t)(ic & 1)];
 }
 
 static inline int32_t ring_slot(int32_t row, int32_t rows) {
@@ -164,137 +223,339 @@ typedef struct {
   int form; /* the requantization form (QGT_FAST...) when the clamp is the whole int8 range, else QGT_GENERIC */
 } depthwise_job;
 
+/* Stores the outputs of a channel pair at one pixel (`both`: the second channel exists), for a constant
+ * requantization `form` (QGT_GENERIC unless the clamp is the whole int8 range). */
+static inline __attribute__((always_inline)) void store_pair(int8_t *out, int both, const qgt_channel *channel,
+                                                             int32_t a0, int32_t a1, int32_t output_offset,
+                                                             qgt_range activation, int form) {
 #if QGT_DSP
-/* SXTAB16 of x rotated right by 8: the odd bytes, offset added (the rotation folded into the instruction). */
-static inline int32_t sxtab16_odd(int32_t offset2, int32_t x) {
-  int32_t r;
-  __asm__("sxtab16 %0, %1, %2, ror #8" : "=r"(r) : "r"(offset2), "r"(x));
-  return r;
-}
-
-/* Tap t of a group: one word of 4 channels at `at`, widened, against the group's weight pair of tap t. */
-#define QGT_DW_TAP(at, t)                                                                \
-  {                                                                                      \
-    const int32_t x = (int32_t)qgt__load32(at);                                          \
-    const int32_t even = __sxtab16(offset2, x), odd = sxtab16_odd(offset2, x);           \
-    const int32_t w02 = (int32_t)w[2 * (t)], w13 = (int32_t)w[2 * (t) + 1];              \
-    a0 = __smlabb(even, w02, a0);                                                        \
-    a2 = __smlatt(even, w02, a2);                                                        \
-    a1 = __smlabb(odd, w13, a1);                                                         \
-    a3 = __smlatt(odd, w13, a3);                                                         \
-  }
-
-/* The 9 taps of a 3 x 3 window for one group of 4 channels: rows r0, r1, r2 at column offsets 0, 4, 8, weight
- * pairs at w[0 .. 17]. Hand-scheduled: the block needs 13 live registers, which the compiler spills. */
-#define QGT_DW_ASM_TAP(row, column, pair)                                 \
-  "ldr %[x], [%[" row "], #" column "]\n\t"                                \
-  "ldrd %[wa], %[wb], [%[w], #" pair "]\n\t"                              \
-  "sxtab16 %[o], %[off], %[x], ror #8\n\t"                               \
-  "sxtab16 %[x], %[off], %[x]\n\t"                                        \
-  "smlabb %[a0], %[x], %[wa], %[a0]\n\t"                                  \
-  "smlatt %[a2], %[x], %[wa], %[a2]\n\t"                                  \
-  "smlabb %[a1], %[o], %[wb], %[a1]\n\t"                                  \
-  "smlatt %[a3], %[o], %[wb], %[a3]\n\t"
-
-static inline __attribute__((always_inline)) void taps_3x3(const int8_t *r0, const int8_t *r1, const int8_t *r2,
-                                                           const uint32_t *w, int32_t offset2, int32_t acc[4]) {
-  int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-  uint32_t x, o, wa, wb;
-  __asm__(QGT_DW_ASM_TAP("r0", "0", "0") QGT_DW_ASM_TAP("r0", "4", "8") QGT_DW_ASM_TAP("r0", "8", "16")
-          QGT_DW_ASM_TAP("r1", "0", "24") QGT_DW_ASM_TAP("r1", "4", "32") QGT_DW_ASM_TAP("r1", "8", "40")
-          QGT_DW_ASM_TAP("r2", "0", "48") QGT_DW_ASM_TAP("r2", "4", "56") QGT_DW_ASM_TAP("r2", "8", "64")
-          : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [x] "=&r"(x), [o] "=&r"(o),
-            [wa] "=&r"(wa), [wb] "=&r"(wb)
-          : [r0] "r"(r0), [r1] "r"(r1), [r2] "r"(r2), [w] "r"(w), [off] "r"(offset2)
-          : "memory");
-  acc[0] = a0;
-  acc[1] = a1;
-  acc[2] = a2;
-  acc[3] = a3;
-}
-
-/* Stores a group's four outputs (`count` of them valid) for a constant requantization `form` (QGT_GENERIC
- * unless the clamp is the whole int8 range). */
-static inline __attribute__((always_inline)) void store_group(int8_t *out, int32_t count, const qgt_channel *channel,
-                                                              int32_t a0, int32_t a1, int32_t a2, int32_t a3,
-                                                              int32_t output_offset, qgt_range activation, int form) {
-  if (form != QGT_GENERIC && count == 4) {
-    const int32_t v0 = qgt__fast_output(a0, &channel[0], form), v1 = qgt__fast_output(a1, &channel[1], form);
-    const int32_t v2 = qgt__fast_output(a2, &channel[2], form), v3 = qgt__fast_output(a3, &channel[3], form);
-    out[0] = (int8_t)v0;
-    out[1] = (int8_t)v1;
-    out[2] = (int8_t)v2;
-    out[3] = (int8_t)v3;
+  if (form != QGT_GENERIC) {
+    out[0] = (int8_t)qgt__fast_output(a0, &channel[0]);
+    if (both) out[1] = (int8_t)qgt__fast_output(a1, &channel[1]);
     return;
   }
-  const int32_t acc[4] = {a0, a1, a2, a3};
-  for (int32_t i = 0; i < count; ++i) out[i] = qgt__output(acc[i], &channel[i], output_offset, activation);
+#else
+  (void)form;
+#endif
+  out[0] = qgt__output(a0, &channel[0], output_offset, activation);
+  if (both) out[1] = qgt__output(a1, &channel[1], output_offset, activation);
 }
 
-/* One group of 4 channels along an output row (depth multiplier 1), for constant `three_by_three` (3 x 3
- * filter, column dilation 1: taps at constant offsets from three row pointers) and requantization `form`. `rows[ky]`
- * is the group's part of the ring row of filter row ky, `offsets[t]` tap t's offset from rows[0] otherwise. */
-static inline __attribute__((always_inline)) void group_row(const depthwise_job *job, int32_t g,
-                                                            const int8_t *const *rows, const int32_t *offsets,
-                                                            int8_t *out, int32_t out_w, int three_by_three, int form) {
-  const int32_t channels = job->filter->out_channels, taps = job->l->taps, out_c = channels;
-  const int32_t count = qgt__min(4, channels - 4 * g), step = 4 * job->params->stride.w;
-  const int32_t offset2 = (int32_t)((uint32_t)(job->params->input_offset & 0xFFFF) * 0x00010001u);
-  const int32_t output_offset = job->params->output_offset;
-  const qgt_range activation = job->params->activation;
-  const uint32_t *w = job->weights + (size_t)g * (size_t)taps * 2u;
-  const qgt_channel *channel = job->channels + 4 * g;
-  const int8_t *r0 = rows[0], *r1 = rows[1], *r2 = rows[2];
-  out += 4 * g;
-  for (int32_t ox = 0; ox < out_w; ++ox, out += out_c) {
-    int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-    if (three_by_three) {
-      int32_t acc[4];
-      taps_3x3(r0, r1, r2, w, offset2, acc);
-      a0 = acc[0];
-      a1 = acc[1];
-      a2 = acc[2];
-      a3 = acc[3];
-      r0 += step;
-      r1 += step;
-      r2 += step;
-    } else {
-      for (int32_t t = 0; t < taps; ++t) QGT_DW_TAP(r0 + offsets[t], t)
-      r0 += step;
+#if QGT_DSP
+/* Whether the DSP path's 3 x 3 loops (and their filter layout) serve the layer. */
+static int three_by_three(const qgt_conv_params *params, const qgt_filter *filter) {
+  return filter->kernel_h == 3 && filter->kernel_w == 3 && params->dilation.w == 1 &&
+         params->depth_multiplier == 1;
+}
+
+/* The per tap filter rearranged for the 3 x 3 loops: per channel pair and filter row, the words (w0, w1) of the
+ * first channel, (w0, w1) of the second and (w2 of both). */
+static void filter_for_three_by_three(const layout *l, uint32_t *weights) {
+  for (int32_t p = 0; p < l->pairs; ++p) {
+    uint32_t *w = weights + 9 * (size_t)p;
+    for (int32_t ky = 0; ky < 3; ++ky, w += 3) {
+      const uint32_t w0 = w[0], w1 = w[1];
+      w[0] = low_halves(w0, w1);
+      w[1] = high_halves(w0, w1);
     }
-    store_group(out, count, channel, a0, a1, a2, a3, output_offset, activation, form);
   }
 }
 
-/* The groups of one output row on the DSP path. `top` is the first input row of its window. */
-static void row_groups(const depthwise_job *job, const int8_t *ring, int32_t top, int8_t *row_out, int32_t out_w) {
+
+/* The 3 x 3 layers' loop on the DSP path: assembly routines (one per stride), over all whole channel pairs of
+ * an output row, two pixels per pass. Per pair, its 9 weight words and 2 channel records are copied into the
+ * routine's stack frame, where they are addressed from sp: so the 13 registers of a pass (4 accumulators, 4
+ * temporaries, 3 row pointers, the input offset, the output pointer) and the pass count fit in the 14 there
+ * are; the compiler's version spilled and reloaded row pointers around every pass. Filter row k reads the
+ * ring row at its pointer: stride 1, columns 0..3 (words A: columns 0, 1 and B: 2, 3 of both channels); stride
+ * 2, columns 0..4 (words A, B, C). Its weights are 12 bytes at [sp, #12k]: (w0, w1) of channel 0, (w0, w1) of
+ * channel 1, (w2 of both). r0, r1: channel 0 at pixels 0, 1; r2, r3: channel 1. The first row multiplies, the
+ * others accumulate; the row pointers move on by the two pixels. Requantization: the fast form, QGT_FAST (which
+ * also serves layers of the QGT_FAST_RIGHT form, for flash). */
+typedef struct {
+  const int8_t *rows[3];       /* 0: the ring rows of the 3 filter rows at the first pair's segment, column 0 */
+  const uint32_t *weights;     /* 12: 9 words per pair */
+  const qgt_channel *channels; /* 16: 2 records per pair */
+  int8_t *out;                 /* 20: the first pair's outputs at pixel 0 */
+  int32_t out_c;               /* 24 */
+  int32_t passes;              /* 28: two-pixel passes per pair (>= 1) */
+  int32_t pairs;               /* 32: whole channel pairs (>= 1) */
+  int32_t segment;             /* 36 */
+  int32_t offset2;             /* 40: the input offset in both half-words */
+} dw_rows_job;
+typedef char dw_rows_job_layout_is_the_assembly_s[offsetof(dw_rows_job, offset2) == 40 ? 1 : -1];
+
+/* The frame: weights at [sp, #0], records at [sp, #36], the job at [sp, #84], out_c at [sp, #88], offset2 at
+ * [sp, #92]. */
+#define QGT_DW_MUL(acc, op) op " " acc ", r6, r7\n\t"
+#define QGT_DW_ACC(acc, op) op " " acc ", r6, r7, " acc "\n\t"
+#define QGT_DW_FIRST(acc, mul, mla) QGT_DW_MUL(acc, mul)
+#define QGT_DW_LATER(acc, mul, mla) QGT_DW_ACC(acc, mla)
+#define QGT_DW_NEXT(acc, mul, mla) QGT_DW_ACC(acc, mla)
+#define QGT_DW_STRIDE1(ROW, W0, W4, W8, FIRST)                                                            \
+  "ldr r5, [" ROW ", #4]\n\t"                                                                             \
+  "ldr r4, [" ROW "], #4\n\t"                                /* and the row on by two pixels */          \
+  "ldr r7, [sp, #" W0 "]\n\t"                                /* (w0, w1) of channel 0 */                  \
+  "sxtab16 r6, r12, r4\n\t"                                  /* channel 0, columns 0, 1 */                \
+  FIRST("r0", "smuad", "smlad") FIRST("r1", "smultb", "smlatb")                                           \
+  "sxtab16 r6, r12, r5\n\t"                                  /* columns 2, 3 */                           \
+  QGT_DW_NEXT("r1", "", "smlabt")                                                                         \
+  "ldr r7, [sp, #" W8 "]\n\t"                                /* w2 of both */                             \
+  QGT_DW_NEXT("r0", "", "smlabb") QGT_DW_NEXT("r1", "", "smlatb")                                         \
+  "sxtab16 r6, r12, r5, ror #8\n\t"                          /* channel 1, columns 2, 3 */                \
+  FIRST("r2", "smulbt", "smlabt") FIRST("r3", "smultt", "smlatt")                                         \
+  "ldr r7, [sp, #" W4 "]\n\t"                                /* (w0, w1) of channel 1 */                  \
+  QGT_DW_NEXT("r3", "", "smlabt")                                                                         \
+  "sxtab16 r6, r12, r4, ror #8\n\t"                          /* columns 0, 1 */                           \
+  QGT_DW_NEXT("r2", "", "smlad") QGT_DW_NEXT("r3", "", "smlatb")
+#define QGT_DW_STRIDE2(ROW, W0, W4, W8, FIRST)                                                            \
+  "ldr r5, [" ROW ", #4]\n\t"                                                                             \
+  "ldr r4, [" ROW "], #8\n\t"                                /* and the row on by two pixels */          \
+  "ldr r7, [sp, #" W0 "]\n\t"                                /* (w0, w1) of channel 0 */                  \
+  "sxtab16 r6, r12, r4\n\t"                                  /* channel 0, columns 0, 1 */                \
+  FIRST("r0", "smuad", "smlad")                                                                           \
+  "sxtab16 r6, r12, r5\n\t"                                  /* columns 2, 3 */                           \
+  FIRST("r1", "smuad", "smlad")                                                                           \
+  "ldr r7, [sp, #" W4 "]\n\t"                                /* (w0, w1) of channel 1 */                  \
+  "sxtab16 r6, r12, r4, ror #8\n\t"                                                                       \
+  FIRST("r2", "smuad", "smlad")                                                                           \
+  "sxtab16 r6, r12, r5, ror #8\n\t"                                                                       \
+  FIRST("r3", "smuad", "smlad")                                                                           \
+  "ldr r7, [sp, #" W8 "]\n\t"                                /* w2 of both */                             \
+  QGT_DW_NEXT("r2", "", "smlabt")                                                                         \
+  "sxtab16 r6, r12, r5\n\t"                                                                               \
+  QGT_DW_NEXT("r0", "", "smlabb")                                                                         \
+  "ldr r4, [" ROW "]\n\t"                                    /* column 4 */                               \
+  "sxtab16 r6, r12, r4\n\t"                                                                               \
+  QGT_DW_NEXT("r1", "", "smlabb")                                                                         \
+  "sxtab16 r6, r12, r4, ror #8\n\t"                                                                       \
+  QGT_DW_NEXT("r3", "", "smlabt")
+#define QGT_DW_PASS(ROW)                                                                                   \
+  ROW("r8", "0", "4", "8", QGT_DW_FIRST) ROW("r9", "12", "16", "20", QGT_DW_LATER)                        \
+  ROW("r10", "24", "28", "32", QGT_DW_LATER)
+/* Accumulators A0 (pixel 0) and A1 (pixel 1) requantized with the record at [sp, #B] (the fast form of
+ * qgt_internal.h) and stored at [lr] and [lr + r12]. */
+#define QGT_DW_FAST(A0, A1, B, B8, B16)                                                              \
+  "ldrd r4, r5, [sp, #" B "]\n\t"                   /* scale, bias */                               \
+  "mla " A0 ", " A0 ", r4, r5\n\t"                                                                  \
+  "mla " A1 ", " A1 ", r4, r5\n\t"                                                                  \
+  "ldrd r4, r5, [sp, #" B8 "]\n\t"                  /* multiplier, round */                         \
+  "smmlar r6, " A0 ", r4, r5\n\t"                                                                   \
+  "smmlar r7, " A1 ", r4, r5\n\t"                                                                   \
+  "ldrd r4, r5, [sp, #" B16 "]\n\t"                 /* right, sign */                               \
+  "and " A0 ", r5, " A0 ", asr #31\n\t"                                                             \
+  "and " A1 ", r5, " A1 ", asr #31\n\t"                                                             \
+  "add r6, r6, " A0 "\n\t"                                                                          \
+  "add r7, r7, " A1 "\n\t"                                                                          \
+  "asr r6, r6, r4\n\t"                                                                              \
+  "asr r7, r7, r4\n\t"                                                                              \
+  "ssat r6, #8, r6\n\t"                                                                             \
+  "ssat r7, #8, r7\n\t"                                                                             \
+  "strb r6, [lr]\n\t"                                                                               \
+  "strb r7, [lr, r12]\n\t"
+#define QGT_DW_ROUTINE(ROW)                                                                         \
+  __asm__("push {r4-r11, lr}\n\t"                                                                   \
+          "sub sp, sp, #100\n\t"                                                                    \
+          "str r0, [sp, #84]\n\t"                                                                   \
+          "ldr r1, [r0, #24]\n\t"                                                                   \
+          "ldr r2, [r0, #40]\n\t"                                                                   \
+          "strd r1, r2, [sp, #88]\n\t"                                                              \
+          "1:\n\t"                                  /* a channel pair: its weights and records */   \
+          "ldr r0, [sp, #84]\n\t"                                                                   \
+          "ldr r1, [r0, #12]\n\t"                                                                   \
+          "ldm r1!, {r2-r10}\n\t"                                                                   \
+          "str r1, [r0, #12]\n\t"                                                                   \
+          "stm sp, {r2-r10}\n\t"                                                                    \
+          "ldr r1, [r0, #16]\n\t"                                                                   \
+          "add r11, sp, #36\n\t"                                                                    \
+          "ldm r1!, {r2-r7}\n\t"                                                                    \
+          "stm r11!, {r2-r7}\n\t"                                                                   \
+          "ldm r1!, {r2-r7}\n\t"                                                                    \
+          "stm r11, {r2-r7}\n\t"                                                                    \
+          "str r1, [r0, #16]\n\t"                                                                   \
+          "ldm r0, {r8, r9, r10}\n\t"               /* its rows; the next pair's after them */      \
+          "ldr r11, [r0, #36]\n\t"                                                                  \
+          "add r1, r8, r11\n\t"                                                                     \
+          "add r2, r9, r11\n\t"                                                                     \
+          "add r3, r10, r11\n\t"                                                                    \
+          "stm r0, {r1, r2, r3}\n\t"                                                                \
+          "ldr lr, [r0, #20]\n\t"                                                                   \
+          "add r1, lr, #2\n\t"                                                                      \
+          "str r1, [r0, #20]\n\t"                                                                   \
+          "ldr r11, [r0, #28]\n\t"                                                                  \
+          "ldr r12, [sp, #92]\n\t"                                                                  \
+          "2:\n\t" QGT_DW_PASS(ROW)                 /* a pass: two pixels */                        \
+          "ldr r12, [sp, #88]\n\t"                                                                  \
+          QGT_DW_FAST("r0", "r1", "36", "44", "52")                                                 \
+          "add lr, lr, #1\n\t"                                                                      \
+          QGT_DW_FAST("r2", "r3", "60", "68", "76")                                                 \
+          "add lr, lr, r12, lsl #1\n\t"                                                             \
+          "sub lr, lr, #1\n\t"                                                                      \
+          "ldr r12, [sp, #92]\n\t"                                                                  \
+          "subs r11, r11, #1\n\t"                                                                   \
+          "bne 2b\n\t"                                                                              \
+          "ldr r0, [sp, #84]\n\t"                                                                   \
+          "ldr r1, [r0, #32]\n\t"                                                                   \
+          "subs r1, r1, #1\n\t"                                                                     \
+          "str r1, [r0, #32]\n\t"                                                                   \
+          "bne 1b\n\t"                                                                              \
+          "add sp, sp, #100\n\t"                                                                    \
+          "pop {r4-r11, pc}\n\t")
+
+__attribute__((naked)) static void rows_3x3_stride1(dw_rows_job *job __attribute__((unused))) {
+  QGT_DW_ROUTINE(QGT_DW_STRIDE1);
+}
+
+__attribute__((naked)) static void rows_3x3_stride2(dw_rows_job *job __attribute__((unused))) {
+  QGT_DW_ROUTINE(QGT_DW_STRIDE2);
+}
+
+/* One filter row of a 3 x 3 channel pair at one pixel: ring columns 0..2 at r; acc = {channel 0, channel 1}. */
+static inline __attribute__((always_inline)) void row_single(const int8_t *r, const uint32_t *w, int32_t offset2,
+                                                             int32_t acc[2]) {
+  const int32_t a = (int32_t)qgt__load32(r), b = (int32_t)qgt__load32(r + 4);
+  acc[0] = __smlad(__sxtab16(offset2, a), (int32_t)w[0], acc[0]);
+  acc[1] = __smlad(qgt__sxtab16_odd(offset2, a), (int32_t)w[1], acc[1]);
+  acc[0] = __smlabb(__sxtab16(offset2, b), (int32_t)w[2], acc[0]);
+  acc[1] = __smlabt(qgt__sxtab16_odd(offset2, b), (int32_t)w[2], acc[1]);
+}
+
+/* One channel pair of a 3 x 3 layer along output pixels [first, last) of a row, one pixel at a time, at any stride
+ * and requantization (a half last pair when `both` is 0): the layers and pixels the routines leave. */
+QGT_COLD
+static void pair_row_3x3(const depthwise_job *job, int32_t p, const int8_t *const *rows, int8_t *row_out,
+                         int32_t first, int32_t last, int both) {
+  const int32_t out_c = job->filter->out_channels;
+  const int32_t offset2 = (int32_t)((uint32_t)(job->params->input_offset & 0xFFFF) * 0x00010001u);
+  const uint32_t *w = job->weights + 9 * (size_t)p;
+  const qgt_channel *channel = job->channels + 2 * p;
+  const size_t step = 2u * (size_t)job->params->stride.w, at = (size_t)p * job->l->segment_bytes + step * (size_t)first;
+  const int8_t *r0 = rows[0] + at, *r1 = rows[1] + at, *r2 = rows[2] + at;
+  int8_t *out = row_out + 2 * p + (size_t)first * (size_t)out_c;
+  for (int32_t ox = first; ox < last; ++ox, r0 += step, r1 += step, r2 += step, out += out_c) {
+    int32_t acc[2] = {0, 0};
+    row_single(r0, w, offset2, acc);
+    row_single(r1, w + 3, offset2, acc);
+    row_single(r2, w + 6, offset2, acc);
+    store_pair(out, both, channel, acc[0], acc[1], job->params->output_offset, job->params->activation,
+               job->form == QGT_GENERIC ? QGT_GENERIC : QGT_FAST);
+  }
+}
+
+/* The whole channel pairs of a 3 x 3 layer along an output row at stride 1 or 2 in the fast form: two pixels per
+ * pass by the routines, an odd last pixel here. rows[ky] is the ring row of filter row ky. */
+static void pairs_3x3(const depthwise_job *job, const int8_t *const *rows, int8_t *row_out, int32_t out_w) {
+  const int32_t out_c = job->filter->out_channels, pairs = out_c / 2, stride = job->params->stride.w;
+  const int32_t offset2 = (int32_t)((uint32_t)(job->params->input_offset & 0xFFFF) * 0x00010001u);
+  const size_t segment = job->l->segment_bytes;
+  if (out_w >= 2) {
+    dw_rows_job j = {{rows[0], rows[1], rows[2]}, job->weights, job->channels, row_out, out_c, out_w / 2, pairs,
+                     (int32_t)segment, offset2};
+    (stride == 1 ? rows_3x3_stride1 : rows_3x3_stride2)(&j);
+  }
+  if (out_w & 1) { /* odd widths (MobileNet's last layers): inline, it is a third of their pixels */
+    const size_t column = 2u * (size_t)(stride * (out_w - 1));
+    int8_t *out = row_out + (size_t)(out_w - 1) * (size_t)out_c;
+    for (int32_t p = 0; p < pairs; ++p, out += 2) {
+      const uint32_t *w = job->weights + 9 * (size_t)p;
+      const qgt_channel *channel = job->channels + 2 * p;
+      const size_t at = (size_t)p * segment + column;
+      int32_t acc[2] = {0, 0};
+      row_single(rows[0] + at, w, offset2, acc);
+      row_single(rows[1] + at, w + 3, offset2, acc);
+      row_single(rows[2] + at, w + 6, offset2, acc);
+      const int32_t v0 = qgt__fast_output(acc[0], &channel[0]);
+      const int32_t v1 = qgt__fast_output(acc[1], &channel[1]);
+      out[0] = (int8_t)v0;
+      out[1] = (int8_t)v1;
+    }
+  }
+}
+
+/* One channel pair along an output row for any filter (depth multiplier 1): per tap, one word load at the
+ * tap's column and the two channels' low lanes against the tap's weight word. `offsets[t]` is tap t's offset
+ * from the pair's segment of the first window row. */
+QGT_COLD
+static __attribute__((noinline)) void pair_row_taps(const depthwise_job *job, int32_t p, const int8_t *segment,
+                                                    const int32_t *offsets, int8_t *out, int32_t out_w) {
+  const int32_t out_c = job->filter->out_channels, taps = job->l->taps;
+  const int both = 2 * p + 1 < out_c;
+  const int32_t offset2 = (int32_t)((uint32_t)(job->params->input_offset & 0xFFFF) * 0x00010001u);
+  const uint32_t *w = job->weights + (size_t)taps * (size_t)p;
+  const qgt_channel *channel = job->channels + 2 * p;
+  const size_t step = 2u * (size_t)job->params->stride.w;
+  out += 2 * p;
+  for (int32_t ox = 0; ox < out_w; ++ox, segment += step, out += out_c) {
+    int32_t a0 = 0, a1 = 0;
+    for (int32_t t = 0; t < taps; ++t) {
+      const int32_t x = (int32_t)qgt__load32(segment + offsets[t]);
+      a0 = __smlabb(__sxtab16(offset2, x), (int32_t)w[t], a0);
+      a1 = __smlabt(qgt__sxtab16_odd(offset2, x), (int32_t)w[t], a1);
+    }
+    store_pair(out, both, channel, a0, a1, job->params->output_offset, job->params->activation,
+               job->form == QGT_GENERIC ? QGT_GENERIC : QGT_FAST);
+  }
+}
+
+#define QGT_DW_MAX_TAPS 49 /* the DSP path's tap table (up to 7 x 7); larger filters take the scalar loop */
+
+/* The channel pairs of one output row on the DSP path (depth multiplier 1). `top` is the first input row of
+ * its window. */
+static void row_pairs(const depthwise_job *job, const int8_t *ring, int32_t top, int8_t *row_out, int32_t out_w) {
   const layout *l = job->l;
   const qgt_conv_params *params = job->params;
-  const int form = job->form;
-  const int three_by_three = job->filter->kernel_h == 3 && job->filter->kernel_w == 3 && params->dilation.w == 1;
-  int32_t offsets[QGT_DW_MAX_TAPS];
-  const int8_t *rows[3];
-  for (int32_t t = 0; t < l->taps; ++t) {
-    const int32_t ky = t / job->filter->kernel_w, kx = t % job->filter->kernel_w;
-    offsets[t] = (int32_t)((size_t)ring_slot(top + ky * params->dilation.h, l->rows) * l->row_bytes +
-                           (size_t)kx * params->dilation.w * 4u);
-  }
-  for (int32_t g = 0; g < l->groups; ++g) {
-    const int8_t *group = ring + (size_t)g * l->group_bytes;
-    if (three_by_three) { /* MobileNet's layers */
-      for (int32_t ky = 0; ky < 3; ++ky) rows[ky] = group + offsets[3 * ky];
-      if (form == QGT_FAST_RIGHT) {
-        group_row(job, g, rows, offsets, row_out, out_w, 1, QGT_FAST_RIGHT);
-      } else {
-        group_row(job, g, rows, offsets, row_out, out_w, 1, form == QGT_FAST ? QGT_FAST : QGT_GENERIC);
-      }
-    } else {
-      rows[0] = rows[1] = rows[2] = group;
-      group_row(job, g, rows, offsets, row_out, out_w, 0, form == QGT_FAST_RIGHT ? QGT_FAST : form);
+  const int32_t kw = job->filter->kernel_w;
+  if (three_by_three(params, job->filter)) { /* MobileNet's layers */
+    const int8_t *rows[3];
+    for (int32_t ky = 0; ky < 3; ++ky) {
+      rows[ky] = ring + (size_t)ring_slot(top + ky * params->dilation.h, l->rows) * l->row_bytes;
     }
+    const int32_t stride = params->stride.w, out_c = job->filter->out_channels;
+    if (stride <= 2 && job->form != QGT_GENERIC && out_c >= 2) {
+      pairs_3x3(job, rows, row_out, out_w);
+    } else {
+      for (int32_t p = 0; 2 * p + 1 < out_c; ++p) pair_row_3x3(job, p, rows, row_out, 0, out_w, 1);
+    }
+    if (out_c & 1) pair_row_3x3(job, out_c / 2, rows, row_out, 0, out_w, 0);
+    return;
+  }
+  int32_t offsets[QGT_DW_MAX_TAPS];
+  for (int32_t t = 0; t < l->taps; ++t) {
+    const int32_t ky = t / kw, kx = t % kw;
+    offsets[t] = (int32_t)((size_t)ring_slot(top + ky * params->dilation.h, l->rows) * l->row_bytes +
+                           (size_t)kx * (size_t)params->dilation.w * 2u);
+  }
+  for (int32_t p = 0; p < l->pairs; ++p) {
+    pair_row_taps(job, p, ring + (size_t)p * l->segment_bytes, offsets, row_out, out_w);
   }
 }
 #endif
+
+/* One output row the scalar way: any filter and depth multiplier (and the portable path's only loop). Cold on
+ * the DSP path, where MobileNet's layers never take it. */
+#if QGT_DSP
+QGT_COLD __attribute__((noinline))
+#endif
+static void scalar_row(const qgt_conv_params *params, const qgt_filter *filter, const layout *l,
+                       const qgt_channel *channels, const int16_t *half, const int8_t *ring, int32_t top,
+                       int8_t *row_out, int32_t out_w) {
+  const int32_t out_c = filter->out_channels, multiplier = params->depth_multiplier;
+  for (int32_t ox = 0; ox < out_w; ++ox) {
+    const int32_t column = ox * params->stride.w;
+    int8_t *pixel_out = row_out + (size_t)ox * out_c;
+    for (int32_t c = 0; c < out_c; ++c) {
+      const int32_t ic = c / multiplier;
+      int32_t acc = 0;
+      for (int32_t t = 0; t < l->taps; ++t) {
+        const int32_t ky = t / filter->kernel_w, kx = t % filter->kernel_w;
+        const int8_t *slot = ring + (size_t)ring_slot(top + ky * params->dilation.h, l->rows) * l->row_bytes;
+        acc += (ring_value(l, slot, column + kx * params->dilation.w, ic) + params->input_offset) *
+               half[weight_halfword(l, c, t)];
+      }
+      pixel_out[c] = qgt__output(acc, &channels[c], params->output_offset, params->activation);
+    }
+  }
+}
 
 static void depthwise_rows(const qgt_conv_params *params, const qgt_quant_params *quant, const qgt_dims *in,
                            const int8_t *input, const qgt_filter *filter, const qgt_dims *out, int8_t *output,
@@ -302,10 +563,9 @@ static void depthwise_rows(const qgt_conv_params *params, const qgt_quant_params
   const layout l = layout_of(params, in, filter, out);
   uint8_t *bytes = (uint8_t *)scratch;
   qgt_channel *channels = (qgt_channel *)scratch;
-  int8_t *ring = (int8_t *)(bytes + l.channels_bytes);
+  uint8_t *ring = bytes + l.channels_bytes;
   uint32_t *weights = (uint32_t *)(void *)(bytes + l.channels_bytes + l.ring_bytes);
-  const int32_t out_c = out->c, in_c = in->c, multiplier = params->depth_multiplier;
-  const int16_t *half = (const int16_t *)(const void *)weights;
+  const int32_t out_c = out->c, in_c = in->c;
   const int form = qgt__expand_channels(filter, quant, params->output_offset, channels);
   widen_filter(filter, &l, weights);
 #if !QGT_DSP
@@ -313,7 +573,8 @@ static void depthwise_rows(const qgt_conv_params *params, const qgt_quant_params
 #else
   const int full_range = params->activation.min == -128 && params->activation.max == 127;
   const depthwise_job job = {params, filter, &l, channels, weights, full_range ? form : QGT_GENERIC};
-  const int fast = multiplier == 1 && l.taps <= QGT_DW_MAX_TAPS;
+  const int fast = params->depth_multiplier == 1 && l.taps <= QGT_DW_MAX_TAPS;
+  if (three_by_three(params, filter)) filter_for_three_by_three(&l, weights);
 #endif
   for (int32_t b = 0; b < out->n; ++b) {
     const int8_t *image = input + (size_t)b * in->h * in->w * in_c;
@@ -327,25 +588,12 @@ static void depthwise_rows(const qgt_conv_params *params, const qgt_quant_params
       int8_t *row_out = output + ((size_t)b * out->h + oy) * out->w * out_c;
 #if QGT_DSP
       if (fast) {
-        row_groups(&job, ring, top, row_out, out->w);
+        row_pairs(&job, (const int8_t *)ring, top, row_out, out->w);
         continue;
       }
 #endif
-      for (int32_t ox = 0; ox < out->w; ++ox) {
-        const int32_t column = ox * params->stride.w;
-        int8_t *pixel_out = row_out + (size_t)ox * out_c;
-        for (int32_t c = 0; c < out_c; ++c) {
-          const int32_t ic = c / multiplier;
-          int32_t acc = 0;
-          for (int32_t t = 0; t < l.taps; ++t) {
-            const int32_t ky = t / filter->kernel_w, kx = t % filter->kernel_w;
-            const int8_t *slot = ring + (size_t)ring_slot(top + ky * params->dilation.h, l.rows) * l.row_bytes;
-            acc += (ring_value(&l, slot, column + kx * params->dilation.w, ic) + params->input_offset) *
-                   half[weight_halfword(&l, c, t)];
-          }
-          pixel_out[c] = qgt__output(acc, &channels[c], params->output_offset, params->activation);
-        }
-      }
+      scalar_row(params, filter, &l, channels, (const int16_t *)(const void *)weights, (const int8_t *)ring, top,
+                 row_out, out->w);
     }
   }
 }
@@ -366,12 +614,13 @@ qgt_status qgt_depthwise_conv2d(const qgt_conv_params *params, const qgt_quant_p
     return QGT_ERR_ARGUMENT;
   }
   if (!QGT_SUPPORTS_BITS(filter->weight_bits)) return QGT_ERR_OPTIONS;
-  const int64_t taps = (int64_t)filter->kernel_h * filter->kernel_w, per_word = 32 / filter->weight_bits;
+  const int64_t taps = (int64_t)filter->kernel_h * filter->kernel_w;
+  const int32_t per_word = 32 / filter->weight_bits; /* int32 arithmetic: no 64-bit division from libgcc */
   if (filter->kernel_h <= 0 || filter->kernel_w <= 0 || output_dims->n != input_dims->n ||
       output_dims->c != filter->out_channels || (int64_t)input_dims->c * params->depth_multiplier != output_dims->c ||
       taps * output_dims->c > QGT_INT32_MAX || filter->row_length != taps * output_dims->c ||
-      filter->row_bytes != 4 * ((filter->row_length + per_word - 1) / per_word) ||
-      !layout_fits(params, input_dims, filter, output_dims)) {
+      filter->row_bytes / 4 != filter->row_length / per_word + (filter->row_length % per_word != 0) ||
+      filter->row_bytes % 4 != 0 || !layout_fits(params, input_dims, filter, output_dims)) {
     return QGT_ERR_SHAPE;
   }
   status = qgt__check_offsets(params->input_offset, params->output_offset, params->activation);

@@ -13,24 +13,34 @@
 #define QGT_DSP 0
 #endif
 
+/* Code the per-inference path does not take (parsing and parameter setup, done at Prepare or generation time;
+ * the generic fallbacks): GCC optimizes a cold function for size, so only the hot code pays for speed in flash.
+ * Never on a function the kernels call on their normal path: GCC predicts the blocks that call a cold function
+ * as never run and would optimize what follows them, the kernel's loops, for size too. */
+#define QGT_COLD __attribute__((cold))
+
 #define QGT_INT32_MAX 2147483647
 #define QGT_INT32_MIN (-QGT_INT32_MAX - 1)
 
 /* A channel's requantization, expanded from the packed parameters into scratch once per kernel call, in one
  * of two forms.
- * Generic (right < 0): TFLite's MultiplyByQuantizedMultiplier of acc + bias with the signed shift `left`, then
+ * Generic (right < 0): TFLite's MultiplyByQuantizedMultiplier of acc + bias with the signed shift `scale`, then
  *   the output offset.
  * Fast (right >= 0; DSP path, when 2 (acc + bias) << left stays below 2^31 for the layer's worst-case
- *   accumulator, and right <= 22): bias holds 2 * bias, round holds 2^(right-1) (0 if right = 0) plus
- *   (output offset << right), sign is -1 when right > 0. SMMULR((2 (acc + bias)) << left, multiplier) is the
- *   rounding doubling high multiply, and (high + round + (sign & (high >> 31))) >> right the rounding right
- *   shift plus the output offset, exactly: |high| < 2^30, |offset << right| < 2^29, so nothing overflows. */
+ *   accumulator, and right <= 22): scale is 2^(left+1) and bias the bias times scale, so t = acc * scale + bias
+ *   (one MLA) is 2 (acc + bias) << left; round holds 2^(right-1) (0 if right = 0) plus (output offset << right),
+ *   sign is -1 when right > 0. SMMLAR(t, multiplier, round) is the rounding doubling high multiply plus round,
+ *   and adding sign & (t >> 31) before the arithmetic right shift makes it TFLite's rounding right shift (ties
+ *   away from zero) with the output offset added, exactly: the sign of t stands for the sign of the high
+ *   product, which differs from it only where t < 0 and the high product is 0, and there both give the output
+ *   offset; |high| < 2^30 and |offset << right| < 2^29, so nothing overflows. The field order is the order of
+ *   use: LDRD pairs fetch a record (scale and sign unused in the common case, QGT_FAST_RIGHT). */
 typedef struct {
+  int32_t scale;
   int32_t bias;
   int32_t multiplier;
-  int32_t left;
-  int32_t right;
   int32_t round;
+  int32_t right;
   int32_t sign;
 } qgt_channel;
 
@@ -62,6 +72,19 @@ static inline uint32_t qgt__load32(const void *p) {
 #endif
 }
 
+/* Little-endian 32-bit store to any address (one STR on the Cortex-M4). */
+static inline void qgt__store32(void *p, uint32_t word) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+  uint8_t *b = (uint8_t *)p;
+  b[0] = (uint8_t)word;
+  b[1] = (uint8_t)(word >> 8);
+  b[2] = (uint8_t)(word >> 16);
+  b[3] = (uint8_t)(word >> 24);
+#else
+  memcpy(p, &word, sizeof word);
+#endif
+}
+
 /* Product of positive dims, or -1 when one is not positive or the product exceeds INT32_MAX. */
 int32_t qgt__dims_count(const qgt_dims *dims);
 
@@ -80,8 +103,8 @@ qgt_status qgt__check_scratch(const void *scratch, size_t scratch_bytes, size_t 
 /* Bytes of the per-channel table in scratch. */
 static inline size_t qgt__channels_bytes(int32_t channels) { return (size_t)channels * sizeof(qgt_channel); }
 
-/* How a layer's channels can be requantized: each has the fast form, and none also a left shift (right >= 1,
- * the common case, which a kernel specializes at compile time); each has the fast form; some do not. */
+/* How a layer's channels can be requantized: each has the fast form with a right shift (right >= 1, so no left
+ * shift: the pointwise routines specialize this common case); each has the fast form; some do not. */
 enum { QGT_GENERIC = 0, QGT_FAST = 1, QGT_FAST_RIGHT = 2 };
 
 /* Fills channels[0 .. filter->out_channels) from the packed biases, scale codes and the 32-entry table (the
@@ -108,28 +131,31 @@ static inline int32_t qgt__requantize(int32_t x, int32_t multiplier, int32_t shi
 int32_t qgt__requantized_generic(int32_t acc, const qgt_channel *channel, int32_t output_offset);
 
 #if QGT_DSP
-/* The fast form's value (qgt_channel); `form` QGT_FAST_RIGHT, a compile-time constant in the kernels, drops
- * the left shift and the sign mask. */
-static inline __attribute__((always_inline)) int32_t qgt__fast_value(int32_t acc, const qgt_channel *channel,
-                                                                     int form) {
-  const uint32_t sum = (uint32_t)acc * 2u + (uint32_t)channel->bias;
-  const int32_t twice = (int32_t)(form == QGT_FAST_RIGHT ? sum : sum << channel->left);
+/* SXTAB16 of x rotated right by 8: its odd bytes sign-extended into two lanes, offset2's lanes added (the
+ * rotation folded into the instruction). */
+static inline int32_t qgt__sxtab16_odd(int32_t offset2, int32_t x) {
+  int32_t r;
+  __asm__("sxtab16 %0, %1, %2, ror #8" : "=r"(r) : "r"(offset2), "r"(x));
+  return r;
+}
+
+/* The fast form's value (qgt_channel); the hot loops do the same in their assembly. */
+static inline __attribute__((always_inline)) int32_t qgt__fast_value(int32_t acc, const qgt_channel *channel) {
+  const int32_t t = (int32_t)((uint32_t)acc * (uint32_t)channel->scale + (uint32_t)channel->bias);
   int32_t high;
-  __asm__("smmulr %0, %1, %2" : "=r"(high) : "r"(twice), "r"(channel->multiplier));
-  return (high + channel->round + (form == QGT_FAST_RIGHT ? high >> 31 : channel->sign & (high >> 31))) >>
-         channel->right;
+  __asm__("smmlar %0, %1, %2, %3" : "=r"(high) : "r"(t), "r"(channel->multiplier), "r"(channel->round));
+  return (high + (channel->sign & (t >> 31))) >> channel->right;
 }
 
 /* The fast form's output saturated to int8, for layers whose channels all have it and whose clamp range is
  * the whole int8 range. */
-static inline __attribute__((always_inline)) int32_t qgt__fast_output(int32_t acc, const qgt_channel *channel,
-                                                                      int form) {
-  return __ssat(qgt__fast_value(acc, channel, form), 8);
+static inline __attribute__((always_inline)) int32_t qgt__fast_output(int32_t acc, const qgt_channel *channel) {
+  return __ssat(qgt__fast_value(acc, channel), 8);
 }
 
 /* The requantized accumulator (bias not yet added) plus the output offset, before the activation clamp. */
 static inline int32_t qgt__requantized(int32_t acc, const qgt_channel *channel, int32_t output_offset) {
-  if (channel->right >= 0) return qgt__fast_value(acc, channel, QGT_FAST);
+  if (channel->right >= 0) return qgt__fast_value(acc, channel);
   return qgt__requantized_generic(acc, channel, output_offset);
 }
 #else

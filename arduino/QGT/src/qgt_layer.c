@@ -2,7 +2,7 @@
  * share; the per-channel expansion of the packed parameters. */
 #include "qgt_internal.h"
 
-const char *qgt_status_name(qgt_status status) {
+QGT_COLD const char *qgt_status_name(qgt_status status) {
   switch (status) {
     case QGT_OK: return "QGT_OK";
     case QGT_ERR_ARGUMENT: return "QGT_ERR_ARGUMENT";
@@ -54,6 +54,7 @@ qgt_status qgt__check_scratch(const void *scratch, size_t scratch_bytes, size_t 
   return QGT_OK;
 }
 
+QGT_COLD
 qgt_status qgt__output_size(int32_t size, int32_t kernel, int32_t stride, int32_t dilation, uint8_t padding,
                             int32_t *output_size, int32_t *leading_padding) {
   const int64_t effective = (int64_t)(kernel - 1) * dilation + 1;
@@ -73,7 +74,7 @@ qgt_status qgt__output_size(int32_t size, int32_t kernel, int32_t stride, int32_
   return QGT_OK;
 }
 
-static uint32_t read_u16(const uint8_t *p) { return (uint32_t)p[0] | (uint32_t)p[1] << 8; }
+QGT_COLD static uint32_t read_u16(const uint8_t *p) { return (uint32_t)p[0] | (uint32_t)p[1] << 8; }
 
 static int32_t stored_bias(const qgt_filter *filter, int32_t channel) {
   const uint8_t *p = filter->bias + (size_t)channel * filter->bias_bytes;
@@ -107,20 +108,20 @@ int qgt__expand_channels(const qgt_filter *filter, const qgt_quant_params *quant
     const int32_t left = shift > 0 ? shift : 0, right = shift > 0 ? 0 : -shift;
     /* the fast form (qgt_internal.h): 2 (acc + bias) << left stays below 2^31, zp << right below 2^29 */
     if (QGT_DSP && multiplier != 0 && filter->accumulator_bits + left <= 30 && right <= 22) {
-      channels[c].bias = 2 * bias;
+      channels[c].scale = (int32_t)(2u << left);
+      channels[c].bias = (int32_t)((uint32_t)bias * (2u << left));
       channels[c].multiplier = multiplier;
-      channels[c].left = left;
-      channels[c].right = right;
       channels[c].round = (right > 0 ? (int32_t)(1u << (right - 1)) : 0) + (int32_t)((uint32_t)output_offset << right);
       channels[c].sign = right > 0 ? -1 : 0;
-      if (left > 0 || right == 0) form = form < QGT_FAST ? form : QGT_FAST;
+      channels[c].right = right;
+      if (right == 0) form = form < QGT_FAST ? form : QGT_FAST;
     } else {
+      channels[c].scale = shift; /* the generic form: TFLite's signed shift */
       channels[c].bias = bias;
       channels[c].multiplier = multiplier;
-      channels[c].left = shift; /* the generic form: TFLite's signed shift */
-      channels[c].right = -1;
       channels[c].round = 0;
       channels[c].sign = 0;
+      channels[c].right = -1;
       form = QGT_GENERIC;
     }
   }
@@ -129,7 +130,7 @@ int qgt__expand_channels(const qgt_filter *filter, const qgt_quant_params *quant
 
 int32_t qgt__requantized_generic(int32_t acc, const qgt_channel *channel, int32_t output_offset) {
   const int64_t v = (int64_t)qgt__requantize((int32_t)((uint32_t)acc + (uint32_t)channel->bias), channel->multiplier,
-                                             channel->left) + output_offset;
+                                             channel->scale) + output_offset;
   return v > QGT_INT32_MAX ? QGT_INT32_MAX : v < QGT_INT32_MIN ? QGT_INT32_MIN : (int32_t)v;
 }
 
@@ -140,7 +141,7 @@ enum {
   OPT_DILATION_H = 11, OPT_DEPTH_MULTIPLIER = 12, OPT_SHAPE = 13
 };
 
-static qgt_status parse_options(qgt_op op, const uint8_t *o, qgt_layer *layer, uint32_t shape[4]) {
+QGT_COLD static qgt_status parse_options(qgt_op op, const uint8_t *o, qgt_layer *layer, uint32_t shape[4]) {
   const uint8_t bits = o[OPT_BITS], bias_bytes = o[OPT_BIAS_BYTES];
   const int8_t exponent = (int8_t)o[OPT_SCALE_EXPONENT];
   if (o[OPT_VERSION] != QGT_FORMAT_VERSION) return QGT_ERR_VERSION;
@@ -193,7 +194,7 @@ static qgt_status parse_options(qgt_op op, const uint8_t *o, qgt_layer *layer, u
 }
 
 /* Largest |bias| and the check that every stored bias times its unit is an int32. */
-static qgt_status check_biases(const qgt_filter *filter, int64_t *largest) {
+QGT_COLD static qgt_status check_biases(const qgt_filter *filter, int64_t *largest) {
   *largest = 0;
   for (int32_t c = 0; c < filter->out_channels; ++c) {
     const int64_t bias = (int64_t)stored_bias(filter, c) * ((int64_t)1 << bias_shift_of(filter, c));
@@ -204,7 +205,7 @@ static qgt_status check_biases(const qgt_filter *filter, int64_t *largest) {
   return QGT_OK;
 }
 
-static uint8_t bits_of(int64_t bound) {
+QGT_COLD static uint8_t bits_of(int64_t bound) {
   uint8_t bits = 0;
   while (bits < 63 && ((int64_t)1 << bits) <= bound) ++bits;
   return bits;
@@ -212,7 +213,7 @@ static uint8_t bits_of(int64_t bound) {
 
 /* Every channel's worst case 255 * sum(|code|) + |bias| fits int32 (FORMAT.md, "Arithmetic"); its bit length
  * is recorded for the fast requantization. The cheap bound first, the codes only when it fails. */
-static qgt_status check_accumulators(qgt_layer *layer, int64_t largest_bias) {
+QGT_COLD static qgt_status check_accumulators(qgt_layer *layer, int64_t largest_bias) {
   qgt_filter *f = &layer->filter;
   const int64_t taps = (int64_t)f->kernel_h * f->kernel_w * (layer->op == QGT_OP_DEPTHWISE_CONV_2D ? 1 : f->in_channels);
   const int32_t depthwise = layer->op == QGT_OP_DEPTHWISE_CONV_2D;
@@ -236,6 +237,7 @@ static qgt_status check_accumulators(qgt_layer *layer, int64_t largest_bias) {
   return QGT_OK;
 }
 
+QGT_COLD
 qgt_status qgt_layer_parse(qgt_op op, const uint8_t *options, size_t options_len, const uint8_t *blob,
                            size_t blob_len, qgt_layer *layer) {
   uint32_t shape[4];

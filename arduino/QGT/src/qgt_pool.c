@@ -1,6 +1,7 @@
 /* AVERAGE_POOL_2D: TFLite's reference int8 average pooling (the rounded mean of the window's valid values). */
 #include "qgt_internal.h"
 
+QGT_COLD
 qgt_status qgt_pool_params_init(uint8_t padding, qgt_tile stride, qgt_tile filter, uint8_t activation,
                                 const qgt_dims *input_dims, qgt_tensor_quant output, qgt_pool_params *params,
                                 qgt_dims *output_dims) {

@@ -10,11 +10,11 @@ static const uint32_t kScaleMantissaBits[QGT_SCALE_STEPS] = {
     0x3FB504F3u, 0x3FB8FBAFu, 0x3FBD08A4u, 0x3FC12C4Du, 0x3FC5672Au, 0x3FC9B9BEu, 0x3FCE248Cu, 0x3FD2A81Eu,
     0x3FD744FDu, 0x3FDBFBB8u, 0x3FE0CCDFu, 0x3FE5B907u, 0x3FEAC0C7u, 0x3FEFE4BAu, 0x3FF5257Du, 0x3FFA83B3u};
 
-uint32_t qgt_scale_mantissa_bits(int32_t k) {
+QGT_COLD uint32_t qgt_scale_mantissa_bits(int32_t k) {
   return k >= 0 && k < QGT_SCALE_STEPS ? kScaleMantissaBits[k] : 0u;
 }
 
-qgt_status qgt__float_parts(uint32_t bits, uint32_t *mantissa, int32_t *exponent) {
+QGT_COLD qgt_status qgt__float_parts(uint32_t bits, uint32_t *mantissa, int32_t *exponent) {
   const uint32_t field = (bits >> 23) & 0xFFu, fraction = bits & 0x7FFFFFu;
   if ((bits >> 31) != 0 || field == 0xFFu || (field == 0 && fraction == 0)) return QGT_ERR_SCALE;
   if (field != 0) {
@@ -33,7 +33,7 @@ qgt_status qgt__float_parts(uint32_t bits, uint32_t *mantissa, int32_t *exponent
   return QGT_OK;
 }
 
-static int32_t bit_length(uint64_t x) {
+QGT_COLD static int32_t bit_length(uint64_t x) {
   int32_t n = 0;
   while (x != 0) {
     x >>= 1;
@@ -44,7 +44,7 @@ static int32_t bit_length(uint64_t x) {
 
 /* numerator / denominator rounded to `digits` significant bits, ties to even: m * 2^*exponent with
  * 2^(digits-1) <= m < 2^digits. Needs 2^46 <= numerator < 2^48, 2^23 <= denominator < 2^24, digits <= 53. */
-static uint64_t round_quotient(uint64_t numerator, uint64_t denominator, int32_t digits, int32_t *exponent) {
+QGT_COLD static uint64_t round_quotient(uint64_t numerator, uint64_t denominator, int32_t digits, int32_t *exponent) {
   const uint64_t high = numerator / denominator, remainder = numerator % denominator;
   const uint64_t low = (remainder << 32) / denominator;
   const int sticky = (remainder << 32) % denominator != 0;
@@ -63,6 +63,7 @@ static uint64_t round_quotient(uint64_t numerator, uint64_t denominator, int32_t
   return mantissa;
 }
 
+QGT_COLD
 qgt_status qgt_quant_params_init(const qgt_filter *filter, uint32_t input_scale_bits, uint32_t output_scale_bits,
                                  qgt_quant_params *quant) {
   uint32_t input_m, output_m;
@@ -94,7 +95,7 @@ qgt_status qgt_quant_params_init(const qgt_filter *filter, uint32_t input_scale_
 
 /* TFLite's Quantize(): zero_point + round_half_away(float32(value / scale)) for value in {1, 6}, negated for
  * -1; QGT_ERR_SCALE where TFLite's overflow check fails (beyond 2^31). */
-static qgt_status quantize_value(int32_t value, uint32_t scale_bits, int32_t zero_point, int64_t *q) {
+QGT_COLD static qgt_status quantize_value(int32_t value, uint32_t scale_bits, int32_t zero_point, int64_t *q) {
   uint32_t value_m, scale_m;
   int32_t value_e, scale_e, e24;
   const uint32_t magnitude = (uint32_t)(value < 0 ? -value : value);
@@ -117,7 +118,7 @@ static qgt_status quantize_value(int32_t value, uint32_t scale_bits, int32_t zer
   return QGT_OK;
 }
 
-qgt_status qgt_activation_range(uint8_t activation, qgt_tensor_quant output, qgt_range *range) {
+QGT_COLD qgt_status qgt_activation_range(uint8_t activation, qgt_tensor_quant output, qgt_range *range) {
   int64_t low = -128, high = 127, q;
   uint32_t m;
   int32_t e;

@@ -7,20 +7,20 @@
 #define kMaxDepth 511 /* TFLite's kernel fails once the Q12.19 sum of exps reaches 2^28 (512 ones) */
 
 /* Rounding doubling high multiply, saturating the one overflow (INT32_MIN * INT32_MIN). */
-static int32_t high_mul(int32_t a, int32_t b) {
+QGT_COLD static int32_t high_mul(int32_t a, int32_t b) {
   if (a == QGT_INT32_MIN && b == QGT_INT32_MIN) return QGT_INT32_MAX;
   return (int32_t)(((int64_t)a * b + ((int64_t)1 << 30)) >> 31);
 }
 
 /* Division by 2^exponent rounding half away from zero. */
-static int32_t divide_pot(int32_t x, int32_t exponent) {
+QGT_COLD static int32_t divide_pot(int32_t x, int32_t exponent) {
   const int32_t mask = (int32_t)((1u << exponent) - 1u);
   const int32_t threshold = (mask >> 1) + (x < 0 ? 1 : 0);
   return (x >> exponent) + ((x & mask) > threshold ? 1 : 0);
 }
 
 /* Multiplication by 2^exponent, exponent > 0, saturating. */
-static int32_t multiply_pot(int32_t x, int32_t exponent) {
+QGT_COLD static int32_t multiply_pot(int32_t x, int32_t exponent) {
   const int32_t threshold = (int32_t)((1u << (31 - exponent)) - 1u);
   if (x > threshold) return QGT_INT32_MAX;
   if (x < -threshold) return QGT_INT32_MIN;
@@ -28,7 +28,7 @@ static int32_t multiply_pot(int32_t x, int32_t exponent) {
 }
 
 /* exp(a) for a in [-1/4, 0), Q0.31: Taylor series around -1/8. */
-static int32_t exp_quarter(int32_t a) {
+QGT_COLD static int32_t exp_quarter(int32_t a) {
   const int32_t exp_minus_one_eighth = 1895147668, one_third = 715827883;
   const int32_t x = a + (1 << 28); /* a + 1/8 */
   const int32_t x2 = high_mul(x, x), x3 = high_mul(x2, x), x4 = high_mul(x2, x2);
@@ -38,7 +38,7 @@ static int32_t exp_quarter(int32_t a) {
 }
 
 /* exp(a) for a <= 0 in Q5.26, result in Q0.31. */
-static int32_t exp_negative(int32_t a) {
+QGT_COLD static int32_t exp_negative(int32_t a) {
   /* exp(-2^k) in Q0.31 for k = -2 .. 4 */
   static const int32_t kFactors[7] = {1672461947, 1302514674, 790015084, 290630308, 39332535, 720401, 242};
   const int32_t quarter = 1 << 24, mask = quarter - 1;
@@ -52,7 +52,7 @@ static int32_t exp_negative(int32_t a) {
 }
 
 /* 1 / (1 + x) for x in [0, 1), Q0.31 in and out: three Newton-Raphson steps in Q2.29. */
-static int32_t one_over_one_plus(int32_t x) {
+QGT_COLD static int32_t one_over_one_plus(int32_t x) {
   const int32_t c48_over_17 = 1515870810, c_minus32_over_17 = -1010580540, one_q2_29 = 1 << 29;
   const int64_t sum = (int64_t)x + kOne_Q0_31;
   const int32_t half_denominator = (int32_t)((sum + (sum >= 0 ? 1 : -1)) / 2);
@@ -64,7 +64,7 @@ static int32_t one_over_one_plus(int32_t x) {
   return multiply_pot(estimate, 1);
 }
 
-static int32_t leading_zeros(uint32_t x) {
+QGT_COLD static int32_t leading_zeros(uint32_t x) {
   int32_t n = 0;
   if (x == 0) return 32;
   while (!(x & 0x80000000u)) {
@@ -74,6 +74,7 @@ static int32_t leading_zeros(uint32_t x) {
   return n;
 }
 
+QGT_COLD
 qgt_status qgt_softmax_params_init(uint32_t input_scale_bits, uint32_t beta_bits, qgt_tensor_quant output,
                                    qgt_softmax_params *params) {
   uint32_t beta_m, input_m;
