@@ -270,9 +270,12 @@ def recalibrate_batchnorm(model, dataset, max_batches=None):
 
     Call it after snapping or after hard-quantized training: the moving averages are collected while the
     weights (and in hard quantization their grid scales) still move, so they lag behind the final kernels;
-    in inference that mismatch can cost tens of points although training accuracy looks fine.
+    in inference that mismatch can cost tens of points although training accuracy looks fine. (In a model of
+    wrapped layers, such as tfmot's, whatever else the wrappers track in training mode moves with them.)
     """
-    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    # Also those inside wrappers (tfmot's quantize wrappers hold one layer each).
+    norms = [inner for inner in (getattr(layer, "layer", None) if isinstance(layer, keras.layers.Wrapper) else layer
+                                 for layer in model.layers) if isinstance(inner, keras.layers.BatchNormalization)]
     if not norms:
         return 0
     momenta = [layer.momentum for layer in norms]

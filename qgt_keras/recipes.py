@@ -65,6 +65,10 @@ class Setup:
       edge_bits: bits of the first and last quantized layer for ptq, qat_ste and qgt (None: same as the rest).
       distillation: a :class:`Distillation` for every method's training (pre-training stays on the labels),
         or None.
+      freeze_batchnorm: the methods train with BatchNormalization frozen (inference mode: the start's
+        statistics, gamma and beta kept) and do not re-estimate it after snapping, so that no statistic comes
+        from the training data alone (docs/RECIPE.md: it keeps a float student's function out of scene, and
+        costs a 2-bit one dearly).
     """
 
     data: datasets.Data
@@ -76,6 +80,7 @@ class Setup:
     lr_schedule: str = "cosine"
     edge_bits: object = 8
     distillation: Distillation = None
+    freeze_batchnorm: bool = False
     verbose: int = 1
     _pretrained: tuple = dataclasses.field(default=None, repr=False)
     _teacher: object = dataclasses.field(default=None, repr=False)
@@ -97,7 +102,7 @@ class Setup:
             model = self.build_model()
             seconds, history = 0.0, {}
             if self.pretrain_epochs:
-                seconds, history = fit(model, self, self.pretrain_epochs, self.learning_rate, distill=False)
+                seconds, history = fit(model, self, self.pretrain_epochs, self.learning_rate, pretraining=True)
             self._pretrained = (model.get_weights(), seconds, history)
         weights, seconds, history = self._pretrained
         model = self.build_model()
@@ -144,12 +149,17 @@ def compile_model(model, learning_rate, decay_steps=None):
     model.compile(keras.optimizers.Adam(schedule), loss=loss, metrics=["accuracy"])
 
 
-def fit(model, setup, epochs, learning_rate, extra_callbacks=(), distill=True):
-    """Compiles (Adam, the setup's schedule) and fits ``model`` (against the setup's teacher when it has one
-    and ``distill``); returns (seconds, history dict)."""
+def fit(model, setup, epochs, learning_rate, extra_callbacks=(), pretraining=False):
+    """Compiles (Adam, the setup's schedule) and fits ``model``; returns (seconds, history dict). A method's
+    fit (not ``pretraining``) learns from the setup's teacher if it has one, with BatchNormalization frozen if
+    the setup says so."""
     decay_steps = epochs * setup.data.steps_per_epoch if setup.lr_schedule == "cosine" else None
     trained = model
-    if distill and setup.distillation is not None:
+    if setup.freeze_batchnorm and not pretraining:
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False
+    if setup.distillation is not None and not pretraining:
         trained = distillation.Distiller(model, setup.teacher(), setup.distillation.temperature,
                                          setup.distillation.weight)
     compile_model(trained, learning_rate, decay_steps)
@@ -195,7 +205,7 @@ def _snapped_result(method, setup, quantized, sizes, seconds, history, nominal_b
     the hard-quantization phase: it then computes what the plain model computes."""
     conversion.set_hard_quantization(quantized, True)
     plain = conversion.strip_quantization(quantized, snap=True)
-    if reestimate_bn:
+    if reestimate_bn and not setup.freeze_batchnorm:
         seconds += reestimate_batchnorm(plain, setup)
         for layer in plain.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
