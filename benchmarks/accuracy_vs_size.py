@@ -413,7 +413,8 @@ def markdown(rows, configs, run):
         lines += [f"## {dataset}", "", header]
         for r in (r for r in rows if r["dataset"] == dataset):
             deployed_bytes = f"{r['deployed_bytes']:,}" if r["deployed_bytes"] is not None else "n/a"
-            lines.append(f"| {r['label']} | {r['bits']:g} | {r['seeds']} | {_pct(r['accuracy_mean'], r['accuracy_std'])}"
+            accuracy = _pct(r["accuracy_mean"], r["accuracy_std"])
+            lines.append(f"| {r['label']} | {r['bits']:g} | {r['seeds']} | {accuracy}"
                          f" | {r['drop_pts']:+.2f} | {r['weight_bytes']:,} | {deployed_bytes} | "
                          f"{'yes' if r.get('pareto') else ''} | {r['train_seconds']:.0f} |")
         ood_rows = [r for r in rows if r["dataset"] == dataset and "ood_agreement" in r]

@@ -87,7 +87,8 @@ def _run(args):
     (out_dir / "report.json").write_text(bottlenecks.to_json())
     (out_dir / "report.md").write_text(bottlenecks.to_markdown())
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
-    print(f"\ntest accuracy (seed {args.seed})                float    {args.bits}-bit (snapped, BatchNorm re-estimated)")
+    print(f"\ntest accuracy (seed {args.seed})                float    {args.bits}-bit (snapped, BatchNorm "
+          "re-estimated)")
     print(f"plain training, then snapping          {100 * plain_float.accuracy:5.1f}%   {100 * plain.accuracy:5.1f}%")
     print(f"QGT (last {args.hard_epochs} epochs on the grid)        {'':6s}   {100 * qgt.accuracy:5.1f}%")
 

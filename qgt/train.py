@@ -78,8 +78,8 @@ def build_parser():
     parser.add_argument("--bn_momentum", type=float, default=0.9,
                         help="BatchNormalization momentum (low for runs of a few hundred steps).")
     parser.add_argument("--distill_from",
-                        help="Train the method against this frozen float teacher (qgt_keras.distillation): a .h5/.keras "
-                             "file, or 'mlperf'.")
+                        help="Train the method against this frozen float teacher (qgt_keras.distillation): a "
+                             ".h5/.keras file, or 'mlperf'.")
     parser.add_argument("--distill_temperature", type=float, default=2.0,
                         help="Temperature of the teacher's soft targets (--distill_from).")
     parser.add_argument("--distill_weight", type=float, default=1.0,

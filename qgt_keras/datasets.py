@@ -369,8 +369,9 @@ def split_sources(name, data_dir=None):
 
     Layouts of ``data_dir``: person_folder ``{train,test}/{person,non_person}/`` (default: the bundled
     person96); person96_spatial the same folders of person96 windows, split by position instead
-    (:func:`spatial_split`; each split is then a (paths, labels) pair); vww_tfrecords ``train.record-*`` and ``val.record-*``; vww_coco ``instances_{train,val}.json``
-    and the images in ``images/``; fashion_mnist the IDX files (default: Debian's dataset-fashion-mnist).
+    (:func:`spatial_split`; each split is then a (paths, labels) pair); vww_tfrecords ``train.record-*`` and
+    ``val.record-*``; vww_coco ``instances_{train,val}.json`` and the images in ``images/``; fashion_mnist the
+    IDX files (default: Debian's dataset-fashion-mnist).
     """
     if name not in NAMES:
         raise ValueError(f"dataset must be one of {NAMES}, got {name!r}")

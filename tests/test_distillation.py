@@ -7,7 +7,6 @@ import textwrap
 
 import numpy as np
 import pytest
-import tensorflow as tf
 import tf_keras as keras
 
 from conftest import small_cnn
@@ -108,8 +107,7 @@ def test_bad_arguments_are_named(teacher):
 
 _MIRRORED_DISTILLATION = textwrap.dedent("""
     import numpy as np
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
+        cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import tf_keras as keras
     from qgt_keras import conversion, distillation, models
