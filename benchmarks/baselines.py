@@ -9,7 +9,9 @@ from qgt_keras import layer_kinds, recipes
 
 def tfmot_qat(setup, bits):
     """tfmot quantization-aware training: ``quantize_model`` for 8 bits, ``DefaultNBitQuantizeScheme``
-    (8-bit activations) below; every layer at ``bits``. Measured on the fake-quantized tfmot model."""
+    (8-bit activations) below; every layer at ``bits``. Measured on the fake-quantized tfmot model, its
+    BatchNormalization statistics re-estimated like every weight-quantized method's (with them, tfmot's
+    activation ranges see the same 20 batches)."""
     import tensorflow_model_optimization as tfmot
 
     model, pre_seconds, pre_history = setup.pretrained()
@@ -21,6 +23,8 @@ def tfmot_qat(setup, bits):
         quantized = tfmot.quantization.keras.quantize_apply(
             tfmot.quantization.keras.quantize_annotate_model(model), scheme=scheme)
     seconds, history = recipes.fit(quantized, setup, setup.finetune_epochs, setup.finetune_learning_rate)
+    if not setup.freeze_batchnorm:
+        seconds += recipes.reestimate_batchnorm(quantized, setup)
     sizes = layer_kinds.kernel_sizes(model)
     return recipes.RecipeResult(
         "tfmot_qat", bits, quantized, dict.fromkeys(sizes, bits), layer_kinds.weight_bytes(sizes, dict.fromkeys(
@@ -32,7 +36,8 @@ def tfmot_cluster(setup, bits):
     """tfmot weight clustering with 2^bits clusters per kernel (16 ~ 4-bit, 4 ~ 2-bit), k-means++ init.
 
     Bytes: packed cluster indices plus a float32 codebook per clustered kernel. tfmot 0.8 does not cluster
-    DepthwiseConv2D kernels; layers left with more than 2^bits distinct values count as float32.
+    DepthwiseConv2D kernels; layers left with more than 2^bits distinct values count as float32. Measured on
+    the stripped model, BatchNormalization re-estimated.
     """
     import tensorflow_model_optimization as tfmot
 
@@ -44,6 +49,8 @@ def tfmot_cluster(setup, bits):
         cluster_centroids_init=clustering.CentroidInitialization.KMEANS_PLUS_PLUS)
     seconds, history = recipes.fit(clustered, setup, setup.finetune_epochs, setup.finetune_learning_rate)
     stripped = clustering.strip_clustering(clustered)
+    if not setup.freeze_batchnorm:
+        seconds += recipes.reestimate_batchnorm(stripped, setup)
     bits_by_layer = {name: bits if len(np.unique(stripped.get_layer(name).weights[0].numpy())) <= 2 ** bits
                      else layer_kinds.FLOAT_BITS for name in sizes}
     codebooks = 4 * 2 ** bits * sum(layer_bits == bits for layer_bits in bits_by_layer.values())

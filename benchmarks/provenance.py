@@ -20,20 +20,23 @@ def _git(*args):
 
 
 class Run:
-    """Start it when the benchmark starts; :meth:`record` gives the provenance dict for the results."""
+    """Start it when the benchmark starts; :meth:`record` gives the provenance dict for the results. The commit
+    and whether the code had uncommitted changes are read at the start: the code that ran, even if the
+    checkout moves on while a long benchmark runs."""
 
     def __init__(self):
         self.started = time.perf_counter()
+        self.commit = _git("rev-parse", "HEAD") or "unknown (not a git checkout)"
+        # results/ holds the benchmarks' own outputs: writing them does not make the measured code uncommitted
+        self.dirty = bool(_git("status", "--porcelain", "--untracked-files=no", "--", "..", ":!results"))
 
     def record(self):
-        # results/ holds this run's own outputs: writing them does not make the measured code uncommitted
-        dirty = _git("status", "--porcelain", "--untracked-files=no", "--", "..", ":!results")
         tensorflow = sys.modules.get("tensorflow")
         machine = (f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_implementation()} "
                    f"{platform.python_version()}" + (f", TF {tensorflow.__version__}" if tensorflow else ""))
         script = os.path.relpath(os.path.abspath(sys.argv[0]), os.path.dirname(HERE))
-        return {"commit": _git("rev-parse", "HEAD") or "unknown (not a git checkout)",
-                "uncommitted_changes": bool(dirty),
+        return {"commit": self.commit,
+                "uncommitted_changes": self.dirty,
                 "command": " ".join(shlex.quote(arg) for arg in ["python", script, *sys.argv[1:]]),
                 "machine": machine, "wall_s": round(time.perf_counter() - self.started, 1)}
 

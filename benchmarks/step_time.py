@@ -1,10 +1,20 @@
-"""Training step time of a QGT model against its float original: MobileNetV1-0.25, 96x96x3, batch 32.
+"""Training step time of the QGT recipe against float training: MobileNetV1-0.25, 96x96x3, batch 32.
 
     python benchmarks/step_time.py [--steps 20] [--rounds 3] [--out benchmarks/results/step_time.json]
 
-Writes benchmarks/results/step_time.json. Both models train on the same random batch with Adam; each
-round times `steps` steps of each model after a compiled warm-up, alternating the two so that a busy
-machine slows both alike; the reported time per step is the median over rounds. Goal: ratio <= 1.2.
+Times, on the same random batch with Adam, the training steps that matter:
+
+* ``float``: the float model (what QGT is compared against);
+* ``recipe``: what recipes.qgt runs with its default QGTSchedule: every quantized layer on its grid from the
+  first step (the per-channel MSE scale of every kernel estimated in every forward pass, straight-through
+  gradients) plus the QGT term at ``hard_strength``;
+* ``qgt_phase``: the optional QGT phase (float forward pass, the QGT term with its Lloyd scale estimate);
+* ``float_distilled``, ``recipe_distilled``: the same two with the frozen float teacher's forward pass of
+  every batch (qgt_keras.distillation), as the benchmark's person detector trains.
+
+Each round times ``steps`` steps of each variant after a compiled warm-up, alternating the variants so that a
+busy machine slows all alike; the reported time per step is the median over rounds. Goal (issue 3, 9):
+recipe / float <= 1.2 (and recipe_distilled / float_distilled, the same comparison with a teacher).
 """
 
 import json
@@ -21,13 +31,15 @@ import tf_keras as keras  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 import provenance  # noqa: E402
-from qgt_keras import conversion, models  # noqa: E402
+from qgt_keras import conversion, distillation, models, recipes  # noqa: E402
+from qgt_keras.layers import quantized_kernels  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "step_time.json"
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("steps", 20, "Timed steps per model per round.")
+flags.DEFINE_integer("steps", 20, "Timed steps per variant per round.")
 flags.DEFINE_integer("rounds", 3, "Alternating rounds; the median is reported.")
 flags.DEFINE_integer("batch", 32, "Batch size.")
+flags.DEFINE_integer("bits", 2, "Weight width of the quantized layers (first and last: 8, as the recipe).")
 flags.DEFINE_string("out", str(RESULTS), "Result file.")
 
 
@@ -37,31 +49,52 @@ def _seconds_per_step(model, dataset, steps):
     return (time.perf_counter() - started) / steps
 
 
+def _quantized(float_model, hard, strength):
+    """The recipe's model in one of its phases: quantize_model with the recipe's policy defaults, the QGT term
+    held at ``strength`` (its own ramp off, as QGTScheduler sets it)."""
+    model = conversion.quantize_model(float_model, bits=FLAGS.bits, strength=strength)
+    conversion.set_hard_quantization(model, hard)
+    for entry in quantized_kernels(model):
+        entry.regularizer.ramp_steps = 0
+    return model
+
+
 def main(argv):
     del argv
     run = provenance.Run()
     keras.utils.set_random_seed(0)
+    schedule = recipes.QGTSchedule()
     float_model = models.mobilenet_v1((96, 96, 3), alpha=0.25)
-    qgt_model = conversion.quantize_model(float_model, bits=2)
+    teacher = models.mobilenet_v1((96, 96, 3), alpha=0.25)
+    variants = {
+        "float": float_model,
+        "recipe": _quantized(float_model, hard=True, strength=schedule.hard_strength),
+        "qgt_phase": _quantized(float_model, hard=False, strength=schedule.end_strength),
+        "float_distilled": distillation.Distiller(models.mobilenet_v1((96, 96, 3), alpha=0.25), teacher),
+        "recipe_distilled": distillation.Distiller(
+            _quantized(float_model, hard=True, strength=schedule.hard_strength), teacher),
+    }
     rng = np.random.default_rng(0)
     batch = (rng.random((FLAGS.batch, 96, 96, 3), np.float32), rng.integers(0, 2, FLAGS.batch))
     dataset = tf.data.Dataset.from_tensors(batch).repeat()
-    timings = {"float": [], "qgt": []}
-    for name, model in (("float", float_model), ("qgt", qgt_model)):
-        model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
+    timings = {name: [] for name in variants}
+    for model in variants.values():
+        recipes.compile_model(model, 1e-3)
         _seconds_per_step(model, dataset, 3)  # trace and warm up
     for round_index in range(FLAGS.rounds):
-        for name, model in (("float", float_model), ("qgt", qgt_model)):
+        for name, model in variants.items():
             timings[name].append(_seconds_per_step(model, dataset, FLAGS.steps))
-        print(f"round {round_index + 1}/{FLAGS.rounds}: float {timings['float'][-1] * 1e3:.1f} ms/step, "
-              f"qgt {timings['qgt'][-1] * 1e3:.1f} ms/step")
-    float_step, qgt_step = statistics.median(timings["float"]), statistics.median(timings["qgt"])
+        print(f"round {round_index + 1}/{FLAGS.rounds}: " + ", ".join(
+            f"{name} {times[-1] * 1e3:.1f} ms/step" for name, times in timings.items()), flush=True)
+    step = {name: statistics.median(times) for name, times in timings.items()}
     result = {
-        "model": "mobilenet_v1_0.25_96x96x3 (2-bit QGT, first/last 8-bit)",
+        "model": f"mobilenet_v1_0.25_96x96x3 ({FLAGS.bits}-bit, first/last 8-bit)",
         "batch": FLAGS.batch,
-        "float_step_s": round(float_step, 5),
-        "qgt_step_s": round(qgt_step, 5),
-        "ratio": round(qgt_step / float_step, 3),
+        "step_s": {name: round(seconds, 5) for name, seconds in step.items()},
+        "ratio_recipe_to_float": round(step["recipe"] / step["float"], 3),
+        "ratio_qgt_phase_to_float": round(step["qgt_phase"] / step["float"], 3),
+        "ratio_recipe_distilled_to_float_distilled": round(step["recipe_distilled"] / step["float_distilled"], 3),
+        "ratio_recipe_distilled_to_float": round(step["recipe_distilled"] / step["float"], 3),
         "steps_per_round": FLAGS.steps,
         "rounds": FLAGS.rounds,
         "provenance": run.record(),

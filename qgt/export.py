@@ -1,6 +1,8 @@
 """qgt-export: a tf_keras model (.keras / .h5, plain or QGT) or an int8 .tflite in; int8, LUT-compressed and
 bit-packed .tflite files, their C sources and a size report out, each variant verified in the TFLite-Micro
-runtime. The output folder is replaced whole, and only when every check passed (tflm_export.export).
+runtime, and for a Keras model the deployed model's decisions checked against the Keras model's on the
+calibration samples (--min_agreement). The output folder is replaced whole, and only when every check passed
+(tflm_export.export).
 
 examples:
   qgt-export --model=runs/qgt2/qgt_model.keras --calibration=runs/qgt2/calibration.npy --out_dir=runs/export
@@ -14,6 +16,10 @@ import sys
 
 from qgt import cli
 from tflm_export import layout
+
+# tflm_export.export.DEFAULT_MIN_AGREEMENT, repeated here so that --help answers without loading TensorFlow
+# (tests/test_tflm_export_agreement.py checks that the two agree).
+DEFAULT_MIN_AGREEMENT = 0.95
 
 
 def build_parser():
@@ -36,6 +42,10 @@ def build_parser():
                         help="Inputs run through TFLite and TFLite-Micro for the bit-exactness checks.")
     parser.add_argument("--scale", choices=("mse", "max"), default="mse", help="Scale search when snapping weights.")
     parser.add_argument("--name", help="Model name for files and C identifiers (default: the model file name).")
+    parser.add_argument("--min_agreement", type=float, default=DEFAULT_MIN_AGREEMENT,
+                        help="Keras models: fail when the int8 model (in TFLite-Micro; the packed model computes the "
+                             "same) picks the Keras model's top-1 class on fewer of the calibration samples than this "
+                             "share (0 to 1; 0 accepts any).")
     parser.add_argument("--resnap", action="store_true",
                         help="Snap the layers of a QGT model that are off their grid instead of refusing the model "
                              "(a warning says how far off they were).")
@@ -48,6 +58,8 @@ def _check(args):
         raise FileNotFoundError(f"--model {args.model} does not exist")
     if args.calibration is not None and not os.path.exists(args.calibration):
         raise FileNotFoundError(f"--calibration {args.calibration} does not exist")
+    if not 0 <= args.min_agreement <= 1:
+        raise ValueError(f"--min_agreement must be in [0, 1], got {args.min_agreement}")
     layout.check_out_dir(args.out_dir)
 
 
@@ -57,7 +69,7 @@ def _run(args):
     from tflm_export import export  # after the checks: TensorFlow takes seconds to load
 
     report = export.export(args.model, args.out_dir, args.layer_bits, args.bits, args.calibration, args.name,
-                           args.verify_count, args.scale, args.calibration_count, args.resnap)
+                           args.verify_count, args.scale, args.calibration_count, args.resnap, args.min_agreement)
     print(export.markdown_report(report))
 
 

@@ -1,19 +1,22 @@
-"""qgt-quickstart: the main job on the bundled data. QGT training of a MobileNetV1-0.25 on person96, the
-bottleneck report, the export to TFLite-Micro (int8, LUT and bit-packed variants, C sources) and its size
-report, and the exported model as generated C on the emulated Cortex-M4.
+"""qgt-quickstart: the main job on the bundled data. Plain training against QGT for a 2-bit MobileNetV1-0.25 on
+person96, the bottleneck report, the export to TFLite-Micro (int8, LUT and bit-packed variants, C sources)
+and its size report, and the exported model as generated C on the emulated Cortex-M4.
 
-Trains the same network twice from the same initialization, once plainly and once with QGT (one float
-epoch, then the QGT strength ramps up over the QGT phase; the last --hard_epochs on the grid), with the
-default policy (first and last layer at 8 bits, the rest at --bits). Prints the bottleneck report of the QGT
-model at the end of its QGT phase, measured on a slice of the training data; snaps both models to their
-grids, re-estimates the BatchNorm statistics and prints the test accuracy of each before and after; exports
-the QGT model with tflm_export, calibrated on training images (verified bit-exact in the TFLite-Micro
-runtime) and prints the size report; last, runs the generated C model on qemu's Cortex-M4 (DSP path) for two
-real images (TFLM's person.bmp and no_person.bmp from ../shared/datasets/tflm_testdata when present, else two
-person96 test crops), read by the training pipeline at the model's size and color, and prints their person
-scores, the instructions of one inference, flash and RAM (skipped with a message without arm-none-eabi-gcc or
-qemu-system-arm). Writes the QGT model (.keras), its history, the report (JSON, markdown), the accuracies and
-export/ to --out_dir.
+Both models share their first --epochs minus --hard_epochs epochs of float training (one float model,
+qgt_keras.recipes' shared pre-training); then the plain model trains on in float and is snapped to --bits
+(post-training quantization), while the QGT model spends those epochs on its grid (recipes.qgt: straight-
+through gradients and the small QGT term of the default QGTSchedule). Both are snapped with the BatchNorm
+statistics re-estimated, with the default policy (first and last layer at 8 bits, the rest at --bits), and
+their test accuracy is printed. Ops are deterministic (tf.config.experimental.enable_op_determinism) and
+seeded: the same --seed gives the same numbers on one machine. Prints the bottleneck report of the QGT model
+measured on a slice of the training data, exports it calibrated on training images (verified bit-exact in
+the TFLite-Micro runtime, its decisions checked against the Keras model's) and prints the size report.
+Last, runs the generated C model on qemu's Cortex-M4 (DSP path) for two real images (TFLM's person.bmp and
+no_person.bmp from ../shared/datasets/tflm_testdata when present, else two person96 test crops), read by the
+training pipeline at the model's size and color, and prints their person scores, the instructions of one
+inference, flash and RAM (skipped with a message without arm-none-eabi-gcc or qemu-system-arm). Writes the
+QGT model (.keras, kernels on the grid), its history, the report (JSON, markdown), the accuracies and export/
+to --out_dir.
 """
 
 import json
@@ -25,7 +28,6 @@ import time
 from qgt import cli
 
 BATCH = 32
-REPORT_IMAGES = 256  # training images the bottleneck report is measured on
 NAME = "person_qgt"
 TFLM_TESTDATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "tflm_testdata"
 # person.bmp stores the int8 model input as raw bytes, no_person.bmp ordinary pixels (../shared/ANCHORS.md)
@@ -36,24 +38,21 @@ def build_parser():
     parser = cli.parser("qgt-quickstart", __doc__)
     cli.add_out_dir(parser, "Where the model, history, report and export go.", default="runs/quickstart")
     parser.add_argument("--epochs", type=int, default=8, help="Training epochs of each model (at least 2).")
+    parser.add_argument("--hard_epochs", type=int, default=2,
+                        help="The last epochs, in which the QGT model trains on its grid and the plain model in float.")
     cli.add_bits(parser, 2, "Weight width of every layer but the first and last (8 bits)")
     cli.add_layer_bits(parser, "Per-layer widths that replace those, e.g. pw13=4.")
     parser.add_argument("--architecture", default="mobilenet_v1",
                         help="Model builder of qgt_keras.models.MODELS (alpha 0.25 where it has one).")
     parser.add_argument("--image_size", type=int, default=48, help="Images are resized to image_size x image_size.")
-    parser.add_argument("--seed", type=int, default=0, help="Seed of initialization and shuffling.")
-    parser.add_argument("--start_strength", type=float,
-                        help="QGT strength at the ramp start (default: QGTScheduler's).")
-    parser.add_argument("--end_strength", type=float, help="QGT strength at the end of the ramp, the end of the QGT "
-                        "phase (default: QGTScheduler's).")
-    parser.add_argument("--hard_epochs", type=int, default=2, help="Last epochs trained with hard (STE) quantization.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of initialization, shuffling and augmentation.")
     return parser
 
 
 def check_flags(args):
     """What can be checked before TensorFlow loads. Creates --out_dir."""
-    if args.epochs < 2 or args.hard_epochs < 0 or args.image_size < 16:
-        raise ValueError("need --epochs >= 2, --hard_epochs >= 0 and --image_size >= 16")
+    if args.epochs < 2 or not 1 <= args.hard_epochs < args.epochs or args.image_size < 16:
+        raise ValueError("need --epochs >= 2, 1 <= --hard_epochs < --epochs and --image_size >= 16")
     cli.check_out_file_folder(args.out_dir)
 
 
@@ -113,92 +112,48 @@ def _cortex_m4_run(export_dir, root, size):
 def _run(args):
     check_flags(args)
     cli.quiet_tensorflow()
-    import numpy as np
-    import tf_keras as keras
+    import tensorflow as tf
 
-    from qgt_keras import conversion, datasets, models, report
-    from qgt_keras.callbacks import QGTMonitor, QGTScheduler
+    from qgt_keras import conversion, datasets, recipes, report
     from tflm_export import export
 
-    def arrays(dataset):
-        return tuple(np.concatenate(parts) for parts in zip(*((x.numpy(), y.numpy()) for x, y in dataset)))
-
-    def accuracy(model, x, y):
-        return report.evaluate_batch(model, x, y, keras.losses.SparseCategoricalCrossentropy())[1]
-
-    def snap_and_recalibrate(model):
-        """Accuracy-relevant end of training: weights onto the grid, BatchNorm statistics re-estimated."""
-        conversion.set_hard_quantization(model, False)
-        conversion.snap_weights(model)
-        conversion.recalibrate_batchnorm(model, calibration)
-
+    tf.config.experimental.enable_op_determinism()
+    started = time.perf_counter()
     out_dir = pathlib.Path(args.out_dir)
     root = datasets.bundled_person96_dir()
-    size = (args.image_size, args.image_size)
-    train, info = datasets.read_image_folder(
-        root / "train", image_size=size, batch_size=BATCH, shuffle=True, seed=args.seed)
-    calibration = datasets.read_image_folder(root / "train", image_size=size, batch_size=128, validate=False)[0]
-    held_out = arrays(datasets.read_image_folder(root / "train", image_size=size, batch_size=REPORT_IMAGES,
-                                                 limit=REPORT_IMAGES, seed=args.seed + 1, validate=False)[0])
-    x_test, y_test = arrays(datasets.read_image_folder(root / "test", image_size=size, batch_size=256)[0])
-    steps = -(-info.num_examples // BATCH)
-    print(f"person96: {info.num_examples} training images, {len(y_test)} test images, {size[0]}x{size[1]} RGB")
+    setup = recipes.build_setup(
+        "person_folder", args.architecture, image_size=args.image_size, batch_size=BATCH, seed=args.seed,
+        pretrain_epochs=args.epochs - args.hard_epochs, finetune_epochs=args.hard_epochs, learning_rate=3e-3,
+        finetune_learning_rate=1e-3, verbose=2)
+    print(f"data: {setup.data.description}, {args.image_size}x{args.image_size} RGB")
 
-    keras.utils.set_random_seed(args.seed)
-    options = {} if args.architecture == "small_cnn" else {"alpha": 0.25}
-    plain = models.build_model(args.architecture, input_shape=size + (3,), bn_momentum=0.9, **options)
-    qgt = conversion.quantize_model(plain, bits=args.bits, overrides=args.layer_bits)  # same initial weights
+    print(f"\n[1/5] float training shared by both models, {setup.pretrain_epochs} epochs; then the plain model: "
+          f"{args.hard_epochs} more float epochs and {args.bits}-bit snapping")
+    plain = recipes.ptq(setup, args.bits, overrides=args.layer_bits)
+    plain_float = recipes.float_training(setup)
+    print(f"\n[2/5] QGT: {args.hard_epochs} epochs on the {args.bits}-bit grid from the shared float model")
+    qgt = recipes.qgt(setup, args.bits, overrides=args.layer_bits)
 
-    print(f"\n[1/5] plain training, {args.epochs} epochs")
-    plain.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
-    started = time.time()
-    plain.fit(train, epochs=args.epochs, verbose=2)
-    plain_seconds = time.time() - started
-
-    qgt_epochs = max(2, args.epochs - args.hard_epochs)
-    strengths = {name: getattr(args, name) for name in ("start_strength", "end_strength")
-                 if getattr(args, name) is not None}
-    schedule = QGTScheduler(warmup_steps=steps, ramp_steps=(qgt_epochs - 1) * steps,  # full strength at the end
-                            **strengths)
-    print(f"\n[2/5] QGT training, {qgt_epochs} epochs: 1 float, {qgt_epochs - 1} with the strength ramping from "
-          f"{schedule.start_strength:g} to {schedule.end_strength:g}")
-    qgt.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
-    started = time.time()
-    history = qgt.fit(train, epochs=qgt_epochs, verbose=2, callbacks=[schedule, QGTMonitor()]).history
-    qgt_seconds = time.time() - started
-
-    print(f"\n[3/5] bottleneck report of the QGT model ({REPORT_IMAGES} training images), then "
-          f"{args.epochs - qgt_epochs} hard-quantized epochs, {args.bits}-bit snapping")
-    bottlenecks = report.summary(qgt, held_out)
-    qgt_float = accuracy(qgt, x_test, y_test)
-    if args.epochs > qgt_epochs:  # on the grid (STE), the data loss alone adapts the network to it
-        started = time.time()
-        hard = qgt.fit(train, initial_epoch=qgt_epochs, epochs=args.epochs, verbose=2, callbacks=[
-            QGTScheduler(hard_quantization_epochs=args.epochs - qgt_epochs)])
-        history = {key: history.get(key, []) + hard.history.get(key, []) for key in history}
-        qgt_seconds += time.time() - started
-    plain_float = accuracy(plain, x_test, y_test)
-    plain = conversion.quantize_model(plain, bits=args.bits, overrides=args.layer_bits)
-    snap_and_recalibrate(plain)
-    plain_snapped = accuracy(plain, x_test, y_test)
-    snap_and_recalibrate(qgt)
-    qgt_snapped = accuracy(qgt, x_test, y_test)
+    print(f"\n[3/5] bottleneck report of the QGT model ({len(setup.data.calibration[0])} training images)")
+    bottlenecks = report.summary(qgt.qgt_model, setup.data.calibration)
+    conversion.snap_weights(qgt.qgt_model)  # on the grid it computes what it computed; the export needs it so
     results = {
-        "bits": args.bits,
-        "plain": {"float_accuracy": plain_float, "snapped_accuracy": plain_snapped,
-                  "train_seconds": plain_seconds},
-        "qgt": {"float_accuracy": qgt_float, "snapped_accuracy": qgt_snapped, "train_seconds": qgt_seconds},
+        "bits": args.bits, "seed": args.seed, "data": setup.data.description,
+        "plain": {"float_accuracy": plain_float.accuracy, "snapped_accuracy": plain.accuracy,
+                  "train_seconds": plain_float.train_seconds},
+        "qgt": {"snapped_accuracy": qgt.accuracy, "train_seconds": qgt.train_seconds},
         "packed_weight_bytes": bottlenecks.packed_bytes,
         "float_weight_bytes": bottlenecks.float_bytes,
     }
-    qgt.save(out_dir / "qgt_model.keras")
-    (out_dir / "history.json").write_text(json.dumps(history, indent=2, default=float))
+    qgt.qgt_model.save(out_dir / "qgt_model.keras")
+    (out_dir / "history.json").write_text(json.dumps(qgt.history, indent=2, default=float))
     (out_dir / "report.json").write_text(bottlenecks.to_json())
     (out_dir / "report.md").write_text(bottlenecks.to_markdown())
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
-    print(f"\ntest accuracy            float forward   {args.bits}-bit (snapped, BatchNorm re-estimated)")
-    print(f"plain training           {100 * plain_float:5.1f}%          {100 * plain_snapped:5.1f}%")
-    print(f"QGT (end of QGT phase)   {100 * qgt_float:5.1f}%          {100 * qgt_snapped:5.1f}%")
+    print(f"\ntest accuracy (seed {args.seed})                float    {args.bits}-bit (snapped, BatchNorm "
+          "re-estimated)")
+    print(f"plain training, then snapping          {100 * plain_float.accuracy:5.1f}%   {100 * plain.accuracy:5.1f}%")
+    print(f"QGT (last {args.hard_epochs} epochs on the grid)        {'':6s}   {100 * qgt.accuracy:5.1f}%")
 
     print("\n[4/5] export to TFLite-Micro (calibrated on training images)")
     size_report = export.export(str(out_dir / "qgt_model.keras"), str(out_dir / "export"),
@@ -206,9 +161,10 @@ def _run(args):
     print(export.markdown_report(size_report))
 
     print("\n[5/5] the exported model as generated C on the emulated Cortex-M4 (qemu mps2-an386, DSP path)")
-    results["cortex_m4"] = _cortex_m4_run(out_dir / "export", root, size)
+    results["cortex_m4"] = _cortex_m4_run(out_dir / "export", root, (args.image_size, args.image_size))
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
-    print(f"wrote {out_dir}/: qgt_model.keras, history.json, report.json, report.md, results.json, export/")
+    print(f"wrote {out_dir}/: qgt_model.keras, history.json, report.json, report.md, results.json, export/ "
+          f"({time.perf_counter() - started:.0f} s)")
 
 
 def main(argv=None):

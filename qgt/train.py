@@ -4,11 +4,14 @@ bits of every layer).
 
 examples:
   qgt-train --method=qgt --bits=2 --epochs=3 --init_from=mlperf --out_dir=runs/qgt2
+  qgt-train --dataset=person96_spatial --method=qgt --bits=2 --init_from=mlperf --distill_from=mlperf \\
+      --out_dir=runs/qgt2_distilled
   qgt-train --dataset=fashion_mnist --architecture=mobilenet_28 --alpha=1 --float_epochs=4 \\
       --method=qgt --budget_bytes=12000 --out_dir=runs/fmnist_mixed
 
 --init_from=mlperf starts from the MLPerf Tiny VWW reference weights: $QGT_MLPERF_WEIGHTS or
-~/.keras/qgt/mlperf_tiny_vww_96.h5 (download: qgt_keras.models.MLPERF_URL, see the README).
+~/.keras/qgt/mlperf_tiny_vww_96.h5 (download: qgt_keras.models.MLPERF_URL, see the README); --distill_from
+trains against a frozen float teacher (a model file, or mlperf) instead of the labels alone.
 
 Writes into --out_dir: model.keras (the evaluated model, kernels on their grid), qgt_model.keras (the model
 with quantized layers in the hard-quantization phase, input of qgt-export), calibration.npy (training
@@ -74,6 +77,14 @@ def build_parser():
                         "constant.")
     parser.add_argument("--bn_momentum", type=float, default=0.9,
                         help="BatchNormalization momentum (low for runs of a few hundred steps).")
+    parser.add_argument("--distill_from",
+                        help="Train the method against this frozen float teacher (qgt_keras.distillation): a "
+                             ".h5/.keras file, or 'mlperf'.")
+    parser.add_argument("--distill_temperature", type=float, default=2.0,
+                        help="Temperature of the teacher's soft targets (--distill_from).")
+    parser.add_argument("--distill_weight", type=float, default=1.0,
+                        help="Share of the soft targets in the loss, the rest the labels' (--distill_from; 1: the "
+                             "teacher alone).")
     parser.add_argument("--init_from",
                         help="Start from these float weights: a .h5/.keras file, or 'mlperf' for the MLPerf Tiny "
                              "VWW reference (see above).")
@@ -110,8 +121,12 @@ def check_flags(args):
     strengths = [value for value in (args.start_strength, args.end_strength) if value is not None]
     if any(value <= 0 for value in strengths) or (len(strengths) == 2 and strengths[0] > strengths[1]):
         raise ValueError("need 0 < --start_strength <= --end_strength")
-    if args.init_from and args.init_from != "mlperf" and not os.path.isfile(args.init_from):
-        raise FileNotFoundError(f"--init_from file {args.init_from} does not exist")
+    for flag in ("init_from", "distill_from"):
+        value = getattr(args, flag)
+        if value and value != "mlperf" and not os.path.isfile(value):
+            raise FileNotFoundError(f"--{flag} file {value} does not exist")
+    if not 0 <= args.distill_weight <= 1 or not args.distill_temperature > 0:
+        raise ValueError("need 0 <= --distill_weight <= 1 and --distill_temperature > 0")
     if args.data_dir and not os.path.exists(args.data_dir):
         raise FileNotFoundError(f"--data_dir {args.data_dir} does not exist")
     cli.check_out_file_folder(args.out_dir)
@@ -177,13 +192,15 @@ def _run(args):
     if args.architecture not in models.MODELS:
         raise ValueError(f"--architecture must be one of {', '.join(models.MODELS)}, got {args.architecture!r}")
     init_from = models.weights_file(args.init_from) if args.init_from else None
+    distillation = (recipes.Distillation(models.weights_file(args.distill_from), args.distill_temperature,
+                                         args.distill_weight) if args.distill_from else None)
     setup = recipes.build_setup(
         args.dataset, args.architecture, data_dir=args.data_dir, alpha=args.alpha, grayscale=args.grayscale,
         image_size=args.image_size, batch_size=args.batch, limit=args.limit, test_limit=args.test_limit,
         init_from=init_from, seed=args.seed, bn_momentum=args.bn_momentum, augment=args.augment,
         pretrain_epochs=args.float_epochs, finetune_epochs=args.epochs, learning_rate=args.float_learning_rate,
         finetune_learning_rate=args.learning_rate, lr_schedule=args.lr_schedule, edge_bits=parse_edge_bits(
-            args.edge_bits), verbose=args.verbose)
+            args.edge_bits), distillation=distillation, verbose=args.verbose)
     sizes = layer_kinds.kernel_sizes(setup.build_model())
     unknown = sorted(set(args.layer_bits) - set(sizes))
     if unknown:

@@ -7,18 +7,19 @@ import tf_keras as keras
 from absl import logging
 
 from qgt_keras import conversion
+from qgt_keras.distillation import student_of
 from qgt_keras.layers import quantized_kernels
-from qgt_keras.regularizers import DEFAULT_STRENGTH
+from qgt_keras import regularizers
 
-# The default schedule: a geometric ramp from 1/100 of the strength to the regularizer's default strength.
-DEFAULT_END_STRENGTH = DEFAULT_STRENGTH
-DEFAULT_START_STRENGTH = DEFAULT_STRENGTH / 100
-DEFAULT_RAMP_STEPS = 500
+# The default schedule is the regularizer's own default ramp.
+DEFAULT_END_STRENGTH = regularizers.DEFAULT_STRENGTH
+DEFAULT_START_STRENGTH = regularizers.DEFAULT_STRENGTH * regularizers.DEFAULT_START_FRACTION
+DEFAULT_RAMP_STEPS = regularizers.DEFAULT_RAMP_STEPS
 
 
 class QGTScheduler(keras.callbacks.Callback):
-    """Sets the strength of every QGT regularizer of the model by training step, and switches the model to
-    hard quantization for its last epochs.
+    """Sets the strength of every QGT regularizer of the model by training step (in place of the regularizers'
+    own ramps, which it turns off), and switches the model to hard quantization for its last epochs.
 
     Strength at step t (counted from the first epoch of training: a ``fit`` that resumes at
     ``initial_epoch > 0`` continues the count of the previous ``fit`` with this scheduler):
@@ -63,14 +64,17 @@ class QGTScheduler(keras.callbacks.Callback):
         return self.start_strength * math.exp(progress * math.log(self.end_strength / self.start_strength))
 
     def _regularizers(self):
-        return [entry.regularizer for entry in quantized_kernels(self.model) if entry.regularizer is not None]
+        return [entry.regularizer for entry in quantized_kernels(student_of(self.model))
+                if entry.regularizer is not None]
 
     def on_train_begin(self, logs=None):
         self._current = None
         self._targets = self._regularizers()
         if not self._targets:
-            raise ValueError(
-                f"model {self.model.name!r} has no QGT regularizer to schedule; convert it with quantize_model")
+            raise ValueError(f"model {self.model.name!r} has no QGT regularizer to schedule; convert it with "
+                             "quantize_model or give its layers a QGTRegularizer")
+        for regularizer in self._targets:
+            regularizer.ramp_steps = 0
 
     def on_train_batch_begin(self, batch, logs=None):
         strength = self.hard_strength if self._hard else self.strength_at(self.step)
@@ -84,7 +88,7 @@ class QGTScheduler(keras.callbacks.Callback):
         if epoch == 0:  # training from the first epoch: the schedule starts over (a resumed fit continues)
             self.step = 0
         hard = epoch >= self.params["epochs"] - self.hard_quantization_epochs
-        conversion.set_hard_quantization(self.model, hard)
+        conversion.set_hard_quantization(student_of(self.model), hard)
         self._hard = hard
         if hard and self.verbose:
             logging.info("epoch %d: hard quantization (forward pass on the grid)", epoch + 1)
@@ -110,7 +114,7 @@ class QGTMonitor(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
-        entries = quantized_kernels(self.model)
+        entries = quantized_kernels(student_of(self.model))
         terms = {entry.name: entry.qgt_term() for entry in entries}
         total = sum(terms.values())
         logs["qgt_loss"] = total

@@ -28,7 +28,8 @@ class QuantizationPolicy:
     quantizable layer (None: no special case); ``overrides[layer type name]`` ("Conv2D", "DepthwiseConv2D",
     "Dense"); ``bits``. Layers named in ``skip`` stay float. ``scale`` is the scale method of the layers'
     quantizers (hard-quantization phase, snapping), ``regularizer_scale`` the one the QGT term uses at every
-    step (see ``quantizers.estimate_scale``).
+    step (see ``quantizers.estimate_scale``). ``strength=None`` gives the layers no QGT term at all (plain
+    STE training and post-training quantization: a term of strength 0 would still be computed every step).
     """
 
     bits: int = 2
@@ -46,6 +47,8 @@ class QuantizationPolicy:
         if isinstance(self.skip, str) or not all(isinstance(name, str) for name in self.skip):
             raise TypeError(f"policy skip must be a list of layer names, got {self.skip!r}"
                             + (f" (did you mean skip=({self.skip!r},)?)" if isinstance(self.skip, str) else ""))
+        if self.strength is not None and not self.strength >= 0:
+            raise ValueError(f"policy strength must be a number >= 0 or None (no QGT term), got {self.strength!r}")
         quantizers.check_bits(self.bits, "policy bits")
         if self.edge_bits is not None:
             quantizers.check_bits(self.edge_bits, "policy edge_bits")
@@ -120,7 +123,7 @@ def _quantizable_layers(model):
 
 def quantize_model(model, policy=None, **policy_kwargs):
     """Returns a copy of ``model`` in which every quantizable layer is its quantized counterpart with a
-    ``QGTRegularizer``, weights copied, in the QGT phase (float forward pass).
+    ``QGTRegularizer`` (none with ``strength=None``), weights copied, in the QGT phase (float forward pass).
 
     ``policy`` is a QuantizationPolicy; or pass its fields as keyword arguments:
     ``quantize_model(model, bits=2, overrides={"conv1": 8})``. Compile and fit the result as usual.
@@ -141,9 +144,10 @@ def quantize_model(model, policy=None, **policy_kwargs):
             return layer.__class__.from_config(config)
         kind = layer_kinds.kind_of(layer)
         bits = bits_by_layer[layer.name]
-        config[kind.regularizer_argument] = QGTRegularizer(
-            bits, policy.strength, policy.outlier_weight, policy.regularizer_scale, kind.channel_axes,
-            base=config.get(kind.regularizer_argument))
+        if policy.strength is not None:
+            config[kind.regularizer_argument] = QGTRegularizer(
+                bits, policy.strength, policy.outlier_weight, policy.regularizer_scale, kind.channel_axes,
+                base=config.get(kind.regularizer_argument))
         return QUANTIZED_CLASSES[kind].from_config({**config, "bits": bits, "scale": policy.scale})
 
     quantized = keras.models.clone_model(model, clone_function=clone)
@@ -266,9 +270,12 @@ def recalibrate_batchnorm(model, dataset, max_batches=None):
 
     Call it after snapping or after hard-quantized training: the moving averages are collected while the
     weights (and in hard quantization their grid scales) still move, so they lag behind the final kernels;
-    in inference that mismatch can cost tens of points although training accuracy looks fine.
+    in inference that mismatch can cost tens of points although training accuracy looks fine. (In a model of
+    wrapped layers, such as tfmot's, whatever else the wrappers track in training mode moves with them.)
     """
-    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    # Also those inside wrappers (tfmot's quantize wrappers hold one layer each).
+    norms = [inner for inner in (getattr(layer, "layer", None) if isinstance(layer, keras.layers.Wrapper) else layer
+                                 for layer in model.layers) if isinstance(inner, keras.layers.BatchNormalization)]
     if not norms:
         return 0
     momenta = [layer.momentum for layer in norms]

@@ -32,12 +32,14 @@ Augmentation (``augment=True``, meant for training): :mod:`qgt_keras.augmentatio
 :mod:`qgt_keras.idx`.
 """
 
+import csv
 import dataclasses
 import json
 import logging
 import math
 import os
 import pathlib
+import re
 
 import numpy as np
 import tensorflow as tf
@@ -88,12 +90,104 @@ class DatasetInfo:
         return len(self.class_names)
 
 
+def _bundled(name, what):
+    path = pathlib.Path(__file__).resolve().parent.parent / "data" / name
+    if not path.is_dir():
+        raise FileNotFoundError(f"bundled {what} not found at {path}: use a source checkout of qgt")
+    return path
+
+
 def bundled_person96_dir():
     """The person96 data set shipped in this repository (``data/person96``, with train/ and test/)."""
-    path = pathlib.Path(__file__).resolve().parent.parent / "data" / "person96"
-    if not path.is_dir():
-        raise FileNotFoundError(f"bundled person96 data not found at {path}: use a source checkout of qgt")
-    return path
+    return _bundled("person96", "person96 data")
+
+
+def bundled_ood_dir():
+    """The out-of-scene crops shipped in this repository (``data/ood``; see its README)."""
+    return _bundled("ood", "out-of-scene set")
+
+
+# person96's windows (data/person96/README.md): 192x192 pixels of the 768x576 video at stride 96, named
+# vtest_f{frame}_x{x0}_y{y0}.jpg. The spatial split puts the windows that lie left of this column into the
+# test split and those that lie right of it into the training split; the windows that cross it share pixels
+# with both sides and are in neither.
+PERSON96_WINDOW = 192
+SPATIAL_SPLIT_X = 288
+_WINDOW_NAME = re.compile(r"_x(\d+)_y(\d+)\.[a-z]+$")
+
+
+def window_origin(path):
+    """(x0, y0) of a person96 window from its file name; ValueError naming the file if it has none."""
+    match = _WINDOW_NAME.search(os.path.basename(str(path)))
+    if match is None:
+        raise ValueError(f"{path}: not a person96 window name (..._x{{x0}}_y{{y0}}.jpg)")
+    return int(match.group(1)), int(match.group(2))
+
+
+def spatial_split(root=None):
+    """{"train": (paths, labels), "test": (paths, labels)}: person96's windows of both of its folders (every
+    frame), split by window position so that no training window shares a pixel with a test window (see
+    :data:`SPATIAL_SPLIT_X`). Labels index :data:`VWW_CLASS_NAMES`."""
+    root = pathlib.Path(root) if root else bundled_person96_dir()
+    splits = {"train": ([], []), "test": ([], [])}
+    for folder in ("train", "test"):
+        for label, class_name in enumerate(VWW_CLASS_NAMES):
+            class_dir = root / folder / class_name
+            if not class_dir.is_dir():
+                raise FileNotFoundError(f"person96 folder {class_dir} does not exist")
+            for path in _list_images(class_dir):
+                x0, _ = window_origin(path)
+                split = ("test" if x0 + PERSON96_WINDOW <= SPATIAL_SPLIT_X else
+                         "train" if x0 >= SPATIAL_SPLIT_X else None)
+                if split is not None:
+                    splits[split][0].append(path)
+                    splits[split][1].append(label)
+    return splits
+
+
+UNLABELED = -1  # the label of an out-of-scene crop whose person / non_person label is not clear
+
+
+@dataclasses.dataclass(frozen=True)
+class OutOfScene:
+    """The out-of-scene crops (``data/ood``) in memory: ``images`` (N, height, width, channels) in [0, 1],
+    ``labels`` (N,) 0 non_person, 1 person or :data:`UNLABELED`, ``photo_ids`` (N,) the photo each crop was
+    cut from (group by it: crops of one photo overlap), ``files`` their paths in the manifest."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    photo_ids: np.ndarray
+    files: tuple
+
+    @property
+    def labeled(self):
+        return self.labels != UNLABELED
+
+
+def read_out_of_scene(data_dir=None, *, image_size=(96, 96), grayscale=False):
+    """Reads every crop listed in ``data_dir/manifest.csv`` (default: :func:`bundled_ood_dir`) into an
+    :class:`OutOfScene`, resized and colored for the model. Raises FileNotFoundError for a missing manifest or
+    crop, ValueError for a label the manifest should not have."""
+    root = pathlib.Path(data_dir) if data_dir else bundled_ood_dir()
+    manifest = root / "manifest.csv"
+    if not manifest.is_file():
+        raise FileNotFoundError(f"out-of-scene manifest {manifest} does not exist")
+    codes = {name: index for index, name in enumerate(VWW_CLASS_NAMES)} | {"unlabeled": UNLABELED}
+    with open(manifest, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        if row["label"] not in codes:
+            raise ValueError(f"{manifest}: crop {row['file']} has label {row['label']!r}, not one of {sorted(codes)}")
+        if not (root / row["file"]).is_file():
+            raise FileNotFoundError(f"{manifest} lists {row['file']}, which is not in {root}")
+    paths = [str(root / row["file"]) for row in rows]
+    dataset, _ = _read_files(paths, [0] * len(paths), str(root), VWW_CLASS_NAMES, tuple(image_size), grayscale,
+                             256, False, False, 0, True, None, False)
+    images = np.concatenate([x.numpy() for x, _ in dataset])
+    if len(images) != len(rows):
+        raise ValueError(f"{root}: {len(rows) - len(images)} of the crops in its manifest could not be read")
+    return OutOfScene(images, np.array([codes[row["label"]] for row in rows], np.int32),
+                      np.array([row["photo_id"] for row in rows]), tuple(row["file"] for row in rows))
 
 
 def read_image_folder(data_dir, *, image_size=(96, 96), grayscale=False, batch_size=32, shuffle=False,
@@ -253,7 +347,7 @@ def read_fashion_mnist(data_dir=None, split="train", *, batch_size=32, shuffle=F
 
 
 # Data sets by name, as qgt-train and the recipes read them: a layout of files with a train and a test split.
-NAMES = ("person_folder", "vww_tfrecords", "vww_coco", "fashion_mnist")
+NAMES = ("person_folder", "person96_spatial", "vww_tfrecords", "vww_coco", "fashion_mnist")
 
 
 @dataclasses.dataclass
@@ -274,8 +368,10 @@ def split_sources(name, data_dir=None):
     exist (FileNotFoundError naming what is missing), before anything is read.
 
     Layouts of ``data_dir``: person_folder ``{train,test}/{person,non_person}/`` (default: the bundled
-    person96); vww_tfrecords ``train.record-*`` and ``val.record-*``; vww_coco ``instances_{train,val}.json``
-    and the images in ``images/``; fashion_mnist the IDX files (default: Debian's dataset-fashion-mnist).
+    person96); person96_spatial the same folders of person96 windows, split by position instead
+    (:func:`spatial_split`; each split is then a (paths, labels) pair); vww_tfrecords ``train.record-*`` and
+    ``val.record-*``; vww_coco ``instances_{train,val}.json`` and the images in ``images/``; fashion_mnist the
+    IDX files (default: Debian's dataset-fashion-mnist).
     """
     if name not in NAMES:
         raise ValueError(f"dataset must be one of {NAMES}, got {name!r}")
@@ -286,9 +382,11 @@ def split_sources(name, data_dir=None):
     root = pathlib.Path(data_dir) if data_dir else bundled_person96_dir()
     if not root.is_dir():
         raise FileNotFoundError(f"data folder {root} does not exist")
-    if name == "person_folder":
+    if name in ("person_folder", "person96_spatial"):
         sources = {split: root / split for split in ("train", "test")}
         missing = [str(path) for path in sources.values() if not path.is_dir()]
+        if not missing and name == "person96_spatial":
+            sources = spatial_split(root)
     elif name == "vww_tfrecords":
         sources = {split: str(root / f"{file}.record-*") for split, file in (("train", "train"), ("test", "val"))}
         missing = [pattern for pattern in sources.values() if not tf.io.gfile.glob(pattern)]
@@ -314,6 +412,12 @@ def load_data(name, data_dir=None, *, image_size=96, grayscale=False, batch_size
     elif name == "person_folder":
         def read(split, **kwargs):
             return read_image_folder(sources[split], **image_options, **kwargs)
+    elif name == "person96_spatial":
+        def read(split, *, batch_size, shuffle=False, augment=False, seed=0, limit=None):
+            paths, labels = sources[split]
+            return _read_files(paths, labels, f"{data_dir or 'person96'} ({split}, spatial)", VWW_CLASS_NAMES,
+                               image_options["image_size"], grayscale, batch_size, shuffle, augment, seed, True,
+                               limit, False)
     elif name == "vww_tfrecords":
         def read(split, **kwargs):
             return read_vww_tfrecords(sources[split], **image_options, **kwargs)

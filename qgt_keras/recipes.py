@@ -11,7 +11,12 @@ budget instead of bits) and the same training budget:
   PTQ quantizes the float model after them).
 
 Accuracy is always measured on the quantized model: kernels snapped to their grid (a plain tf_keras model,
-what the exporter converts).
+what the exporter converts), with BatchNormalization statistics re-estimated after snapping for every method
+whose weights were quantized (their moving averages were collected on other weights).
+
+Distillation (``Setup.distillation``, a :class:`Distillation`): every method's training, float included,
+then learns from a frozen float teacher (``qgt_keras.distillation``) instead of the labels alone, so that
+the methods stay comparable.
 
 The QGT recipe (:class:`QGTSchedule`; docs/RECIPE.md has the measurements behind it): an optional QGT phase
 (float forward pass, strength ramped in steps), then forward passes on the grid (STE) with a small QGT term
@@ -25,11 +30,25 @@ import time
 
 import tf_keras as keras
 
-from qgt_keras import callbacks, conversion, datasets, layer_kinds, models, report
+from qgt_keras import callbacks, conversion, datasets, distillation, layer_kinds, models, report, serialization
 
 LR_SCHEDULES = ("cosine", "constant")
 # Batches of training data used to re-estimate BatchNormalization statistics after snapping.
 BN_REESTIMATION_BATCHES = 20
+
+
+@dataclasses.dataclass(frozen=True)
+class Distillation:
+    """Training against a frozen float teacher (``qgt_keras.distillation.Distiller``).
+
+    ``teacher``: a saved float model (a .keras / .h5 path); None: the setup's float start (``pretrained()``),
+    i.e. the student learns from the model it was quantized from. ``temperature`` and ``weight`` as in
+    ``Distiller``.
+    """
+
+    teacher: str = None
+    temperature: float = distillation.DEFAULT_TEMPERATURE
+    weight: float = distillation.DEFAULT_WEIGHT
 
 
 @dataclasses.dataclass
@@ -44,6 +63,12 @@ class Setup:
       learning_rate: Adam learning rate of pre-training; ``finetune_learning_rate`` that of fine-tuning.
       lr_schedule: "cosine" (decay to 0 over each phase) or "constant".
       edge_bits: bits of the first and last quantized layer for ptq, qat_ste and qgt (None: same as the rest).
+      distillation: a :class:`Distillation` for every method's training (pre-training stays on the labels),
+        or None.
+      freeze_batchnorm: the methods train with BatchNormalization frozen (inference mode: the start's
+        statistics, gamma and beta kept) and do not re-estimate it after snapping, so that no statistic comes
+        from the training data alone (docs/RECIPE.md: it keeps a float student's function out of scene, and
+        costs a 2-bit one dearly).
     """
 
     data: datasets.Data
@@ -54,8 +79,11 @@ class Setup:
     finetune_learning_rate: float = 1e-3
     lr_schedule: str = "cosine"
     edge_bits: object = 8
+    distillation: Distillation = None
+    freeze_batchnorm: bool = False
     verbose: int = 1
     _pretrained: tuple = dataclasses.field(default=None, repr=False)
+    _teacher: object = dataclasses.field(default=None, repr=False)
     _float_result: object = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self):
@@ -74,12 +102,23 @@ class Setup:
             model = self.build_model()
             seconds, history = 0.0, {}
             if self.pretrain_epochs:
-                seconds, history = fit(model, self, self.pretrain_epochs, self.learning_rate)
+                seconds, history = fit(model, self, self.pretrain_epochs, self.learning_rate, pretraining=True)
             self._pretrained = (model.get_weights(), seconds, history)
         weights, seconds, history = self._pretrained
         model = self.build_model()
         model.set_weights(weights)
         return model, seconds, history
+
+    def teacher(self):
+        """The frozen teacher of ``distillation`` (loaded once), or None without distillation."""
+        if self.distillation is None:
+            return None
+        if self._teacher is None:
+            if self.distillation.teacher is None:
+                self._teacher = self.pretrained()[0]
+            else:
+                self._teacher = serialization.load_model(models.weights_file(self.distillation.teacher))
+        return self._teacher
 
 
 @dataclasses.dataclass
@@ -103,17 +142,29 @@ class RecipeResult:
 
 
 def compile_model(model, learning_rate, decay_steps=None):
+    """Adam (cosine decay over ``decay_steps`` if given); the loss is cross-entropy, or a Distiller's own."""
     schedule = (keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps) if decay_steps
                 else learning_rate)
-    model.compile(keras.optimizers.Adam(schedule), "sparse_categorical_crossentropy", ["accuracy"])
+    loss = None if isinstance(model, distillation.Distiller) else "sparse_categorical_crossentropy"
+    model.compile(keras.optimizers.Adam(schedule), loss=loss, metrics=["accuracy"])
 
 
-def fit(model, setup, epochs, learning_rate, extra_callbacks=()):
-    """Compiles (Adam, the setup's schedule) and fits ``model``; returns (seconds, history dict)."""
+def fit(model, setup, epochs, learning_rate, extra_callbacks=(), pretraining=False):
+    """Compiles (Adam, the setup's schedule) and fits ``model``; returns (seconds, history dict). A method's
+    fit (not ``pretraining``) learns from the setup's teacher if it has one, with BatchNormalization frozen if
+    the setup says so."""
     decay_steps = epochs * setup.data.steps_per_epoch if setup.lr_schedule == "cosine" else None
-    compile_model(model, learning_rate, decay_steps)
+    trained = model
+    if setup.freeze_batchnorm and not pretraining:
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False
+    if setup.distillation is not None and not pretraining:
+        trained = distillation.Distiller(model, setup.teacher(), setup.distillation.temperature,
+                                         setup.distillation.weight)
+    compile_model(trained, learning_rate, decay_steps)
     start = time.perf_counter()
-    history = model.fit(setup.data.train, epochs=epochs, callbacks=list(extra_callbacks), verbose=setup.verbose)
+    history = trained.fit(setup.data.train, epochs=epochs, callbacks=list(extra_callbacks), verbose=setup.verbose)
     return time.perf_counter() - start, history.history
 
 
@@ -133,25 +184,32 @@ def merge_histories(*histories):
     return merged
 
 
-def _policy(setup, bits, strength=0.0, overrides=None, scale="mse"):
-    """Layers named in ``overrides`` get their bits, the first and last ``setup.edge_bits``, the rest ``bits``."""
+def _policy(setup, bits, strength=None, overrides=None, scale="mse"):
+    """Layers named in ``overrides`` get their bits, the first and last ``setup.edge_bits``, the rest ``bits``;
+    ``strength`` None: no QGT term."""
     return conversion.QuantizationPolicy(bits=bits, overrides=dict(overrides or {}), edge_bits=setup.edge_bits,
                                          strength=strength, scale=scale)
 
 
-def _snapped_result(method, setup, quantized, sizes, seconds, history, nominal_bits, reestimate_bn=False):
-    """Strips ``quantized`` into a plain model with snapped kernels (re-estimating its BatchNormalization
-    statistics, copied back into ``quantized``, if asked) and measures it. ``quantized`` is left in the
-    hard-quantization phase: it then computes what the plain model computes."""
+def reestimate_batchnorm(model, setup):
+    """Re-estimates ``model``'s BatchNormalization statistics on the setup's training data (weights frozen);
+    returns the seconds it took."""
+    start = time.perf_counter()
+    conversion.recalibrate_batchnorm(model, setup.data.train, BN_REESTIMATION_BATCHES)
+    return time.perf_counter() - start
+
+
+def _snapped_result(method, setup, quantized, sizes, seconds, history, nominal_bits, reestimate_bn=True):
+    """Strips ``quantized`` into a plain model with snapped kernels, re-estimates its BatchNormalization
+    statistics (copied back into ``quantized``) unless told not to, and measures it. ``quantized`` is left in
+    the hard-quantization phase: it then computes what the plain model computes."""
     conversion.set_hard_quantization(quantized, True)
     plain = conversion.strip_quantization(quantized, snap=True)
-    if reestimate_bn:
-        start = time.perf_counter()
-        conversion.recalibrate_batchnorm(plain, setup.data.train, BN_REESTIMATION_BATCHES)
+    if reestimate_bn and not setup.freeze_batchnorm:
+        seconds += reestimate_batchnorm(plain, setup)
         for layer in plain.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
                 quantized.get_layer(layer.name).set_weights(layer.get_weights())
-        seconds += time.perf_counter() - start
     bits_by_layer = conversion.layer_bits(quantized)
     return RecipeResult(method, nominal_bits, plain, bits_by_layer, layer_kinds.weight_bytes(sizes, bits_by_layer),
                         seconds, evaluate(plain, setup.data), history, quantized)
@@ -201,7 +259,8 @@ class QGTSchedule:
     * the remaining epochs: forward pass on the grid (straight-through gradients) with the QGT term at
       ``hard_strength``, which keeps the float weights near their grid points.
     Strengths multiply a sum over all weights of squared distances relative to the channel's grid range.
-    ``reestimate_bn``: recompute the BatchNormalization statistics after snapping.
+    ``reestimate_bn``: recompute the BatchNormalization statistics after snapping (as every weight-quantized
+    method of the benchmark does; off only to measure what it is worth).
     """
 
     qgt_epochs: int = 0
@@ -211,21 +270,21 @@ class QGTSchedule:
     hard_strength: float = 1e-4
     reestimate_bn: bool = True
 
-    def scheduler(self, setup):
-        if not 0 <= self.qgt_epochs <= setup.finetune_epochs:
-            raise ValueError(f"qgt_epochs must be in 0..finetune_epochs ({setup.finetune_epochs}), "
-                             f"got {self.qgt_epochs}")
-        qgt_steps = self.qgt_epochs * setup.data.steps_per_epoch
+    def scheduler(self, epochs, steps_per_epoch):
+        """The QGTScheduler of a fit of ``epochs`` epochs of ``steps_per_epoch`` steps."""
+        if not 0 <= self.qgt_epochs <= epochs:
+            raise ValueError(f"qgt_epochs must be in 0..finetune_epochs ({epochs}), got {self.qgt_epochs}")
+        qgt_steps = self.qgt_epochs * steps_per_epoch
         return callbacks.QGTScheduler(self.start_strength, self.end_strength, warmup_steps=0,
                                       ramp_steps=int(self.ramp_fraction * qgt_steps),
-                                      hard_quantization_epochs=setup.finetune_epochs - self.qgt_epochs,
+                                      hard_quantization_epochs=epochs - self.qgt_epochs,
                                       hard_strength=self.hard_strength)
 
 
 def qgt(setup, bits, schedule=QGTSchedule(), overrides=None, method="qgt"):
     """Quantization-Guided Training (the recipe in the module docstring). ``overrides``: {layer: bits} for
     some or all layers (allocate_bits returns all)."""
-    scheduler = schedule.scheduler(setup)
+    scheduler = schedule.scheduler(setup.finetune_epochs, setup.data.steps_per_epoch)
     model, pre_seconds, pre_history = setup.pretrained()
     quantized = conversion.quantize_model(model, _policy(setup, bits, schedule.start_strength, overrides))
     seconds, history = fit(quantized, setup, setup.finetune_epochs, setup.finetune_learning_rate,

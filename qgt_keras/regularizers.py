@@ -26,6 +26,16 @@ most half a step. The MSE scale trades the two off, so a few outliers force a la
 channel. O pulls outliers in harder than D alone, which lets the MSE scale shrink onto the bulk of the
 channel: the distribution that results is a few tight clusters on a fine grid instead of a coarse grid
 stretched to fit the tails.
+
+The default schedule: a constant strength either pins the weights to the grid of their first steps (strong)
+or leaves them off the grid (weak). So the term ramps itself: at training step t its strength is
+
+    strength * start_fraction ** (1 - min(t / ramp_steps, 1))
+
+geometric from ``start_fraction * strength`` to ``strength`` over ``ramp_steps`` steps, then held. The
+network first learns the task nearly unregularized, then is pulled onto the grid while it still trains.
+The step t counts the training steps that differentiate the term (``fit``'s steps; evaluation and the
+report do not advance it). ``QGTScheduler`` sets the strength itself and turns the ramp off.
 """
 
 import numbers
@@ -37,11 +47,12 @@ from qgt_keras import quantizers
 from qgt_keras.layer_kinds import DEPTHWISE_CONV_2D
 from qgt_keras.serialization import register
 
-# The one default strength: what quantize_model gives its regularizers and where QGTScheduler's default ramp
-# ends (the quick start's measured schedule). A lone layer can take far more (tests/test_regularizers.py:
-# 5.0 on a toy regression); strengths of 1e-2 and above cost accuracy on person96 when the forward pass is
-# on the grid (docs/RECIPE.md).
-DEFAULT_STRENGTH = 0.05
+# The default schedule (module docstring), calibrated on a two-layer ReLU regression (docs/QGT.md,
+# tests/test_regularizers.py): constant 0.05 or 5.0 snapped worse than plain training, this ramp better. It is
+# also QGTScheduler's default ramp; quantize_model gives its regularizers DEFAULT_STRENGTH.
+DEFAULT_STRENGTH = 0.1
+DEFAULT_START_FRACTION = 1e-3
+DEFAULT_RAMP_STEPS = 3000
 # Channels whose range is below this fraction of the layer's largest are dead and left out of the term.
 _DEAD_CHANNEL_FRACTION = 1e-6
 
@@ -52,7 +63,8 @@ class QGTRegularizer(keras.regularizers.Regularizer):
 
     Args:
       bits: grid width, 1..8.
-      strength: the multiplier of the term; a callback may change it while training (it is a variable).
+      strength: the multiplier of the term at the end of its ramp; a callback may change it while training
+        (it is a variable).
       outlier_weight: weight of the beyond-range term O relative to the grid term D.
       scale: how s_c is derived from the weights at every step: "lloyd" (default; near-MSE and cheap),
         "mse" (searched; more exact, slower) or "max" (clips nothing, so O is always 0).
@@ -60,21 +72,38 @@ class QGTRegularizer(keras.regularizers.Regularizer):
         (the default) takes them from the kernel the term is called on: (2, 3) for a layer's
         ``depthwise_kernel``, -1 for a ``kernel`` or a matrix; any other 4-D tensor is an error.
       base: an optional regularizer (e.g. the model's own L2) added to the QGT term.
+      ramp_steps: training steps of the strength's geometric ramp (0: constant ``strength``).
+      start_fraction: the strength at the first step, as a fraction of ``strength`` (0 < f <= 1).
+      step: the training steps taken so far (a model that is loaded again continues its ramp).
+
+    Apply one instance to one kernel, as ``kernel_regularizer=QGTRegularizer(2)`` does; an instance shared by
+    several layers still counts each training step once.
     """
 
     def __init__(self, bits=2, strength=DEFAULT_STRENGTH, outlier_weight=1.0, scale="lloyd", channel_axes=None,
-                 base=None):
+                 base=None, ramp_steps=DEFAULT_RAMP_STEPS, start_fraction=DEFAULT_START_FRACTION, step=0):
         self.bits = quantizers.check_bits(bits)
-        for value, what in ((strength, "strength"), (outlier_weight, "outlier_weight")):
+        for value, what in ((strength, "strength"), (outlier_weight, "outlier_weight"), (ramp_steps, "ramp_steps"),
+                            (step, "step")):
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < float("inf"):
                 raise ValueError(f"QGTRegularizer {what} must be a finite number >= 0, got {value!r}")
+        if isinstance(start_fraction, bool) or not isinstance(start_fraction, numbers.Real) \
+                or not 0 < start_fraction <= 1:
+            raise ValueError(f"QGTRegularizer start_fraction must be in (0, 1], got {start_fraction!r}")
         if scale not in quantizers.SCALE_METHODS:
             raise ValueError(f"scale must be one of {quantizers.SCALE_METHODS}, got {scale!r}")
         self.outlier_weight = float(outlier_weight)
         self.scale = scale
         self.channel_axes = tuple(channel_axes) if isinstance(channel_axes, (list, tuple)) else channel_axes
         self.base = keras.regularizers.get(base)
+        self.start_fraction = float(start_fraction)
         self._strength = tf.Variable(float(strength), trainable=False, dtype=tf.float32, name="qgt_strength")
+        self._ramp_steps = tf.Variable(float(ramp_steps), trainable=False, dtype=tf.float32, name="qgt_ramp_steps")
+        # Advanced in the gradient of the term; under a tf.distribute strategy every replica takes the step
+        # and the first one's count is kept.
+        self._step = tf.Variable(float(step), trainable=False, dtype=tf.float32, name="qgt_step",
+                                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        self._kernels = set()  # ids of the kernels this instance is applied to, for one count per step
 
     @property
     def strength(self):
@@ -83,6 +112,24 @@ class QGTRegularizer(keras.regularizers.Regularizer):
     @strength.setter
     def strength(self, value):
         self._strength.assign(float(value))
+
+    @property
+    def ramp_steps(self):
+        return int(round(float(self._ramp_steps.numpy())))
+
+    @ramp_steps.setter
+    def ramp_steps(self, value):
+        self._ramp_steps.assign(float(value))
+
+    @property
+    def step(self):
+        return int(round(float(self._step.numpy())))
+
+    def current_strength(self):
+        """The strength the term has at the current step (a tensor): the ramp of the module docstring."""
+        progress = tf.minimum(self._step / tf.maximum(self._ramp_steps, 1.0), 1.0)
+        progress = tf.where(self._ramp_steps > 0, progress, 1.0)
+        return self._strength * self.start_fraction ** (1.0 - progress)
 
     def kernel_channel_axes(self, kernel):
         """The output-channel axes the term uses for ``kernel`` (see ``channel_axes``)."""
@@ -114,12 +161,26 @@ class QGTRegularizer(keras.regularizers.Regularizer):
         return grid, outlier
 
     def qgt_term(self, kernel):
-        """The QGT part of the loss for ``kernel``: strength * (D + outlier_weight * O)."""
+        """The QGT part of the loss for ``kernel`` now: current strength * (D + outlier_weight * O)."""
         grid, outlier = self.terms(kernel)
-        return self._strength * (grid + self.outlier_weight * outlier)
+        return self.current_strength() * (grid + self.outlier_weight * outlier)
+
+    def _counting_steps(self, term, kernel):
+        """``term``, whose gradient advances the step by one per training step (shared among the kernels)."""
+        self._kernels.add(id(kernel))
+        count = len(self._kernels)
+
+        @tf.custom_gradient
+        def identity(value):
+            def gradient(upstream):
+                with tf.control_dependencies([self._step.assign_add(1.0 / count)]):
+                    return tf.identity(upstream)
+            return tf.identity(value), gradient
+
+        return identity(term)
 
     def __call__(self, kernel):
-        term = self.qgt_term(kernel)
+        term = self._counting_steps(self.qgt_term(kernel), kernel)
         if self.base is not None:
             term += tf.cast(self.base(kernel), term.dtype)
         return term
@@ -132,4 +193,7 @@ class QGTRegularizer(keras.regularizers.Regularizer):
             "scale": self.scale,
             "channel_axes": self.channel_axes,
             "base": keras.regularizers.serialize(self.base) if self.base is not None else None,
+            "ramp_steps": self.ramp_steps,
+            "start_fraction": self.start_fraction,
+            "step": self.step,
         }

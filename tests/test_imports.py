@@ -10,8 +10,8 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Lowest first: a module may import the modules before it in its package's list (docs/ARCHITECTURE.md).
 LAYERS = {
-    "qgt_keras": ["serialization", "quantizers", "layer_kinds", "regularizers", "layers", "conversion", "callbacks",
-                  "report", "augmentation", "idx", "datasets", "models", "plots", "recipes"],
+    "qgt_keras": ["serialization", "quantizers", "layer_kinds", "regularizers", "layers", "conversion", "distillation",
+                  "callbacks", "report", "augmentation", "idx", "datasets", "models", "plots", "recipes"],
     "tflm_export": ["tflite_model", "termination", "files", "layout", "reference", "snap", "keras_convert",
                     "bitpack", "requant", "parameters", "pack", "lut", "tflm_runner", "verify", "c_source",
                     "toolchain", "emulator", "kernel_abi", "kernel_runner", "memory_plan", "codegen", "model_runner",

@@ -7,6 +7,7 @@ import importlib.util
 import pathlib
 import re
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -120,3 +121,20 @@ def test_labeled_folder_reads_as_the_two_vww_classes(manifest):
     assert info.num_examples == sum(row["label"] != "unlabeled" for row in manifest)
     images, labels = next(iter(dataset))
     assert images.shape[1:] == (96, 96, 3) and set(labels.numpy()) <= {0, 1}
+
+
+def test_the_reader_gives_every_crop_with_its_label_and_photo(manifest):
+    crops = datasets.read_out_of_scene(image_size=(32, 32))
+    assert crops.images.shape == (len(manifest), 32, 32, 3) and crops.images.dtype == np.float32
+    assert 0 <= crops.images.min() and crops.images.max() <= 1 + 1e-5  # (antialiased resizing rounds)
+    codes = {"non_person": 0, "person": 1, "unlabeled": datasets.UNLABELED}
+    assert list(crops.labels) == [codes[row["label"]] for row in manifest]
+    assert list(crops.photo_ids) == [row["photo_id"] for row in manifest]
+    assert crops.files == tuple(row["file"] for row in manifest)
+    assert int(crops.labeled.sum()) == sum(row["label"] != "unlabeled" for row in manifest)
+
+
+def test_the_reader_names_a_missing_crop(tmp_path, manifest):
+    (tmp_path / "manifest.csv").write_text((OOD / "manifest.csv").read_text())
+    with pytest.raises(FileNotFoundError, match=f"lists {manifest[0]['file']}, which is not in {tmp_path}"):
+        datasets.read_out_of_scene(tmp_path)

@@ -43,6 +43,17 @@ def test_end_to_end_writes_every_output(tmp_path):
     np.testing.assert_allclose(qgt_model(x, training=False), model(x, training=False), atol=1e-5)
 
 
+def test_distill_from_trains_against_the_teacher(tmp_path):
+    from qgt_keras import models
+    teacher = tmp_path / "teacher.keras"
+    models.small_cnn((16, 16, 3)).save(teacher)
+    assert train.main([*QUICK, "--method=qgt", "--bits=2", f"--distill_from={teacher}", "--distill_weight=0.5",
+                       f"--out_dir={tmp_path / 'out'}"]) == 0
+    history = json.loads((tmp_path / "out" / "history.json").read_text())
+    assert {"hard_loss", "distillation_loss", "qgt_loss"} <= set(history)
+    assert json.loads((tmp_path / "out" / "result.json").read_text())["flags"]["distill_weight"] == 0.5
+
+
 @pytest.fixture
 def no_training(monkeypatch):
     """Makes any training an error: the checks under test must come first."""
@@ -60,6 +71,8 @@ def no_training(monkeypatch):
     (["--edge_bits=wide"], "--edge_bits must be"),
     (["--qgt_epochs=3"], "exceeds --epochs"),
     (["--init_from=no/such/weights.h5"], "does not exist"),
+    (["--distill_from=no/such/teacher.h5"], "--distill_from file no/such/teacher.h5 does not exist"),
+    (["--distill_from=mlperf", "--distill_weight=2"], "need 0 <= --distill_weight <= 1"),
     (["--architecture=resnet"], "--architecture must be one of mobilenet_v1, mobilenet_28, small_cnn"),
     (["--dataset=imagenet"], "dataset must be one of"),
     (["--ptq_scale=median"], "--ptq_scale must be one of"),

@@ -6,6 +6,12 @@ The folder is written whole or not at all: every file goes into a staging folder
 its place only after every variant passed verification (``files.write_folder``). Bad input, a failed
 verification or SIGTERM leave the previous output as it was (or none); the arguments and the output folder
 are checked before any work.
+
+For a Keras model the export also checks that the deployed model computes what was trained: the top-1
+class of the int8 model in TFLite-Micro against the Keras model's on every calibration sample (and both
+against the labels where the calibration is an image folder). The packed model decodes to the int8 model's
+layers and reproduces them bit for bit (verified), so it makes the same decisions. Agreement below
+``min_agreement`` fails the export.
 """
 
 import dataclasses
@@ -21,32 +27,52 @@ from tflm_export.files import write_folder
 from tflm_export.tflite_model import ExportError
 
 
+# Default least share of calibration samples on which the int8 model's top-1 class must be the Keras model's.
+DEFAULT_MIN_AGREEMENT = 0.95
+
+
 @dataclasses.dataclass
 class _Source:
-    """A model read and converted: its float baseline (Keras input only), the int8 model, the bits of each
-    weight tensor, and the calibration samples with what the report says about them (None without)."""
+    """A model read and converted: its float baseline and the Keras model itself (Keras input only), the int8
+    model, the bits of each weight tensor, and the calibration samples with their labels (image folders) and
+    what the report says about them (None without)."""
     float_tflite: bytes
+    keras_model: object
     int8: bytes
     layer_bits: dict
     samples: np.ndarray
+    labels: np.ndarray
     calibration: dict
+
+
+def _image_folder(folder, input_shape, count):
+    """(images, labels, unreadable files skipped) of :func:`calibration_images`."""
+    from qgt_keras import datasets  # deferred: only this path needs the data pipeline
+    height, width, channels = input_shape
+    dataset, info = datasets.read_image_folder(folder, image_size=(height, width), grayscale=channels == 1,
+                                               batch_size=count, limit=count)
+    images, labels = next(iter(dataset))
+    return images.numpy().astype(np.float32), labels.numpy(), len(info.skipped)
 
 
 def calibration_images(folder, input_shape, count=200):
     """(images, unreadable files skipped): up to ``count`` images of an image folder (one subfolder per
     class, as qgt_keras.datasets reads it) sized and colored for a model input of ``input_shape`` (height,
     width, channels), in [0, 1]. Unreadable images are left out and counted; none readable is an error."""
-    from qgt_keras import datasets  # deferred: only this path needs the data pipeline
-    height, width, channels = input_shape
-    dataset, info = datasets.read_image_folder(folder, image_size=(height, width), grayscale=channels == 1,
-                                               batch_size=count, limit=count)
-    images, _ = next(iter(dataset))
-    return images.numpy().astype(np.float32), len(info.skipped)
+    images, _, skipped = _image_folder(folder, input_shape, count)
+    return images, skipped
 
 
 def calibration_samples(calibration, input_shape, count):
     """(float32 samples, report entry) from an array, a .npy file or an image folder, checked against the
     model input shape ``input_shape`` (without the batch axis; None for a free dimension)."""
+    samples, _, info = _calibration(calibration, input_shape, count)
+    return samples, info
+
+
+def _calibration(calibration, input_shape, count):
+    """(samples, labels or None, report entry) of :func:`calibration_samples`; labels come from the class
+    folders of an image folder."""
     input_shape = tuple(input_shape)
     source = "array"
     if isinstance(calibration, (str, os.PathLike)):
@@ -55,8 +81,8 @@ def calibration_samples(calibration, input_shape, count):
             if len(input_shape) != 3 or None in input_shape:
                 raise ExportError(f"calibration folder {source}: images need a model input of fixed (height, "
                                   f"width, channels), this one is {input_shape}; pass a .npy of samples")
-            images, skipped = calibration_images(source, input_shape, count)
-            return images, {"source": source, "samples": len(images), "unreadable_skipped": skipped}
+            images, labels, skipped = _image_folder(source, input_shape, count)
+            return images, labels, {"source": source, "samples": len(images), "unreadable_skipped": skipped}
         if not os.path.isfile(source):
             raise FileNotFoundError(f"calibration {source} is neither an image folder nor a .npy file")
         try:
@@ -77,7 +103,7 @@ def calibration_samples(calibration, input_shape, count):
     bad = int(np.count_nonzero(~np.isfinite(samples)))
     if bad:
         raise ExportError(f"calibration samples ({source}) hold {bad} non-finite values (NaN or inf)")
-    return samples, {"source": source, "samples": len(samples)}
+    return samples, None, {"source": source, "samples": len(samples)}
 
 
 def _load(model_path, calibration, bits, default_bits, method, calibration_count, resnap):
@@ -94,19 +120,43 @@ def _load(model_path, calibration, bits, default_bits, method, calibration_count
         model = tflite_model.read(source)
         layer_bits = snap.resolve_tflite_bits(model, bits, default_bits)
         int8 = snap.snap_tflite(source, bits, default_bits, method)
-        samples, info = None, None
+        samples, labels, info = None, None, None
         if calibration is not None:  # verification inputs instead of random ones
             input_shape = tflite_model.io_details(model)["inputs"][0]["shape"][1:]
-            samples, info = calibration_samples(calibration, input_shape, calibration_count)
-        return _Source(None, int8, layer_bits, samples, info)
+            samples, labels, info = _calibration(calibration, input_shape, calibration_count)
+        return _Source(None, None, int8, layer_bits, samples, labels, info)
     if calibration is None:
         raise ExportError("a Keras model needs calibration samples (real data: TFLite-Micro aborts on activation "
                           "ranges calibrated on nothing)")
     keras_model = serialization.load_model(model_path)
-    samples, info = calibration_samples(calibration, keras_model.input_shape[1:], calibration_count)
+    samples, labels, info = _calibration(calibration, keras_model.input_shape[1:], calibration_count)
     plain, bits = keras_convert.plain_keras_model(keras_model, bits, resnap)
     conversion = keras_convert.convert_keras(plain, samples, bits, default_bits, method)
-    return _Source(keras_convert.to_float_tflite(plain), conversion.tflite, conversion.bits, samples, info)
+    return _Source(keras_convert.to_float_tflite(plain), keras_model, conversion.tflite, conversion.bits, samples,
+                   labels, info)
+
+
+def agreement(keras_model, int8, samples, labels=None):
+    """How often the int8 model in TFLite-Micro picks the Keras model's top-1 class on ``samples``, and each
+    one's accuracy on ``labels`` (if given): {"samples", "agreement", "keras_accuracy", "int8_accuracy"}."""
+    keras_top1 = np.argmax(keras_model.predict(samples, verbose=0, batch_size=64).reshape(len(samples), -1), -1)
+    outputs, _, _ = verify.run_tflm(int8, verify.quantize_inputs(int8, samples))
+    int8_top1 = np.argmax(outputs.reshape(len(samples), -1), -1)
+    result = {"samples": int(len(samples)), "agreement": float(np.mean(keras_top1 == int8_top1)),
+              "keras_accuracy": None, "int8_accuracy": None}
+    if labels is not None:
+        result["keras_accuracy"] = float(np.mean(keras_top1 == labels))
+        result["int8_accuracy"] = float(np.mean(int8_top1 == labels))
+    return result
+
+
+def _agreement_line(result):
+    line = (f"- int8 and packed (bit-exact with it) vs the Keras model: the same top-1 class on "
+            f"{100 * result['agreement']:.1f}% of {result['samples']} calibration samples")
+    if result["keras_accuracy"] is not None:
+        line += (f"; top-1 accuracy on their labels: Keras {100 * result['keras_accuracy']:.1f}%, "
+                 f"int8 {100 * result['int8_accuracy']:.1f}%")
+    return line
 
 
 def nominal_bits(int8_tflite, layer_bits):
@@ -181,6 +231,8 @@ def _verification_lines(report):
     lines.append(f"- packed: decoder round trip {'exact' if report['packed_round_trip'] else 'NOT exact'}; "
                  f"{layers['layers']} decoded layers vs TFLite-Micro's int8 layers on {layers['inputs']} inputs: "
                  f"{'bit-exact' if layers['bit_exact'] else 'differ: ' + ', '.join(layers['mismatched_layers'])}")
+    if report.get("agreement") is not None:
+        lines.append(_agreement_line(report["agreement"]))
     return lines
 
 
@@ -231,7 +283,7 @@ def _outputs(name, report, variants, float_tflite, arenas, generated):
 
 
 def export(model_path, out_dir, bits=None, default_bits=8, calibration=None, name=None, verify_count=16,
-           method="mse", calibration_count=200, resnap=False):
+           method="mse", calibration_count=200, resnap=False, min_agreement=DEFAULT_MIN_AGREEMENT):
     """Runs the whole export (see the module docstring); returns the report dict.
 
     ``bits`` maps Keras layer names (for a .tflite: weight tensor names or op indices) to bits, the others
@@ -240,11 +292,14 @@ def export(model_path, out_dir, bits=None, default_bits=8, calibration=None, nam
     :func:`calibration_images`); at most ``calibration_count`` samples are used and the first
     ``verify_count`` are also the verification inputs (random int8 inputs for a .tflite without them).
     ``resnap``: snap the kernels of a QGT model that are off their grid instead of refusing them (see
-    ``keras_convert.plain_keras_model``).
+    ``keras_convert.plain_keras_model``). ``min_agreement``: the least share of calibration samples on which
+    the int8 model must pick the Keras model's top-1 class (0 accepts any; see the module docstring).
     """
     for value, what in ((verify_count, "verify_count"), (calibration_count, "calibration_count")):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ExportError(f"{what} must be a positive integer, got {value!r}")
+    if isinstance(min_agreement, bool) or not isinstance(min_agreement, (int, float)) or not 0 <= min_agreement <= 1:
+        raise ExportError(f"min_agreement must be a number in [0, 1], got {min_agreement!r}")
     layout.check_out_dir(out_dir)
     with termination.sigterm_raises():
         name = c_source.identifier(name or os.path.splitext(os.path.basename(model_path))[0])
@@ -279,9 +334,17 @@ def export(model_path, out_dir, bits=None, default_bits=8, calibration=None, nam
                   "packed_round_trip": round_trip, "packed_layers": packed_check,
                   "int8_agrees_with_tflite": verify.agrees_with_tflite(checks["int8"], int8),
                   "calibration": source.calibration, "notes": [lut_note] if lut_note else [],
-                  "c_model": c_model_entry}
+                  "c_model": c_model_entry,
+                  "agreement": (agreement(source.keras_model, int8, source.samples, source.labels)
+                                if source.keras_model is not None else None), "min_agreement": min_agreement}
         if not _passed(report):  # models and C sources that failed verification must not reach firmware
             raise ExportError(f"verification failed, nothing written to {out_dir}:\n"
                               + "\n".join(_verification_lines(report) + c_model.markdown_lines(report["c_model"])))
+        if report["agreement"] is not None and report["agreement"]["agreement"] < min_agreement:
+            raise ExportError(
+                f"the int8 model disagrees with the Keras model {model_path}: "
+                f"{_agreement_line(report['agreement'])[2:]}, below the least agreement {100 * min_agreement:g}% "
+                f"(min_agreement); nothing written to {out_dir}. Calibrate on more representative samples, or "
+                "check the model: layers off their grid or activations that 8 bits do not resolve")
         write_folder(out_dir, _outputs(name, report, variants, source.float_tflite, arenas, generated))
     return report
