@@ -36,50 +36,30 @@ def _in_place_ok(in_dims, out_dims, kernel_h, stride_h, dilation_h, pad_h):
     return True
 
 
-def random_layer_case(rng, kind):
-    """A random conv / depthwise / fully connected case: shapes, strides, padding, dilation, depth
-    multiplier, 1/2/4/8-bit codes, odd sizes, activations, scales from tiny to saturating, biases of 1, 2 and 4
-    bytes, sometimes in place or overlapped, sometimes with a scratch buffer one word too small."""
-    bits = int(rng.choice([1, 2, 4, 8]))
-    activation = int(rng.integers(0, 4))
+def layer_case(rng, kind, bits, dims, filter_shape, stride=(1, 1), dilation=(1, 1), padding=0, depth_multiplier=1,
+               activation=3, multipliers="normal"):
+    """A conv / depthwise / fully connected case of the given geometry (``dims``: input n, h, w, c; fully
+    connected: rows, 1, 1, in; ``filter_shape`` in TFLite layout) with random codes, zero points, scales and
+    biases, and its expected output from tflm_export.reference. ``multipliers``: "normal" (outputs spread
+    over int8), "large" (saturating outputs, left shifts) or "tiny" (QuantizeMultiplier's clamp to zero)."""
     input_zp, output_zp = (int(v) for v in rng.integers(-128, 128, 2))
     input_scale, output_scale = _f32(2.0 ** rng.uniform(-7, -2)), _f32(2.0 ** rng.uniform(-6, 1))
-    padding = int(rng.integers(0, 2))
     options = {"activation": activation, "padding": 0, "keep_num_dims": False, "stride_w": 0, "stride_h": 0,
-               "dilation_w": 0, "dilation_h": 0, "depth_multiplier": 0}
+               "dilation_w": 0, "dilation_h": 0, "depth_multiplier": 0, "filter_shape": list(filter_shape)}
     if kind == "fully_connected":
-        rows, depth, channels = int(rng.integers(1, 4)), int(rng.integers(1, 90)), int(rng.integers(1, 11))
-        codes = _codes(rng, bits, (channels, depth))
-        options["filter_shape"] = [channels, depth, 1, 1]
-        dims, taps = (rows, 1, 1, depth), depth
-        x = rng.integers(-128, 128, (rows, depth))
+        codes = _codes(rng, bits, tuple(filter_shape[:2]))
+        channels, taps = filter_shape[0], filter_shape[1]
+        x = rng.integers(-128, 128, (dims[0], filter_shape[1]))
     else:
-        kh, kw = (int(v) for v in rng.integers(1, 5, 2))
-        sh, sw = (int(v) for v in rng.integers(1, 4, 2))
-        dh, dw = ((int(v) for v in rng.integers(1, 4, 2)) if rng.random() < 0.3 else (1, 1))
-        in_c = int(rng.integers(1, 13))
-        multiplier = int(rng.integers(1, 4)) if kind == "depthwise" and rng.random() < 0.4 else 1
-        channels = in_c * multiplier if kind == "depthwise" else int(rng.integers(1, 13))
-        batch = int(rng.choice([1, 1, 2]))
-        h, w = (int(rng.integers((k - 1) * d + 1 if padding else 1, (k - 1) * d + 10)) for k, d in ((kh, dh), (kw, dw)))
-        options.update(padding=padding, stride_w=sw, stride_h=sh, dilation_w=dw, dilation_h=dh)
-        if kind == "depthwise":
-            options["depth_multiplier"] = multiplier
-            codes = _codes(rng, bits, (1, kh, kw, channels))
-            taps = kh * kw
-        else:
-            codes = _codes(rng, bits, (channels, kh, kw, in_c))
-            taps = kh * kw * in_c
-        options["filter_shape"] = list(codes.shape)
-        dims = (batch, h, w, in_c)
+        options.update(padding=padding, stride_w=stride[0], stride_h=stride[1], dilation_w=dilation[0],
+                       dilation_h=dilation[1], depth_multiplier=depth_multiplier if kind == "depthwise" else 0)
+        codes = _codes(rng, bits, tuple(filter_shape))
+        channels = filter_shape[3] if kind == "depthwise" else filter_shape[0]
+        taps = filter_shape[1] * filter_shape[2] * (1 if kind == "depthwise" else filter_shape[3])
         x = rng.integers(-128, 128, dims)
-    mean_code = max(1.0, 2.0 ** (bits - 1) / 2)
-    spread = math.sqrt(taps) * 74 * mean_code  # typical |accumulator|
-    real = 60 / spread * 2.0 ** rng.uniform(-1.5, 1.5)
-    if rng.random() < 0.1:
-        real *= 2.0 ** rng.uniform(3, 12)  # saturating outputs, left shifts
-    elif rng.random() < 0.04:
-        real = 2.0 ** -36  # multipliers that QuantizeMultiplier clamps to zero
+    spread = math.sqrt(taps) * 74 * max(1.0, 2.0 ** (bits - 1) / 2)  # typical |accumulator|
+    real = {"normal": 60 / spread * 2.0 ** rng.uniform(-1.5, 1.5),
+            "large": 60 / spread * 2.0 ** rng.uniform(3, 12), "tiny": 2.0 ** -36}[multipliers]
     weight_scales = real * output_scale / input_scale * 2.0 ** rng.uniform(-1, 1, channels)
     exponent, scale_codes = requant.scale_codes(weight_scales)
     bias_scale = spread * float(rng.choice([0.5, 4, 400]))
@@ -89,16 +69,46 @@ def random_layer_case(rng, kind):
                              shifts, options)
     option_bytes, blob = pack.encode_layer(layer, exponent, scale_codes)
     expected = reference.run_layer(layer, x, input_zp, output_scale, output_zp)
-    case = Case(kind, dims, x.astype(np.int8), input_scale, input_zp, output_scale, output_zp, options=option_bytes,
-                blob=blob, expected=expected, label=f"{bits}-bit {options['filter_shape']} in {dims}")
+    return Case(kind, tuple(dims), x.astype(np.int8), input_scale, input_zp, output_scale, output_zp,
+                options=option_bytes, blob=blob, expected=expected,
+                label=f"{bits}-bit {list(filter_shape)} stride {stride} dilation {dilation} in {tuple(dims)}")
+
+
+def random_layer_case(rng, kind):
+    """A random conv / depthwise / fully connected case: shapes, strides, padding, dilation, depth
+    multiplier, 1/2/4/8-bit codes, odd sizes, activations, scales from tiny to saturating, biases of 1, 2 and 4
+    bytes, sometimes in place or overlapped, sometimes with a scratch buffer too small."""
+    bits = int(rng.choice([1, 2, 4, 8]))
+    activation, padding = int(rng.integers(0, 4)), int(rng.integers(0, 2))
+    stride, dilation, multiplier = (1, 1), (1, 1), 1
+    if kind == "fully_connected":
+        rows, depth, channels = int(rng.integers(1, 4)), int(rng.integers(1, 90)), int(rng.integers(1, 11))
+        dims, shape = (rows, 1, 1, depth), [channels, depth, 1, 1]
+        padding = 0
+    else:
+        kh, kw = (int(v) for v in rng.integers(1, 5, 2))
+        stride = tuple(int(v) for v in rng.integers(1, 4, 2))
+        if rng.random() < 0.3:
+            dilation = tuple(int(v) for v in rng.integers(1, 4, 2))
+        in_c = int(rng.integers(1, 13))
+        multiplier = int(rng.integers(1, 4)) if kind == "depthwise" and rng.random() < 0.4 else 1
+        channels = in_c * multiplier if kind == "depthwise" else int(rng.integers(1, 13))
+        h, w = (int(rng.integers((k - 1) * d + 1 if padding else 1, (k - 1) * d + 10))
+                for k, d in ((kh, dilation[1]), (kw, dilation[0])))
+        dims = (int(rng.choice([1, 1, 2])), h, w, in_c)
+        shape = [1, kh, kw, channels] if kind == "depthwise" else [channels, kh, kw, in_c]
+    case = layer_case(rng, kind, bits, dims, shape, stride, dilation, padding, multiplier, activation,
+                      multipliers=str(rng.choice(["normal"] * 17 + ["large"] * 2 + ["tiny"])))
     if rng.random() < 0.25:
         case.layout = 1
-        out_dims = expected.shape if kind != "fully_connected" else (expected.shape[0], 1, 1, expected.shape[1])
-        pointwise = kind == "fully_connected" or (kind == "conv" and options["filter_shape"][1:3] == [1, 1]
-                                                  and (sh, sw) == (1, 1))
-        legal = (pointwise if kind != "depthwise"
-                 else _in_place_ok(dims, out_dims, options["filter_shape"][1], sh, dh,
-                                   reference._output_size_and_padding(dims[1], kh, sh, dh, padding)[1]))
+        out = case.expected.shape
+        out_dims = out if kind != "fully_connected" else (out[0], 1, 1, out[1])
+        pointwise = kind == "fully_connected" or (kind == "conv" and shape[1:3] == [1, 1] and stride == (1, 1))
+        if kind == "depthwise":
+            pad_h = reference._output_size_and_padding(dims[1], shape[1], stride[1], dilation[1], padding)[1]
+            legal = _in_place_ok(dims, out_dims, shape[1], stride[1], dilation[1], pad_h)
+        else:
+            legal = pointwise
         if not legal:
             case.expected, case.expected_status = None, "QGT_ERR_ARGUMENT"
     elif rng.random() < 0.03:

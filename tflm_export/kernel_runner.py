@@ -8,13 +8,12 @@ the runner's header comment), :func:`mismatches` compares.
 
 import dataclasses
 import os
-import re
 import struct
 import subprocess
 
 import numpy as np
 
-from tflm_export import emulator, requant, toolchain
+from tflm_export import emulator, kernel_abi, requant, toolchain
 
 RUNNER_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernel_runner.c")
 MARK = "qgt_runner_mark"
@@ -24,13 +23,7 @@ _HEADER_FIELDS = 24  # kind, dims (4), scales and zero points (4), extra (6), ov
 ANY_ERROR = "any error"
 
 
-def status_codes():
-    """{name: value} of qgt_status, read from the library's header (the one place that defines them)."""
-    with open(os.path.join(toolchain.library_dir(), "qgt_kernels.h")) as f:
-        return {name: int(value) for name, value in re.findall(r"\b(QGT_(?:OK|ERR_[A-Z]+)) = (\d+)", f.read())}
-
-
-STATUS = status_codes()
+STATUS = kernel_abi.status_codes()
 
 
 @dataclasses.dataclass

@@ -15,11 +15,11 @@
 static inline int32_t quads_of(int32_t length) { return (length + 3) / 4; }
 
 /* Copy words for a pixel pair: 2 words per quad per pixel. */
-static size_t copy_bytes(const qgt_filter *filter) { return (size_t)16 * (size_t)quads_of(filter->row_length); }
+static size_t pair_copy_bytes(const qgt_filter *filter) { return (size_t)16 * (size_t)quads_of(filter->row_length); }
 
 /* channels | pair copy | gathered field */
 static size_t conv_scratch_size(const qgt_filter *filter) {
-  return qgt__align4(qgt__channels_bytes(filter->out_channels)) + copy_bytes(filter) +
+  return qgt__align4(qgt__channels_bytes(filter->out_channels)) + pair_copy_bytes(filter) +
          (size_t)4 * (size_t)quads_of(filter->row_length);
 }
 
@@ -33,9 +33,18 @@ static inline int32_t copy_halfword(int32_t k, int32_t p) {
 static const uint32_t kOnes = 0x00010001u;
 #endif
 
+/* Copies n bytes: short runs (a filter row of few channels) inline, long ones through memcpy. */
+static inline void copy_bytes_to(int8_t *to, const int8_t *from, int32_t n) {
+  if (n >= 16) {
+    memcpy(to, from, (size_t)n);
+    return;
+  }
+  for (int32_t i = 0; i < n; ++i) to[i] = from[i];
+}
+
 /* Gathers the receptive field of output pixel `pixel` (batch-major raster order) into `field`, K int8 values
- * in the filter's order, padded to whole quads; positions outside the input hold the input zero point, whose
- * value plus the input offset is zero. */
+ * in the filter's order; positions outside the input hold the input zero point, whose value plus the input
+ * offset is zero. */
 static void gather_field(const qgt_conv_params *params, const qgt_dims *input_dims, const int8_t *input,
                          const qgt_filter *filter, const qgt_dims *output_dims, int32_t pixel, int8_t *field) {
   const int32_t out_w = output_dims->w, out_h = output_dims->h, in_c = input_dims->c, kw = filter->kernel_w;
@@ -51,30 +60,30 @@ static void gather_field(const qgt_conv_params *params, const qgt_dims *input_di
     if (y < 0 || y >= input_dims->h) {
       for (int32_t i = 0; i < kw * in_c; ++i) out[i] = zero;
     } else if (contiguous) {
-      memcpy(out, image + ((size_t)y * input_dims->w + x0) * in_c, (size_t)kw * in_c);
+      copy_bytes_to(out, image + ((size_t)y * input_dims->w + x0) * in_c, kw * in_c);
     } else {
       for (int32_t kx = 0; kx < kw; ++kx) {
         const int32_t x = x0 + kx * params->dilation.w;
         if (x < 0 || x >= input_dims->w) {
           for (int32_t i = 0; i < in_c; ++i) out[kx * in_c + i] = zero;
         } else {
-          memcpy(out + kx * in_c, image + ((size_t)y * input_dims->w + x) * in_c, (size_t)in_c);
+          copy_bytes_to(out + kx * in_c, image + ((size_t)y * input_dims->w + x) * in_c, in_c);
         }
       }
     }
     out += kw * in_c;
   }
-  for (int32_t k = filter->row_length; k < 4 * quads_of(filter->row_length); ++k) field[k] = zero;
 }
 
-/* Widens whole quads of int8 values (the input offset added) into pixel p of the pair copy; returns their sum. */
-static int32_t widen_quads(const int8_t *values, int32_t quads, int32_t input_offset, int32_t p, int16_t *copy) {
-  int32_t sum = 0;
+/* Widens `length` int8 values (the input offset added) into pixel p of the pair copy, zeros up to the next
+ * whole quad; returns their sum. */
+static int32_t widen(const int8_t *values, int32_t length, int32_t input_offset, int32_t p, int16_t *copy) {
+  int32_t sum = 0, k = 0;
 #if QGT_DSP
   const uint32_t offset = (uint32_t)(input_offset & 0xFFFF) * kOnes;
   uint32_t *words = (uint32_t *)(void *)copy + p;
-  for (int32_t q = 0; q < quads; ++q, words += 4) {
-    const uint32_t x4 = qgt__load32(values + 4 * q);
+  for (; k + 4 <= length; k += 4, words += 4) {
+    const uint32_t x4 = qgt__load32(values + k);
     const uint32_t even = (uint32_t)__sxtab16((int32_t)offset, (int32_t)x4);
     const uint32_t odd = (uint32_t)__sxtab16((int32_t)offset, (int32_t)qgt__ror(x4, 8));
     words[0] = even;
@@ -82,52 +91,16 @@ static int32_t widen_quads(const int8_t *values, int32_t quads, int32_t input_of
     sum = __smlad((int32_t)even, (int32_t)kOnes, sum);
     sum = __smlad((int32_t)odd, (int32_t)kOnes, sum);
   }
-#else
-  for (int32_t k = 0; k < 4 * quads; ++k) {
-    const int32_t value = values[k] + input_offset;
+#endif
+  for (; k < 4 * quads_of(length); ++k) {
+    const int32_t value = k < length ? values[k] + input_offset : 0;
     copy[copy_halfword(k, p)] = (int16_t)value;
     sum += value;
   }
-#endif
   return sum;
 }
 
 #if QGT_DSP
-/* The pixel pair of a pointwise layer (1x1, stride 1, no padding): `in0`, `in1` are its input pixels. */
-static void copy_pointwise(const int8_t *in0, const int8_t *in1, int32_t length, int32_t input_offset,
-                           uint32_t *copy, int32_t sums[2]) {
-  const uint32_t offset = (uint32_t)(input_offset & 0xFFFF) * kOnes;
-  int32_t s0 = 0, s1 = 0, k = 0;
-  for (; k + 4 <= length; k += 4) {
-    const uint32_t a = qgt__load32(in0 + k), b = qgt__load32(in1 + k);
-    const uint32_t a_even = (uint32_t)__sxtab16((int32_t)offset, (int32_t)a);
-    const uint32_t b_even = (uint32_t)__sxtab16((int32_t)offset, (int32_t)b);
-    const uint32_t a_odd = (uint32_t)__sxtab16((int32_t)offset, (int32_t)qgt__ror(a, 8));
-    const uint32_t b_odd = (uint32_t)__sxtab16((int32_t)offset, (int32_t)qgt__ror(b, 8));
-    copy[0] = a_even;
-    copy[1] = b_even;
-    copy[2] = a_odd;
-    copy[3] = b_odd;
-    copy += 4;
-    s0 = __smlad((int32_t)a_even, (int32_t)kOnes, s0);
-    s0 = __smlad((int32_t)a_odd, (int32_t)kOnes, s0);
-    s1 = __smlad((int32_t)b_even, (int32_t)kOnes, s1);
-    s1 = __smlad((int32_t)b_odd, (int32_t)kOnes, s1);
-  }
-  if (k < length) { /* the last, partial quad: missing values are zero */
-    int16_t *half = (int16_t *)(void *)copy;
-    for (int32_t i = 0; i < 4; ++i) {
-      const int32_t a = k + i < length ? in0[k + i] + input_offset : 0, b = k + i < length ? in1[k + i] + input_offset : 0;
-      half[copy_halfword(i, 0)] = (int16_t)a;
-      half[copy_halfword(i, 1)] = (int16_t)b;
-      s0 += a;
-      s1 += b;
-    }
-  }
-  sums[0] = s0;
-  sums[1] = s1;
-}
-
 /* One quad of the 2 x 2 block on the DSP path: copy words 2q and 2q+1 of both pixels (two LDRD at byte offset
  * `offset` of c) against fields j = 2q and 2q+1 of both rows' weight words, which are one AND each of the
  * word rotated by `rot0` and `rot1` bits (j * bits). Hand-scheduled because the block needs 14 live
@@ -204,13 +177,20 @@ QGT_DOT_UNSIGNED(dot_1bit, 1, 0u, QGT_WORD_1, QGT_FIRST_QUAD_1)
 QGT_DOT_UNSIGNED(dot_2bit, 2, 0xAAAAAAAAu, QGT_WORD_2, QGT_FIRST_QUAD_2)
 QGT_DOT_UNSIGNED(dot_4bit, 4, 0x88888888u, QGT_WORD_4, QGT_FIRST_QUAD_4)
 
+/* SXTB16 of w rotated right by 8 (the odd bytes), the rotation folded into the instruction. */
+static inline int32_t sxtb16_odd(uint32_t w) {
+  int32_t r;
+  __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(w));
+  return r;
+}
+
 static inline __attribute__((always_inline)) void dot_8bit(const uint32_t *r0, const uint32_t *r1, const uint32_t *c,
                                                          int32_t quads, int32_t acc[4]) {
   int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0;
   for (; quads > 0; --quads) {
     const uint32_t w0 = *r0++, w1 = *r1++;
-    const int32_t e0 = __sxtb16((int32_t)w0), o0 = __sxtb16((int32_t)qgt__ror(w0, 8));
-    const int32_t e1 = __sxtb16((int32_t)w1), o1 = __sxtb16((int32_t)qgt__ror(w1, 8));
+    const int32_t e0 = __sxtb16((int32_t)w0), o0 = sxtb16_odd(w0);
+    const int32_t e1 = __sxtb16((int32_t)w1), o1 = sxtb16_odd(w1);
     const int32_t x0e = (int32_t)c[0], x1e = (int32_t)c[1], x0o = (int32_t)c[2], x1o = (int32_t)c[3];
     c += 4;
     a00 = __smlad(e0, x0e, a00);
@@ -248,10 +228,16 @@ static inline __attribute__((always_inline)) void dot_block(int32_t bits, const 
 #if QGT_DSP
   const uint32_t *w0 = (const uint32_t *)(const void *)r0, *w1 = (const uint32_t *)(const void *)r1;
   const uint32_t *c = (const uint32_t *)(const void *)copy;
-  switch (bits) {
+  switch (bits) { /* only the widths of the build (QGT_WEIGHT_BITS_MASK) reach here */
+#if (QGT_WEIGHT_BITS_MASK >> 1) & 1u
     case 1: dot_1bit(w0, w1, c, quads, acc); break;
+#endif
+#if (QGT_WEIGHT_BITS_MASK >> 2) & 1u
     case 2: dot_2bit(w0, w1, c, quads, acc); break;
+#endif
+#if (QGT_WEIGHT_BITS_MASK >> 4) & 1u
     case 4: dot_4bit(w0, w1, c, quads, acc); break;
+#endif
     default: dot_8bit(w0, w1, c, quads, acc); break;
   }
   correct(acc, bits, sums);
@@ -276,39 +262,25 @@ static inline __attribute__((always_inline)) void dot_block(int32_t bits, const 
 #endif
 }
 
-/* Requantizes and stores channel `channel`'s outputs of the block's two pixels, for a constant `full_range`
- * (the activation clamp is int8 saturation). */
+/* Requantizes and stores channel `channel`'s outputs of the block's two pixels, for a constant `form`: the
+ * layer's requantization form when its clamp is the whole int8 range, else QGT_GENERIC. */
 static inline __attribute__((always_inline)) void store_channel(int32_t acc_p0, int32_t acc_p1,
                                                                 const qgt_channel *channel, int8_t *out0,
                                                                 int8_t *out1, int32_t output_offset,
-                                                                qgt_range activation, int full_range) {
+                                                                qgt_range activation, int form) {
 #if QGT_DSP
-  int32_t v0, v1;
-  if (channel->round != 0) {
-    const int32_t t0 = (int32_t)((uint32_t)acc_p0 * 2u + (uint32_t)channel->bias);
-    const int32_t t1 = (int32_t)((uint32_t)acc_p1 * 2u + (uint32_t)channel->bias);
-    int32_t h0, h1;
-    __asm__("smmulr %0, %1, %2" : "=r"(h0) : "r"(t0), "r"(channel->multiplier));
-    __asm__("smmulr %0, %1, %2" : "=r"(h1) : "r"(t1), "r"(channel->multiplier));
-    v0 = (h0 + channel->round + (h0 >> 31)) >> channel->shift;
-    v1 = (h1 + channel->round + (h1 >> 31)) >> channel->shift;
-  } else {
-    v0 = qgt__requantized_generic(acc_p0, channel, output_offset);
-    v1 = qgt__requantized_generic(acc_p1, channel, output_offset);
+  if (form != QGT_GENERIC) {
+    const qgt_channel record = *channel; /* once for both pixels: the byte stores could alias it */
+    const int32_t v0 = qgt__fast_output(acc_p0, &record, form), v1 = qgt__fast_output(acc_p1, &record, form);
+    *out0 = (int8_t)v0;
+    *out1 = (int8_t)v1;
+    return;
   }
-  v0 = __ssat(v0, 8);
-  v1 = __ssat(v1, 8);
-  if (!full_range) {
-    v0 = qgt__min(qgt__max(v0, activation.min), activation.max);
-    v1 = qgt__min(qgt__max(v1, activation.min), activation.max);
-  }
-  *out0 = (int8_t)v0;
-  *out1 = (int8_t)v1;
 #else
-  (void)full_range;
+  (void)form;
+#endif
   *out0 = qgt__output(acc_p0, channel, output_offset, activation);
   *out1 = qgt__output(acc_p1, channel, output_offset, activation);
-#endif
 }
 
 typedef struct {
@@ -321,70 +293,100 @@ typedef struct {
   int16_t *copy;
   int8_t *field; /* one receptive field gathered as int8, for non-pointwise layers */
   int pointwise;
+  int form; /* the requantization form (QGT_FAST...) when the clamp is the whole int8 range, else QGT_GENERIC */
 } conv_job;
 
+/* An odd last channel: its row twice, the second result dropped (out of line: rare, and kept out of the
+ * specialized loops for flash). */
+static __attribute__((noinline)) void last_channel(const conv_job *job, int32_t bits, const int32_t sums[2],
+                                                   const uint8_t *row, const qgt_channel *channel, int8_t *out0,
+                                                   int8_t *out1) {
+  int32_t acc[4];
+  dot_block(bits, row, row, job->copy, quads_of(job->filter->row_length), sums, acc);
+  store_channel(acc[0], acc[1], channel, out0, out1, job->params->output_offset, job->params->activation,
+                QGT_GENERIC);
+}
+
 /* The channel pairs of one pixel pair (pixel 1's outputs at out1, which is out0 when the pair is one pixel
- * taken twice), for a constant `bits` (the compiler specializes it). */
-static inline __attribute__((always_inline)) void channel_pairs(const conv_job *job, int32_t bits,
+ * taken twice), for constant `bits` and requantization `form` (the compiler specializes them). */
+static inline __attribute__((always_inline)) void channel_pairs(const conv_job *job, int32_t bits, int fast,
                                                                 const int32_t sums[2], int8_t *out0, int8_t *out1) {
   const qgt_filter *filter = job->filter;
   const int32_t out_c = filter->out_channels, quads = quads_of(filter->row_length), row_bytes = filter->row_bytes;
   const int32_t output_offset = job->params->output_offset;
   const qgt_range activation = job->params->activation;
-  const int full_range = activation.min == -128 && activation.max == 127;
   const uint8_t *row = filter->weights;
   const qgt_channel *channel = job->channels;
   int32_t c = 0;
   for (; c + 2 <= out_c; c += 2, row += 2 * row_bytes, channel += 2) {
     int32_t acc[4];
     dot_block(bits, row, row + row_bytes, job->copy, quads, sums, acc);
-    store_channel(acc[0], acc[1], &channel[0], out0 + c, out1 + c, output_offset, activation, full_range);
-    store_channel(acc[2], acc[3], &channel[1], out0 + c + 1, out1 + c + 1, output_offset, activation, full_range);
+    store_channel(acc[0], acc[1], &channel[0], out0 + c, out1 + c, output_offset, activation, fast);
+    store_channel(acc[2], acc[3], &channel[1], out0 + c + 1, out1 + c + 1, output_offset, activation, fast);
   }
-  if (c < out_c) { /* an odd last channel: its row twice, the second result dropped */
-    int32_t acc[4];
-    dot_block(bits, row, row, job->copy, quads, sums, acc);
-    store_channel(acc[0], acc[1], channel, out0 + c, out1 + c, output_offset, activation, full_range);
-  }
+  if (c < out_c) last_channel(job, bits, sums, row, channel, out0 + c, out1 + c);
 }
 
-static void channel_pairs_1(const conv_job *job, const int32_t sums[2], int8_t *out0, int8_t *out1) {
-  channel_pairs(job, 1, sums, out0, out1);
-}
-static void channel_pairs_2(const conv_job *job, const int32_t sums[2], int8_t *out0, int8_t *out1) {
-  channel_pairs(job, 2, sums, out0, out1);
-}
-static void channel_pairs_4(const conv_job *job, const int32_t sums[2], int8_t *out0, int8_t *out1) {
-  channel_pairs(job, 4, sums, out0, out1);
-}
-static void channel_pairs_8(const conv_job *job, const int32_t sums[2], int8_t *out0, int8_t *out1) {
-  channel_pairs(job, 8, sums, out0, out1);
+/* Per width: the common form (QGT_FAST_RIGHT) specialized, any other one through the general code. */
+#define QGT_CHANNEL_PAIRS(bits)                                                                              \
+  static void channel_pairs_##bits(const conv_job *job, const int32_t sums[2], int8_t *out0, int8_t *out1) { \
+    if (job->form == QGT_FAST_RIGHT) {                                                                       \
+      channel_pairs(job, bits, QGT_FAST_RIGHT, sums, out0, out1);                                            \
+    } else {                                                                                                 \
+      channel_pairs(job, bits, job->form == QGT_FAST ? QGT_FAST : QGT_GENERIC, sums, out0, out1);            \
+    }                                                                                                        \
+  }
+#if (QGT_WEIGHT_BITS_MASK >> 1) & 1u
+QGT_CHANNEL_PAIRS(1)
+#endif
+#if (QGT_WEIGHT_BITS_MASK >> 2) & 1u
+QGT_CHANNEL_PAIRS(2)
+#endif
+#if (QGT_WEIGHT_BITS_MASK >> 4) & 1u
+QGT_CHANNEL_PAIRS(4)
+#endif
+#if (QGT_WEIGHT_BITS_MASK >> 8) & 1u
+QGT_CHANNEL_PAIRS(8)
+#endif
+
+/* The loop over a width's channel pairs, or NULL for a width this build leaves out. */
+typedef void (*channel_loop)(const conv_job *, const int32_t[2], int8_t *, int8_t *);
+static channel_loop channel_loop_of(int32_t bits) {
+  switch (bits) {
+#if (QGT_WEIGHT_BITS_MASK >> 1) & 1u
+    case 1: return channel_pairs_1;
+#endif
+#if (QGT_WEIGHT_BITS_MASK >> 2) & 1u
+    case 2: return channel_pairs_2;
+#endif
+#if (QGT_WEIGHT_BITS_MASK >> 4) & 1u
+    case 4: return channel_pairs_4;
+#endif
+#if (QGT_WEIGHT_BITS_MASK >> 8) & 1u
+    case 8: return channel_pairs_8;
+#endif
+    default: return NULL;
+  }
 }
 
 /* The loop over pixel pairs; an odd last pixel is a pair of itself. */
 static void conv_rows(const conv_job *job) {
   const qgt_filter *filter = job->filter;
   const int32_t pixels = job->output_dims->n * job->output_dims->h * job->output_dims->w;
-  const int32_t out_c = filter->out_channels, quads = quads_of(filter->row_length);
-  void (*const channels_of_pair)(const conv_job *, const int32_t[2], int8_t *, int8_t *) =
-      filter->weight_bits == 1 ? channel_pairs_1 : filter->weight_bits == 2 ? channel_pairs_2
-                                               : filter->weight_bits == 4 ? channel_pairs_4 : channel_pairs_8;
+  const int32_t out_c = filter->out_channels;
+  const channel_loop channels_of_pair = channel_loop_of(filter->weight_bits);
   for (int32_t p = 0; p < pixels; p += 2) {
     const int32_t second = p + 1 < pixels ? p + 1 : p;
     int32_t sums[2];
-#if QGT_DSP
-    if (job->pointwise) {
-      const int8_t *in0 = job->input + (size_t)p * job->input_dims->c;
-      copy_pointwise(in0, job->input + (size_t)second * job->input_dims->c, filter->row_length,
-                     job->params->input_offset, (uint32_t *)(void *)job->copy, sums);
-    } else
-#endif
-    {
-      const int32_t offset = job->params->input_offset;
+    const int32_t offset = job->params->input_offset, length = filter->row_length;
+    if (job->pointwise) { /* the receptive field is the input pixel */
+      sums[0] = widen(job->input + (size_t)p * length, length, offset, 0, job->copy);
+      sums[1] = widen(job->input + (size_t)second * length, length, offset, 1, job->copy);
+    } else {
       gather_field(job->params, job->input_dims, job->input, filter, job->output_dims, p, job->field);
-      sums[0] = widen_quads(job->field, quads, offset, 0, job->copy);
+      sums[0] = widen(job->field, length, offset, 0, job->copy);
       gather_field(job->params, job->input_dims, job->input, filter, job->output_dims, second, job->field);
-      sums[1] = widen_quads(job->field, quads, offset, 1, job->copy);
+      sums[1] = widen(job->field, length, offset, 1, job->copy);
     }
     channels_of_pair(job, sums, job->output + (size_t)p * out_c, job->output + (size_t)second * out_c);
   }
@@ -443,9 +445,7 @@ size_t qgt_conv2d_scratch_size(const qgt_conv_params *params, const qgt_dims *in
 static qgt_status check_filter(const qgt_filter *filter, int32_t row_length) {
   if (filter->weights == NULL || filter->bias == NULL || filter->scale_codes == NULL) return QGT_ERR_ARGUMENT;
   if (((uintptr_t)filter->weights & 3u) != 0) return QGT_ERR_ARGUMENT;
-  if (filter->weight_bits != 1 && filter->weight_bits != 2 && filter->weight_bits != 4 && filter->weight_bits != 8) {
-    return QGT_ERR_OPTIONS;
-  }
+  if (!QGT_SUPPORTS_BITS(filter->weight_bits)) return QGT_ERR_OPTIONS;
   const int64_t per_word = 32 / filter->weight_bits;
   if (filter->out_channels <= 0 || filter->row_length != row_length ||
       filter->row_bytes != 4 * ((row_length + per_word - 1) / per_word)) {
@@ -488,9 +488,11 @@ qgt_status qgt_conv2d(const qgt_conv_params *params, const qgt_quant_params *qua
   if (status != QGT_OK) return status;
   qgt_channel *channels = (qgt_channel *)scratch;
   uint8_t *copy = (uint8_t *)scratch + qgt__align4(qgt__channels_bytes(filter->out_channels));
+  const int form = qgt__expand_channels(filter, quant, params->output_offset, channels);
+  const int full_range = params->activation.min == -128 && params->activation.max == 127;
   const conv_job job = {params, input_dims, output_dims, input, filter, output, channels,
-                        (int16_t *)(void *)copy, (int8_t *)(copy + copy_bytes(filter)), pointwise};
-  qgt__expand_channels(filter, quant, params->output_offset, channels);
+                        (int16_t *)(void *)copy, (int8_t *)(copy + pair_copy_bytes(filter)), pointwise,
+                        full_range ? form : QGT_GENERIC};
   conv_rows(&job);
   return QGT_OK;
 }

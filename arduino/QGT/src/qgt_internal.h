@@ -17,16 +17,21 @@
 #define QGT_INT32_MIN (-QGT_INT32_MAX - 1)
 
 /* A channel's requantization, expanded from the packed parameters into scratch once per kernel call, in one
- * of two forms. Generic (round == 0): TFLite's MultiplyByQuantizedMultiplier of acc + bias with `shift`, then
- * the output offset. Fast (round != 0; DSP path, layers whose |acc + bias| < 2^30, right shifts 1 <= e <= 22):
- * bias holds 2 * bias, shift holds e and round holds 2^(e-1) + (output offset << e); SMMULR(2 (acc + bias),
- * multiplier) is the rounding doubling high multiply, and (high + round - [high < 0]) >> e the rounding right
- * shift plus the output offset, exactly (|high| < 2^30, |offset << e| < 2^29: no overflow). */
+ * of two forms.
+ * Generic (right < 0): TFLite's MultiplyByQuantizedMultiplier of acc + bias with the signed shift `left`, then
+ *   the output offset.
+ * Fast (right >= 0; DSP path, when 2 (acc + bias) << left stays below 2^31 for the layer's worst-case
+ *   accumulator, and right <= 22): bias holds 2 * bias, round holds 2^(right-1) (0 if right = 0) plus
+ *   (output offset << right), sign is -1 when right > 0. SMMULR((2 (acc + bias)) << left, multiplier) is the
+ *   rounding doubling high multiply, and (high + round + (sign & (high >> 31))) >> right the rounding right
+ *   shift plus the output offset, exactly: |high| < 2^30, |offset << right| < 2^29, so nothing overflows. */
 typedef struct {
   int32_t bias;
   int32_t multiplier;
-  int32_t shift;
+  int32_t left;
+  int32_t right;
   int32_t round;
+  int32_t sign;
 } qgt_channel;
 
 static inline size_t qgt__align4(size_t bytes) { return (bytes + 3u) & ~(size_t)3u; }
@@ -75,10 +80,15 @@ qgt_status qgt__check_scratch(const void *scratch, size_t scratch_bytes, size_t 
 /* Bytes of the per-channel table in scratch. */
 static inline size_t qgt__channels_bytes(int32_t channels) { return (size_t)channels * sizeof(qgt_channel); }
 
+/* How a layer's channels can be requantized: each has the fast form, and none also a left shift (right >= 1,
+ * the common case, which a kernel specializes at compile time); each has the fast form; some do not. */
+enum { QGT_GENERIC = 0, QGT_FAST = 1, QGT_FAST_RIGHT = 2 };
+
 /* Fills channels[0 .. filter->out_channels) from the packed biases, scale codes and the 32-entry table (the
- * fast form where the DSP path can use it, with `output_offset` folded in). */
-void qgt__expand_channels(const qgt_filter *filter, const qgt_quant_params *quant, int32_t output_offset,
-                          qgt_channel *channels);
+ * fast form where the DSP path can use it, with `output_offset` folded in); returns QGT_GENERIC, QGT_FAST or
+ * QGT_FAST_RIGHT for the layer. */
+int qgt__expand_channels(const qgt_filter *filter, const qgt_quant_params *quant, int32_t output_offset,
+                         qgt_channel *channels);
 
 /* TFLite's MultiplyByQuantizedMultiplier (double rounding): a rounding doubling high multiply of
  * x * 2^max(shift, 0) (an int32 product that wraps, as compiled TFLM code computes it), then a rounding
@@ -97,18 +107,36 @@ static inline int32_t qgt__requantize(int32_t x, int32_t multiplier, int32_t shi
  * the DSP path's hot loops use the fast form). */
 int32_t qgt__requantized_generic(int32_t acc, const qgt_channel *channel, int32_t output_offset);
 
+#if QGT_DSP
+/* The fast form's value (qgt_channel); `form` QGT_FAST_RIGHT, a compile-time constant in the kernels, drops
+ * the left shift and the sign mask. */
+static inline __attribute__((always_inline)) int32_t qgt__fast_value(int32_t acc, const qgt_channel *channel,
+                                                                     int form) {
+  const uint32_t sum = (uint32_t)acc * 2u + (uint32_t)channel->bias;
+  const int32_t twice = (int32_t)(form == QGT_FAST_RIGHT ? sum : sum << channel->left);
+  int32_t high;
+  __asm__("smmulr %0, %1, %2" : "=r"(high) : "r"(twice), "r"(channel->multiplier));
+  return (high + channel->round + (form == QGT_FAST_RIGHT ? high >> 31 : channel->sign & (high >> 31))) >>
+         channel->right;
+}
+
+/* The fast form's output saturated to int8, for layers whose channels all have it and whose clamp range is
+ * the whole int8 range. */
+static inline __attribute__((always_inline)) int32_t qgt__fast_output(int32_t acc, const qgt_channel *channel,
+                                                                      int form) {
+  return __ssat(qgt__fast_value(acc, channel, form), 8);
+}
+
 /* The requantized accumulator (bias not yet added) plus the output offset, before the activation clamp. */
 static inline int32_t qgt__requantized(int32_t acc, const qgt_channel *channel, int32_t output_offset) {
-#if QGT_DSP
-  if (channel->round != 0) {
-    const int32_t twice = (int32_t)((uint32_t)acc * 2u + (uint32_t)channel->bias);
-    int32_t high;
-    __asm__("smmulr %0, %1, %2" : "=r"(high) : "r"(twice), "r"(channel->multiplier));
-    return (high + channel->round + (high >> 31)) >> channel->shift;
-  }
-#endif
+  if (channel->right >= 0) return qgt__fast_value(acc, channel, QGT_FAST);
   return qgt__requantized_generic(acc, channel, output_offset);
 }
+#else
+static inline int32_t qgt__requantized(int32_t acc, const qgt_channel *channel, int32_t output_offset) {
+  return qgt__requantized_generic(acc, channel, output_offset);
+}
+#endif
 
 /* The int8 output of an accumulator (bias not yet added). */
 static inline int8_t qgt__output(int32_t acc, const qgt_channel *channel, int32_t output_offset,

@@ -33,6 +33,15 @@
 extern "C" {
 #endif
 
+/* The weight widths a build supports, bit b for b-bit codes (flash: each width has its own specialized
+ * loops). Define it to fewer, e.g. -DQGT_WEIGHT_BITS_MASK=0x104 for 2- and 8-bit models; layers of other
+ * widths are then refused with QGT_ERR_OPTIONS. */
+#ifndef QGT_WEIGHT_BITS_MASK
+#define QGT_WEIGHT_BITS_MASK ((1u << 1) | (1u << 2) | (1u << 4) | (1u << 8))
+#endif
+#define QGT_SUPPORTS_BITS(bits) (((bits) == 1 || (bits) == 2 || (bits) == 4 || (bits) == 8) && \
+                                 ((QGT_WEIGHT_BITS_MASK >> (bits)) & 1u))
+
 #define QGT_FORMAT_VERSION 3
 #define QGT_OPTIONS_BYTES 21
 #define QGT_FLAG_KEEP_NUM_DIMS 0x01u
@@ -44,7 +53,8 @@ typedef enum {
   QGT_ERR_ARGUMENT = 1,   /* a NULL pointer, a misaligned buffer, or buffers that overlap unsafely */
   QGT_ERR_VERSION = 2,    /* a packed format version this library does not read */
   QGT_ERR_FLAGS = 3,      /* unknown flag bits, or the word-aligned-rows flag missing */
-  QGT_ERR_OPTIONS = 4,    /* custom options of the wrong length or with a field out of range */
+  QGT_ERR_OPTIONS = 4,    /* custom options of the wrong length or with a field out of range (or a weight
+                             width this build leaves out: QGT_WEIGHT_BITS_MASK) */
   QGT_ERR_ACTIVATION = 5, /* a fused activation other than NONE, RELU, RELU_N1_TO_1, RELU6 */
   QGT_ERR_BLOB = 6,       /* a blob whose size or alignment does not match its options */
   QGT_ERR_SHAPE = 7,      /* dims zero, negative, overflowing, or inconsistent with the filter or each other */
@@ -95,7 +105,7 @@ typedef struct {
   uint8_t bias_bytes;         /* 1, 2 or 4 */
   uint8_t bias_shift;         /* 0..30 */
   int8_t scale_exponent;      /* -126..120 */
-  uint8_t narrow;             /* 1: every channel's worst case |acc + bias| < 2^30 (fast requantization) */
+  uint8_t accumulator_bits;   /* every channel's worst case |acc + bias| < 2^accumulator_bits (<= 31) */
 } qgt_filter;
 
 /* One QGT custom op, as its options and blob describe it. */

@@ -88,36 +88,49 @@ static int32_t bias_shift_of(const qgt_filter *filter, int32_t channel) {
   return s > 0 ? s : 0;
 }
 
-int32_t qgt__requantized_generic(int32_t acc, const qgt_channel *channel, int32_t output_offset) {
-  const int64_t v = (int64_t)qgt__requantize((int32_t)((uint32_t)acc + (uint32_t)channel->bias), channel->multiplier,
-                                             channel->shift) + output_offset;
-  return v > QGT_INT32_MAX ? QGT_INT32_MAX : v < QGT_INT32_MIN ? QGT_INT32_MIN : (int32_t)v;
-}
-
-void qgt__expand_channels(const qgt_filter *filter, const qgt_quant_params *quant, int32_t output_offset,
-                          qgt_channel *channels) {
+int qgt__expand_channels(const qgt_filter *filter, const qgt_quant_params *quant, int32_t output_offset,
+                         qgt_channel *channels) {
+  int form = QGT_FAST_RIGHT;
   for (int32_t c = 0; c < filter->out_channels; ++c) {
     const int32_t code = filter->scale_codes[c];
     const int32_t k = code % QGT_SCALE_STEPS;
-    const int32_t shift = (int32_t)quant->shift[k] + code / QGT_SCALE_STEPS;
-    channels[c].bias = stored_bias(filter, c) * (int32_t)(1u << bias_shift_of(filter, c));
-    channels[c].round = 0;
+    int32_t shift = (int32_t)quant->shift[k] + code / QGT_SCALE_STEPS;
+    int32_t multiplier = quant->multiplier[k];
+    const int32_t bias = stored_bias(filter, c) * (int32_t)(1u << bias_shift_of(filter, c));
     if (shift < -31) { /* QuantizeMultiplier's clamps (FORMAT.md, "Multipliers") */
-      channels[c].multiplier = 0;
-      channels[c].shift = 0;
+      multiplier = 0;
+      shift = 0;
     } else if (shift > 30) {
-      channels[c].multiplier = QGT_INT32_MAX;
-      channels[c].shift = 30;
+      multiplier = QGT_INT32_MAX;
+      shift = 30;
+    }
+    const int32_t left = shift > 0 ? shift : 0, right = shift > 0 ? 0 : -shift;
+    /* the fast form (qgt_internal.h): 2 (acc + bias) << left stays below 2^31, zp << right below 2^29 */
+    if (QGT_DSP && multiplier != 0 && filter->accumulator_bits + left <= 30 && right <= 22) {
+      channels[c].bias = 2 * bias;
+      channels[c].multiplier = multiplier;
+      channels[c].left = left;
+      channels[c].right = right;
+      channels[c].round = (right > 0 ? (int32_t)(1u << (right - 1)) : 0) + (int32_t)((uint32_t)output_offset << right);
+      channels[c].sign = right > 0 ? -1 : 0;
+      if (left > 0 || right == 0) form = form < QGT_FAST ? form : QGT_FAST;
     } else {
-      channels[c].multiplier = quant->multiplier[k];
-      channels[c].shift = shift;
-      if (QGT_DSP && filter->narrow && shift < 0 && shift >= -22) { /* the fast form (qgt_internal.h) */
-        channels[c].bias *= 2;
-        channels[c].shift = -shift;
-        channels[c].round = (int32_t)(1u << (-shift - 1)) + (int32_t)((uint32_t)output_offset << -shift);
-      }
+      channels[c].bias = bias;
+      channels[c].multiplier = multiplier;
+      channels[c].left = shift; /* the generic form: TFLite's signed shift */
+      channels[c].right = -1;
+      channels[c].round = 0;
+      channels[c].sign = 0;
+      form = QGT_GENERIC;
     }
   }
+  return form;
+}
+
+int32_t qgt__requantized_generic(int32_t acc, const qgt_channel *channel, int32_t output_offset) {
+  const int64_t v = (int64_t)qgt__requantize((int32_t)((uint32_t)acc + (uint32_t)channel->bias), channel->multiplier,
+                                             channel->left) + output_offset;
+  return v > QGT_INT32_MAX ? QGT_INT32_MAX : v < QGT_INT32_MIN ? QGT_INT32_MIN : (int32_t)v;
 }
 
 /* The custom options block (FORMAT.md, "Custom options"), little-endian and unaligned. */
@@ -134,7 +147,7 @@ static qgt_status parse_options(qgt_op op, const uint8_t *o, qgt_layer *layer, u
   if ((o[OPT_FLAGS] & ~(QGT_FLAG_KEEP_NUM_DIMS | QGT_FLAG_WORD_ROWS)) != 0 || !(o[OPT_FLAGS] & QGT_FLAG_WORD_ROWS)) {
     return QGT_ERR_FLAGS;
   }
-  if ((bits != 1 && bits != 2 && bits != 4 && bits != 8) || (bias_bytes != 1 && bias_bytes != 2 && bias_bytes != 4) ||
+  if (!QGT_SUPPORTS_BITS(bits) || (bias_bytes != 1 && bias_bytes != 2 && bias_bytes != 4) ||
       o[OPT_BIAS_SHIFT] > 30 || exponent < -126 || exponent > 120) {
     return QGT_ERR_OPTIONS;
   }
@@ -191,30 +204,35 @@ static qgt_status check_biases(const qgt_filter *filter, int64_t *largest) {
   return QGT_OK;
 }
 
-/* Every channel's worst case 255 * sum(|code|) + |bias| fits int32 (FORMAT.md, "Arithmetic"); whether all
- * stay below 2^30 is recorded for the fast requantization. The cheap bound first, the codes only when it fails. */
+static uint8_t bits_of(int64_t bound) {
+  uint8_t bits = 0;
+  while (bits < 63 && ((int64_t)1 << bits) <= bound) ++bits;
+  return bits;
+}
+
+/* Every channel's worst case 255 * sum(|code|) + |bias| fits int32 (FORMAT.md, "Arithmetic"); its bit length
+ * is recorded for the fast requantization. The cheap bound first, the codes only when it fails. */
 static qgt_status check_accumulators(qgt_layer *layer, int64_t largest_bias) {
   qgt_filter *f = &layer->filter;
   const int64_t taps = (int64_t)f->kernel_h * f->kernel_w * (layer->op == QGT_OP_DEPTHWISE_CONV_2D ? 1 : f->in_channels);
   const int32_t depthwise = layer->op == QGT_OP_DEPTHWISE_CONV_2D;
-  const int64_t narrow_limit = ((int64_t)1 << 30) - 1;
   int64_t worst = taps * 255 * ((int64_t)1 << (f->weight_bits - 1)) + largest_bias;
-  f->narrow = worst <= narrow_limit;
-  if (worst <= narrow_limit) return QGT_OK;
-  worst = 0;
-  for (int32_t c = 0; c < f->out_channels; ++c) {
-    const uint8_t *row = f->weights + (size_t)(depthwise ? 0 : c) * (size_t)f->row_bytes;
-    int64_t sum = 0;
-    for (int64_t t = 0; t < taps; ++t) {
-      const int32_t code = qgt__code(row, (int32_t)(depthwise ? t * f->out_channels + c : t), f->weight_bits);
-      sum += code < 0 ? -code : code;
+  if (worst > QGT_INT32_MAX) {
+    worst = 0;
+    for (int32_t c = 0; c < f->out_channels; ++c) {
+      const uint8_t *row = f->weights + (size_t)(depthwise ? 0 : c) * (size_t)f->row_bytes;
+      int64_t sum = 0;
+      for (int64_t t = 0; t < taps; ++t) {
+        const int32_t code = qgt__code(row, (int32_t)(depthwise ? t * f->out_channels + c : t), f->weight_bits);
+        sum += code < 0 ? -code : code;
+      }
+      const int64_t bias = (int64_t)stored_bias(f, c) * ((int64_t)1 << bias_shift_of(f, c));
+      const int64_t channel_worst = 255 * sum + (bias < 0 ? -bias : bias);
+      if (channel_worst > QGT_INT32_MAX) return QGT_ERR_RANGE;
+      if (channel_worst > worst) worst = channel_worst;
     }
-    const int64_t bias = (int64_t)stored_bias(f, c) * ((int64_t)1 << bias_shift_of(f, c));
-    const int64_t channel_worst = 255 * sum + (bias < 0 ? -bias : bias);
-    if (channel_worst > QGT_INT32_MAX) return QGT_ERR_RANGE;
-    if (channel_worst > worst) worst = channel_worst;
   }
-  f->narrow = worst <= narrow_limit;
+  f->accumulator_bits = bits_of(worst);
   return QGT_OK;
 }
 
