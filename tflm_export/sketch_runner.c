@@ -1,5 +1,5 @@
 /* The person_detection sketch's loop() without the board: camera frame -> qgt_camera_to_input (into
- * qgt_model_input(), as the sketch writes it) -> qgt_model_invoke -> qgt_person_update, frame after frame,
+ * <model>_input(), as the sketch writes it) -> <model>_invoke -> qgt_person_update, frame after frame,
  * with the generated C model (qgt_model.h / .c, tflm_export.codegen) and the QGT library. One program for the
  * host (stdio) and the emulated Cortex-M4 (semihosting; qgt_runner_mark runs before and after the
  * preprocessing and the invoke: the instruction counter's region marker). tflm_export/sketch_runner.py writes
@@ -8,7 +8,10 @@
  *   frames:  "QGTF", u32 count, width, height, format (0 gray8, 1 rgb565), on_permille, off_permille, then
  *            count frames of width * height * (1 or 2) bytes, each padded to 4 bytes
  *   results: per frame: int32 status (the first that was not QGT_OK), score, present, then the model input
- *            (QGT_MODEL_INPUT_BYTES) and output (QGT_MODEL_OUTPUT_BYTES), each padded to 4 bytes
+ *            (<MODEL>_INPUT_BYTES) and output (<MODEL>_OUTPUT_BYTES), each padded to 4 bytes
+ *
+ * Compiled with -DQGT_RUNNER_MODEL=<prefix> and -DQGT_RUNNER_MACRO=<PREFIX> (the generated model's C prefix,
+ * e.g. person_model and PERSON_MODEL).
  */
 #include <stdint.h>
 #include <string.h>
@@ -18,6 +21,10 @@
 #include "qgt_person.h"
 
 #define MAX_FRAME_BYTES (640u * 480u * 2u)
+#define QGT_CAT_(a, b) a##b
+#define QGT_CAT(a, b) QGT_CAT_(a, b)
+#define MODEL(name) QGT_CAT(QGT_RUNNER_MODEL, name)
+#define MACRO(name) QGT_CAT(QGT_RUNNER_MACRO, name)
 
 #ifdef QGT_RUNNER_SEMIHOST
 #include "semihost.h"
@@ -71,7 +78,7 @@ static uint32_t float_bits(float value) {
 
 int main(int argc, char **argv) {
   static uint8_t frame[MAX_FRAME_BYTES] __attribute__((aligned(4)));
-  static int8_t input_copy[QGT_MODEL_INPUT_BYTES], output[QGT_MODEL_OUTPUT_BYTES];
+  static int8_t input_copy[MACRO(_INPUT_BYTES)], output[MACRO(_OUTPUT_BYTES)];
   uint32_t header[7];
   qgt_person_detector detector;
   if (!open_files(argc, argv)) return 2;
@@ -80,9 +87,9 @@ int main(int argc, char **argv) {
   const qgt_frame image = {frame, (int32_t)header[2], (int32_t)header[3], (qgt_frame_format)header[4]};
   const uint32_t frame_bytes = header[2] * header[3] * (header[4] == QGT_FRAME_RGB565 ? 2u : 1u);
   if (frame_bytes > MAX_FRAME_BYTES) return 4;
-  const qgt_dims input_dims = {1, QGT_MODEL_INPUT_H, QGT_MODEL_INPUT_W, QGT_MODEL_INPUT_C};
-  int32_t status = qgt_person_init(&detector, QGT_MODEL_OUTPUT_BYTES, QGT_MODEL_PERSON_INDEX,
-                                   float_bits(QGT_MODEL_OUTPUT_SCALE), QGT_MODEL_OUTPUT_ZERO_POINT,
+  const qgt_dims input_dims = {1, MACRO(_INPUT_H), MACRO(_INPUT_W), MACRO(_INPUT_C)};
+  int32_t status = qgt_person_init(&detector, MACRO(_OUTPUT_BYTES), MACRO(_PERSON_INDEX),
+                                   float_bits(MACRO(_OUTPUT_SCALE)), MACRO(_OUTPUT_ZERO_POINT),
                                    (int32_t)header[5], (int32_t)header[6]);
   if (status != QGT_OK) return 5;
   for (uint32_t i = 0; i < count; ++i) {
@@ -90,12 +97,12 @@ int main(int argc, char **argv) {
     if (!read_bytes(frame, padded(frame_bytes))) return 6;
     memset(output, 0, sizeof output);
     qgt_runner_mark();
-    status = qgt_camera_to_input(&image, qgt_model_pixel_to_input, &input_dims, qgt_model_input());
+    status = qgt_camera_to_input(&image, MODEL(_pixel_to_input), &input_dims, MODEL(_input)());
     qgt_runner_mark();
     if (status == QGT_OK) {
-      memcpy(input_copy, qgt_model_input(), sizeof input_copy); /* invoke overwrites it with activations */
+      memcpy(input_copy, MODEL(_input)(), sizeof input_copy); /* invoke overwrites it with activations */
       qgt_runner_mark();
-      status = qgt_model_invoke(qgt_model_input(), output);
+      status = MODEL(_invoke)(MODEL(_input)(), output);
       qgt_runner_mark();
     }
     if (status == QGT_OK) status = qgt_person_update(&detector, output, &score);

@@ -1,6 +1,6 @@
 """The person_detection sketch's path (``tflm_export/sketch_runner.c``: frame -> qgt_camera_to_input ->
 generated model -> qgt_person_update) built with a generated C model folder (``qgt_model.h`` /
-``qgt_model.c``) for the host, with the sanitizers, or for the emulated Cortex-M4 with instruction counts of
+``qgt_model.c`` of tflm_export.codegen, C prefix given) for the host, with the sanitizers, or for the emulated Cortex-M4 with instruction counts of
 the preprocessing and of the invoke of each frame.
 """
 
@@ -32,16 +32,21 @@ def _sources(model_dir):
     return [RUNNER_SOURCE, os.path.join(model_dir, "qgt_model.c")]
 
 
-def build_host(model_dir, out_dir, sanitize=True):
-    """The runner for the host (portable kernels), with AddressSanitizer and UBSan by default."""
+def _model_defines(prefix):
+    return [f"QGT_RUNNER_MODEL={prefix}", f"QGT_RUNNER_MACRO={prefix.upper()}"]
+
+
+def build_host(model_dir, prefix, out_dir, sanitize=True):
+    """The runner for the host (portable kernels) with the generated model in ``model_dir`` (C prefix
+    ``prefix``), with AddressSanitizer and UBSan by default."""
     return toolchain.build_host_program(_sources(model_dir), out_dir, "sketch_runner", sanitize=sanitize,
-                                        include_dirs=[model_dir])
+                                        include_dirs=[model_dir], defines=_model_defines(prefix))
 
 
-def build_cortex_m4(model_dir, out_dir):
+def build_cortex_m4(model_dir, prefix, out_dir):
     """The runner as a Cortex-M4F image (DSP kernels), reading its files by semihosting."""
     return toolchain.build_cortex_m4(_sources(model_dir), out_dir, "sketch_runner.elf", include_dirs=[model_dir],
-                                     defines=["QGT_RUNNER_SEMIHOST"])
+                                     defines=["QGT_RUNNER_SEMIHOST", *_model_defines(prefix)])
 
 
 def _padded(data):
