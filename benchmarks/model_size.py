@@ -12,7 +12,17 @@ and writes benchmarks/results/model_size.{json,md}. Goal (issue 4): the packed C
 81 KB; TFLM LUT-2bit ~192 KB; int8 ~300 KB). The export rounds the int8 model's parameters to the packed
 format's grids (tflm_export.pack.round_parameters); what that costs is measured on the trained
 8-bit int8 models (TFLM person_detect, MLPerf Tiny VWW) over the bundled person96 test images, because
-post-training 2-bit snapping leaves the 2-bit models at chance. Usage: python benchmarks/model_size.py
+post-training 2-bit snapping leaves the 2-bit models at chance.
+
+The TFLite-Micro Python runtime cannot run the QGT custom ops, so the packed arena needs a TFLM build with
+them: ``--tflm_runner`` names a host program of ``arduino/QGT/extras/tflm_host/qgt_tflm_host.cpp`` built
+against a TFLM host library (built by hand: this repository holds no script that builds TFLM) and
+``--tflm_build`` says which (commit, command). The packed and the int8 variant then run in it on the
+verification inputs; the packed arena is the recording allocator's total (what the Python runtime reports for
+the int8 rows), with the int8 variant's arena in the same build and the bytes of the int8 kernels'
+per-channel multiplier and shift arrays (8 B per channel) beside it.
+
+    python benchmarks/model_size.py [--out_dir=benchmarks/results] [--tflm_runner=PATH --tflm_build=TEXT]
 """
 
 import argparse
@@ -25,11 +35,10 @@ import tempfile
 
 import numpy as np
 
-import provenance
-
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
+import provenance  # noqa: E402
 from qgt_keras import datasets, models  # noqa: E402
 from tflm_export import export, layout, pack, tflite_model, verify  # noqa: E402
 from tflm_export.files import write_atomic  # noqa: E402
@@ -145,15 +154,17 @@ def tflm_qgt_arenas(runner, folder, name):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out_dir", default=RESULTS, help="Where model_size.{json,md} go.")
     parser.add_argument("--tflm_runner", help="Host TFLM program with the QGT ops (arduino/QGT/extras/tflm_host).")
     parser.add_argument("--tflm_build", default="", help="Which TFLM build the runner links (commit, command).")
     args = parser.parse_args()
+    out_dir = args.out_dir
     run = provenance.Run()
     reports, arenas = [], {}
     with tempfile.TemporaryDirectory() as folder:
         keras_path = _keras_model(folder)
-        exports = [(keras_path, "keras", {"conv1": FIRST_LAYER_BITS}, str(datasets.bundled_person96_dir() / "test"),
+        exports = [(keras_path, "keras", {"conv1": FIRST_LAYER_BITS}, str(datasets.bundled_person96_dir() / "train"),
                     "mobilenet_v1_96x96x1")]
         person_detect = os.path.join(REFERENCE_MODELS, "tflm_person_detect.tflite")
         if os.path.exists(person_detect):
@@ -179,9 +190,8 @@ def main():
         result["tflm_with_qgt_ops"] = {"runner": "arduino/QGT/extras/tflm_host/qgt_tflm_host.cpp",
                                        "build": args.tflm_build, "models": arenas}
     result["provenance"] = run.record()
-    os.makedirs(RESULTS, exist_ok=True)
-    write_atomic(os.path.join(RESULTS, "model_size.json"), json.dumps(result, indent=2) + "\n")
-    write_atomic(os.path.join(RESULTS, "model_size.md"), _markdown(result))
+    write_atomic(os.path.join(out_dir, "model_size.json"), json.dumps(result, indent=2) + "\n")
+    write_atomic(os.path.join(out_dir, "model_size.md"), _markdown(result))
     print(_markdown(result))
 
 
@@ -206,11 +216,9 @@ def _tflm_arena_lines(result):
 def _markdown(result):
     lines = ["# Model size: MobileNetV1-0.25 96x96x1 person detection, "
              f"{result['bits']}-bit weights (first layer {result['first_layer_bits']}-bit)", "",
-             f"Produced by `{result['provenance']['command']}` (post-training snapping; sizes, not accuracy; packed "
-             f"format version {pack.FORMAT_VERSION} on parameters rounded by `pack.round_parameters`).", ""]
-    run = result["provenance"]
-    lines += [f"Commit {run['commit']}{' (with uncommitted changes)' if run['uncommitted_changes'] else ''}, "
-              f"{run['machine']}, {run['wall_s']} s.", ""]
+             provenance.describe(result["provenance"]) + " Post-training snapping (sizes, not accuracy); packed "
+             f"format version {pack.FORMAT_VERSION} on parameters rounded by `pack.round_parameters`; calibrated "
+             "on person96 training images.", ""]
     lines += export.size_table(result["rows"], [("model", "model"), ("variant", "variant")], "TFLM arena B")
     lines += ["", f"Goal: packed C array <= {result['goal_packed_bytes']:,} B (QGT paper: 81 KB).", ""]
     for row in result["rows"]:

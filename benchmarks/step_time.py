@@ -1,6 +1,6 @@
 """Training step time of a QGT model against its float original: MobileNetV1-0.25, 96x96x3, batch 32.
 
-    python benchmarks/step_time.py [--steps 20] [--rounds 3]
+    python benchmarks/step_time.py [--steps 20] [--rounds 3] [--out benchmarks/results/step_time.json]
 
 Writes benchmarks/results/step_time.json. Both models train on the same random batch with Adam; each
 round times `steps` steps of each model after a compiled warm-up, alternating the two so that a busy
@@ -10,7 +10,6 @@ machine slows both alike; the reported time per step is the median over rounds. 
 import json
 import os
 import pathlib
-import platform
 import statistics
 import time
 
@@ -21,13 +20,15 @@ import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+import provenance  # noqa: E402
 from qgt_keras import conversion, models  # noqa: E402
 
+RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "step_time.json"
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("steps", 20, "Timed steps per model per round.")
 flags.DEFINE_integer("rounds", 3, "Alternating rounds; the median is reported.")
 flags.DEFINE_integer("batch", 32, "Batch size.")
-RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "step_time.json"
+flags.DEFINE_string("out", str(RESULTS), "Result file.")
 
 
 def _seconds_per_step(model, dataset, steps):
@@ -38,6 +39,7 @@ def _seconds_per_step(model, dataset, steps):
 
 def main(argv):
     del argv
+    run = provenance.Run()
     keras.utils.set_random_seed(0)
     float_model = models.mobilenet_v1((96, 96, 3), alpha=0.25)
     qgt_model = conversion.quantize_model(float_model, bits=2)
@@ -62,10 +64,11 @@ def main(argv):
         "ratio": round(qgt_step / float_step, 3),
         "steps_per_round": FLAGS.steps,
         "rounds": FLAGS.rounds,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, TF {tf.__version__}",
+        "provenance": run.record(),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    out = pathlib.Path(FLAGS.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 

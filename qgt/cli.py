@@ -78,12 +78,14 @@ def quiet_tensorflow():
     logging.set_verbosity(logging.WARNING)
 
 
-def run(prog, work):
-    """Runs ``work()``; an error a user can fix (ValueError, OSError: bad input, missing files, and the
-    library's own errors, which subclass them) is printed as one line and exit code 1."""
+def main(parser, work, argv=None):
+    """Parses ``argv`` (default: the command line) with ``parser`` and runs ``work(args)``; returns the exit
+    code. A bad flag is argparse's usage error (exit 2); an error a user can fix (ValueError, OSError: bad
+    input, missing files, and the library's own errors, which subclass them) is one line and exit 1."""
+    args = parser.parse_args(argv)
     try:
-        work()
+        work(args)
     except (ValueError, OSError) as error:
-        print(f"{prog}: {error}", file=sys.stderr)
+        print(f"{parser.prog}: {error}", file=sys.stderr)
         return 1
     return 0

@@ -51,7 +51,7 @@ def _check(args):
     layout.check_out_dir(args.out_dir)
 
 
-def _export(args):
+def _run(args):
     _check(args)
     cli.quiet_tensorflow()
     from tflm_export import export  # after the checks: TensorFlow takes seconds to load
@@ -62,14 +62,9 @@ def _export(args):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    return cli.run("qgt-export", lambda: _export(args))
-
-
-def run():
-    """Console-script entry point (qgt-export)."""
-    sys.exit(main())
+    """The command line (the console script's entry point): its exit code."""
+    return cli.main(build_parser(), _run, argv)
 
 
 if __name__ == "__main__":
-    run()
+    sys.exit(main())

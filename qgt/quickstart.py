@@ -1,112 +1,128 @@
-"""The main job on the bundled data: QGT training of a MobileNetV1-0.25 on person96, the bottleneck report,
-the export to TFLite-Micro (int8, LUT and bit-packed variants, C sources) and its size report.
-
-    qgt-quickstart [--out_dir runs/quickstart] [--epochs 8] [--bits 2] [--image_size 48]
+"""qgt-quickstart: the main job on the bundled data. QGT training of a MobileNetV1-0.25 on person96, the
+bottleneck report, the export to TFLite-Micro (int8, LUT and bit-packed variants, C sources) and its size
+report.
 
 Trains the same network twice from the same initialization, once plainly and once with QGT (one float
-epoch, then the QGT strength ramps up; the last ``--hard_epochs`` on the grid), with the default policy
-(first and last layer at 8 bits, the rest at ``--bits``). Prints the bottleneck report of the QGT model at
-the end of its QGT phase; snaps both models to their grids, re-estimates the BatchNorm statistics, prints
-the test accuracy of each before and after; exports the QGT model with
-``tflm_export`` (verified bit-exact in the TFLite-Micro runtime) and prints the size report. Writes the QGT
-model (.keras), its history, the report (JSON, markdown), the accuracies and ``export/`` to ``--out_dir``.
+epoch, then the QGT strength ramps up over the QGT phase; the last --hard_epochs on the grid), with the
+default policy (first and last layer at 8 bits, the rest at --bits). Prints the bottleneck report of the QGT
+model at the end of its QGT phase, measured on a slice of the training data; snaps both models to their
+grids, re-estimates the BatchNorm statistics and prints the test accuracy of each before and after; exports
+the QGT model with tflm_export, calibrated on training images (verified bit-exact in the TFLite-Micro
+runtime) and prints the size report. Writes the QGT model (.keras), its history, the report (JSON,
+markdown), the accuracies and export/ to --out_dir.
 """
 
 import json
-import os
 import pathlib
+import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-import numpy as np  # noqa: E402
-import tf_keras as keras  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
-
-from qgt_keras import conversion, datasets, models, report  # noqa: E402
-from qgt_keras.callbacks import QGTMonitor, QGTScheduler  # noqa: E402
-from tflm_export import export  # noqa: E402
-
-FLAGS = flags.FLAGS
-flags.DEFINE_string("out_dir", "runs/quickstart", "Where the model, history and report go.")
-flags.DEFINE_integer("epochs", 8, "Training epochs of each model.", lower_bound=2)
-flags.DEFINE_integer("bits", 2, "Weight bits of every layer but the first and last (8 bits).", lower_bound=1,
-                     upper_bound=8)
-flags.DEFINE_integer("image_size", 48, "Images are resized to image_size x image_size.", lower_bound=16)
-flags.DEFINE_integer("seed", 0, "Seed of initialization and shuffling.")
-flags.DEFINE_float("strength", 0.05, "QGT strength at the end of the ramp.", lower_bound=0)
-flags.DEFINE_integer("hard_epochs", 2, "Last epochs trained with hard (STE) quantization.", lower_bound=0)
+from qgt import cli
 
 BATCH = 32
+REPORT_IMAGES = 256  # training images the bottleneck report is measured on
 
 
-def _arrays(dataset):
-    return tuple(np.concatenate(parts) for parts in zip(*((x.numpy(), y.numpy()) for x, y in dataset)))
+def build_parser():
+    parser = cli.parser("qgt-quickstart", __doc__)
+    cli.add_out_dir(parser, "Where the model, history, report and export go.", default="runs/quickstart")
+    parser.add_argument("--epochs", type=int, default=8, help="Training epochs of each model (at least 2).")
+    cli.add_bits(parser, 2, "Weight width of every layer but the first and last (8 bits)")
+    cli.add_layer_bits(parser, "Per-layer widths that replace those, e.g. pw13=4.")
+    parser.add_argument("--architecture", default="mobilenet_v1",
+                        help="Model builder of qgt_keras.models.MODELS (alpha 0.25 where it has one).")
+    parser.add_argument("--image_size", type=int, default=48, help="Images are resized to image_size x image_size.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of initialization and shuffling.")
+    parser.add_argument("--start_strength", type=float,
+                        help="QGT strength at the ramp start (default: QGTScheduler's).")
+    parser.add_argument("--end_strength", type=float, help="QGT strength at the end of the ramp, the end of the QGT "
+                        "phase (default: QGTScheduler's).")
+    parser.add_argument("--hard_epochs", type=int, default=2, help="Last epochs trained with hard (STE) quantization.")
+    return parser
 
 
-def _accuracy(model, x, y):
-    return report.evaluate_batch(model, x, y, keras.losses.SparseCategoricalCrossentropy())[1]
+def check_flags(args):
+    """What can be checked before TensorFlow loads. Creates --out_dir."""
+    if args.epochs < 2 or args.hard_epochs < 0 or args.image_size < 16:
+        raise ValueError("need --epochs >= 2, --hard_epochs >= 0 and --image_size >= 16")
+    cli.check_out_file_folder(args.out_dir)
 
 
-def _snap_and_recalibrate(model, calibration):
-    """Accuracy-relevant end of training: weights onto the grid, BatchNorm statistics re-estimated."""
-    conversion.set_hard_quantization(model, False)
-    conversion.snap_weights(model)
-    conversion.recalibrate_batchnorm(model, calibration)
+def _run(args):
+    check_flags(args)
+    cli.quiet_tensorflow()
+    import numpy as np
+    import tf_keras as keras
 
+    from qgt_keras import conversion, datasets, models, report
+    from qgt_keras.callbacks import QGTMonitor, QGTScheduler
+    from tflm_export import export
 
-def main(argv):
-    del argv
-    logging.set_verbosity(logging.WARNING)  # the TFLite converter logs every step at INFO
-    out_dir = pathlib.Path(FLAGS.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    def arrays(dataset):
+        return tuple(np.concatenate(parts) for parts in zip(*((x.numpy(), y.numpy()) for x, y in dataset)))
+
+    def accuracy(model, x, y):
+        return report.evaluate_batch(model, x, y, keras.losses.SparseCategoricalCrossentropy())[1]
+
+    def snap_and_recalibrate(model):
+        """Accuracy-relevant end of training: weights onto the grid, BatchNorm statistics re-estimated."""
+        conversion.set_hard_quantization(model, False)
+        conversion.snap_weights(model)
+        conversion.recalibrate_batchnorm(model, calibration)
+
+    out_dir = pathlib.Path(args.out_dir)
     root = datasets.bundled_person96_dir()
-    size = (FLAGS.image_size, FLAGS.image_size)
+    size = (args.image_size, args.image_size)
     train, info = datasets.read_image_folder(
-        root / "train", image_size=size, batch_size=BATCH, shuffle=True, seed=FLAGS.seed)
+        root / "train", image_size=size, batch_size=BATCH, shuffle=True, seed=args.seed)
     calibration = datasets.read_image_folder(root / "train", image_size=size, batch_size=128, validate=False)[0]
-    x_test, y_test = _arrays(datasets.read_image_folder(root / "test", image_size=size, batch_size=256)[0])
+    held_out = arrays(datasets.read_image_folder(root / "train", image_size=size, batch_size=REPORT_IMAGES,
+                                                 limit=REPORT_IMAGES, seed=args.seed + 1, validate=False)[0])
+    x_test, y_test = arrays(datasets.read_image_folder(root / "test", image_size=size, batch_size=256)[0])
     steps = -(-info.num_examples // BATCH)
     print(f"person96: {info.num_examples} training images, {len(y_test)} test images, {size[0]}x{size[1]} RGB")
 
-    keras.utils.set_random_seed(FLAGS.seed)
-    plain = models.mobilenet_v1(size + (3,), alpha=0.25, bn_momentum=0.9)
-    qgt = conversion.quantize_model(plain, bits=FLAGS.bits)  # same initial weights
+    keras.utils.set_random_seed(args.seed)
+    options = {} if args.architecture == "small_cnn" else {"alpha": 0.25}
+    plain = models.build_model(args.architecture, input_shape=size + (3,), bn_momentum=0.9, **options)
+    qgt = conversion.quantize_model(plain, bits=args.bits, overrides=args.layer_bits)  # same initial weights
 
-    print(f"\n[1/4] plain training, {FLAGS.epochs} epochs")
+    print(f"\n[1/4] plain training, {args.epochs} epochs")
     plain.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
     started = time.time()
-    plain.fit(train, epochs=FLAGS.epochs, verbose=2)
+    plain.fit(train, epochs=args.epochs, verbose=2)
     plain_seconds = time.time() - started
 
-    qgt_epochs = max(2, FLAGS.epochs - FLAGS.hard_epochs)
-    print(f"\n[2/4] QGT training, {qgt_epochs} epochs: 1 float, {qgt_epochs - 1} with the strength ramping to "
-          f"{FLAGS.strength}")
+    qgt_epochs = max(2, args.epochs - args.hard_epochs)
+    strengths = {name: getattr(args, name) for name in ("start_strength", "end_strength")
+                 if getattr(args, name) is not None}
+    schedule = QGTScheduler(warmup_steps=steps, ramp_steps=(qgt_epochs - 1) * steps,  # full strength at the end
+                            **strengths)
+    print(f"\n[2/4] QGT training, {qgt_epochs} epochs: 1 float, {qgt_epochs - 1} with the strength ramping from "
+          f"{schedule.start_strength:g} to {schedule.end_strength:g}")
     qgt.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
-    schedule = QGTScheduler(FLAGS.strength / 100, FLAGS.strength, warmup_steps=steps,
-                            ramp_steps=(qgt_epochs - 1) * steps)  # full strength only at the phase's end
     started = time.time()
     history = qgt.fit(train, epochs=qgt_epochs, verbose=2, callbacks=[schedule, QGTMonitor()]).history
     qgt_seconds = time.time() - started
 
-    print(f"\n[3/4] bottleneck report of the QGT model (test split), then {FLAGS.epochs - qgt_epochs} "
-          f"hard-quantized epochs, {FLAGS.bits}-bit snapping")
-    bottlenecks = report.summary(qgt, (x_test, y_test))
-    qgt_float = _accuracy(qgt, x_test, y_test)
-    if FLAGS.epochs > qgt_epochs:  # on the grid (STE), the data loss alone adapts the network to it
+    print(f"\n[3/4] bottleneck report of the QGT model ({REPORT_IMAGES} training images), then "
+          f"{args.epochs - qgt_epochs} hard-quantized epochs, {args.bits}-bit snapping")
+    bottlenecks = report.summary(qgt, held_out)
+    qgt_float = accuracy(qgt, x_test, y_test)
+    if args.epochs > qgt_epochs:  # on the grid (STE), the data loss alone adapts the network to it
         started = time.time()
-        hard = qgt.fit(train, initial_epoch=qgt_epochs, epochs=FLAGS.epochs, verbose=2, callbacks=[
-            QGTScheduler(FLAGS.strength, FLAGS.strength, hard_quantization_epochs=FLAGS.epochs - qgt_epochs)])
+        hard = qgt.fit(train, initial_epoch=qgt_epochs, epochs=args.epochs, verbose=2, callbacks=[
+            QGTScheduler(hard_quantization_epochs=args.epochs - qgt_epochs)])
         history = {key: history.get(key, []) + hard.history.get(key, []) for key in history}
         qgt_seconds += time.time() - started
-    plain_float = _accuracy(plain, x_test, y_test)
-    plain = conversion.quantize_model(plain, bits=FLAGS.bits)
-    _snap_and_recalibrate(plain, calibration)
-    plain_snapped = _accuracy(plain, x_test, y_test)
-    _snap_and_recalibrate(qgt, calibration)
-    qgt_snapped = _accuracy(qgt, x_test, y_test)
+    plain_float = accuracy(plain, x_test, y_test)
+    plain = conversion.quantize_model(plain, bits=args.bits, overrides=args.layer_bits)
+    snap_and_recalibrate(plain)
+    plain_snapped = accuracy(plain, x_test, y_test)
+    snap_and_recalibrate(qgt)
+    qgt_snapped = accuracy(qgt, x_test, y_test)
     results = {
-        "bits": FLAGS.bits,
+        "bits": args.bits,
         "plain": {"float_accuracy": plain_float, "snapped_accuracy": plain_snapped,
                   "train_seconds": plain_seconds},
         "qgt": {"float_accuracy": qgt_float, "snapped_accuracy": qgt_snapped, "train_seconds": qgt_seconds},
@@ -118,20 +134,21 @@ def main(argv):
     (out_dir / "report.json").write_text(bottlenecks.to_json())
     (out_dir / "report.md").write_text(bottlenecks.to_markdown())
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
-    print(f"\ntest accuracy            float forward   {FLAGS.bits}-bit (snapped, BatchNorm re-estimated)")
+    print(f"\ntest accuracy            float forward   {args.bits}-bit (snapped, BatchNorm re-estimated)")
     print(f"plain training           {100 * plain_float:5.1f}%          {100 * plain_snapped:5.1f}%")
     print(f"QGT (end of QGT phase)   {100 * qgt_float:5.1f}%          {100 * qgt_snapped:5.1f}%")
 
-    print("\n[4/4] export to TFLite-Micro")
+    print("\n[4/4] export to TFLite-Micro (calibrated on training images)")
     size_report = export.export(str(out_dir / "qgt_model.keras"), str(out_dir / "export"),
-                                calibration=str(root / "test"), name="person_qgt")
+                                calibration=str(root / "train"), name="person_qgt")
     print(export.markdown_report(size_report))
     print(f"wrote {out_dir}/: qgt_model.keras, history.json, report.json, report.md, results.json, export/")
 
 
-def run():
-    app.run(main)
+def main(argv=None):
+    """The command line (the console script's entry point): its exit code."""
+    return cli.main(build_parser(), _run, argv)
 
 
 if __name__ == "__main__":
-    run()
+    sys.exit(main())

@@ -6,28 +6,37 @@ import math
 import tf_keras as keras
 from absl import logging
 
-from qgt_keras.layers import QUANTIZED_LAYERS, quantized_kernels
+from qgt_keras import conversion
+from qgt_keras.layers import quantized_kernels
+from qgt_keras.regularizers import DEFAULT_STRENGTH
+
+# The default schedule: a geometric ramp from 1/100 of the strength to the regularizer's default strength.
+DEFAULT_END_STRENGTH = DEFAULT_STRENGTH
+DEFAULT_START_STRENGTH = DEFAULT_STRENGTH / 100
+DEFAULT_RAMP_STEPS = 500
 
 
 class QGTScheduler(keras.callbacks.Callback):
     """Sets the strength of every QGT regularizer of the model by training step, and switches the model to
     hard quantization for its last epochs.
 
-    Strength at global step t (counted over all epochs of this fit):
+    Strength at step t (counted from the first epoch of training: a ``fit`` that resumes at
+    ``initial_epoch > 0`` continues the count of the previous ``fit`` with this scheduler):
       0                                                  for t < warmup_steps
       start * (end / start) ** ((t - warmup_steps) / ramp_steps)    during the ramp (geometric)
       end                                                afterwards
     The schedule is set in steps, not epochs: the pull a weight receives depends on how many updates it
     sees, so a schedule in epochs would behave differently on a data set with more steps per epoch.
 
-    With ``hard_quantization_epochs = k``, the last k epochs run with the quantized layers' forward pass on
-    the grid (straight-through gradients) and the strength set to ``hard_strength`` (default: 0, so the
-    data loss alone adapts the network to its quantized weights; the QGT phase has already put the float
-    weights on the grid, which keeps the STE updates from flipping codes back and forth).
+    With ``hard_quantization_epochs = k``, the last k epochs of the ``fit`` (up to its ``epochs``) run with
+    the quantized layers' forward pass on the grid (straight-through gradients) and the strength set to
+    ``hard_strength`` (default: 0, so the data loss alone adapts the network to its quantized weights; the
+    QGT phase has already put the float weights on the grid, which keeps the STE updates from flipping codes
+    back and forth).
     """
 
-    def __init__(self, start_strength=10.0, end_strength=1e4, warmup_steps=0, ramp_steps=500,
-                 hard_quantization_epochs=0, hard_strength=0.0, verbose=0):
+    def __init__(self, start_strength=DEFAULT_START_STRENGTH, end_strength=DEFAULT_END_STRENGTH, warmup_steps=0,
+                 ramp_steps=DEFAULT_RAMP_STEPS, hard_quantization_epochs=0, hard_strength=0.0, verbose=0):
         super().__init__()
         if not 0 < start_strength <= end_strength:
             raise ValueError(
@@ -57,7 +66,6 @@ class QGTScheduler(keras.callbacks.Callback):
         return [entry.regularizer for entry in quantized_kernels(self.model) if entry.regularizer is not None]
 
     def on_train_begin(self, logs=None):
-        self.step = 0
         self._current = None
         self._targets = self._regularizers()
         if not self._targets:
@@ -73,10 +81,10 @@ class QGTScheduler(keras.callbacks.Callback):
         self.step += 1
 
     def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 0:  # training from the first epoch: the schedule starts over (a resumed fit continues)
+            self.step = 0
         hard = epoch >= self.params["epochs"] - self.hard_quantization_epochs
-        for layer in self.model.layers:
-            if isinstance(layer, QUANTIZED_LAYERS):
-                layer.set_hard_quantization(hard)
+        conversion.set_hard_quantization(self.model, hard)
         self._hard = hard
         if hard and self.verbose:
             logging.info("epoch %d: hard quantization (forward pass on the grid)", epoch + 1)

@@ -83,11 +83,15 @@ class QuantizationPolicy:
 
 
 def check_tf_keras_model(model):
-    """Raises a TypeError with the fix when ``model`` is not a tf_keras Sequential/Functional model."""
+    """Raises a TypeError with the fix when ``model`` is not a tf_keras Sequential/Functional model, and a
+    ValueError when it is not built."""
     if isinstance(model, keras.Model):
         if not (isinstance(model, keras.Sequential) or model._is_graph_network):
             raise TypeError(
                 f"model {model.name!r} is a subclassed Model; build it with the Sequential or Functional API")
+        if not model.built:
+            raise ValueError(f"model {model.name!r} is not built, so its layers have no weights yet: start it with "
+                             "keras.Input(shape) or call model.build(input_shape)")
         return
     module = type(model).__module__
     if module.startswith("keras"):

@@ -28,21 +28,21 @@ pass the dataset to ``strategy.experimental_distribute_dataset`` in a custom loo
 strategies the datasets set the auto-shard policy that fits their source: by file for TFRecords, by
 element otherwise.
 
-Augmentation (``augment=True``, meant for training) is the MLPerf Tiny VWW recipe: rotation up to 10
-degrees, shifts up to 5% of each side, zoom by 0.9-1.1 per axis, random horizontal flip, edges filled with
-the nearest pixel. It runs as one affine warp per batch with TF ops, seeded: a given ``seed`` gives the
-same sequence of epochs.
+Augmentation (``augment=True``, meant for training): :mod:`qgt_keras.augmentation`. IDX files:
+:mod:`qgt_keras.idx`.
 """
 
 import dataclasses
-import gzip
 import json
 import logging
+import math
 import os
 import pathlib
 
 import numpy as np
 import tensorflow as tf
+
+from qgt_keras import augmentation, idx
 
 VWW_CLASS_NAMES = ("non_person", "person")
 FASHION_MNIST_CLASS_NAMES = (
@@ -51,11 +51,6 @@ FASHION_MNIST_CLASS_NAMES = (
 # Where Debian's dataset-fashion-mnist package installs the IDX files.
 DEFAULT_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
-
-# MLPerf Tiny VWW training augmentation ranges.
-ROTATION_DEGREES = 10.0
-SHIFT_FRACTION = 0.05
-ZOOM_FRACTION = 0.1
 
 _AUTOTUNE = tf.data.AUTOTUNE
 _TFRECORD_FEATURES = {
@@ -114,7 +109,7 @@ def read_image_folder(data_dir, *, image_size=(96, 96), grayscale=False, batch_s
         grayscale: yield 1-channel luminance images instead of RGB.
         batch_size: global batch size.
         shuffle: reshuffle every epoch (seeded by ``seed``).
-        augment: apply the MLPerf augmentation (see the module docstring).
+        augment: apply the MLPerf augmentation (:func:`qgt_keras.augmentation.mlperf_augment`).
         seed: seed of the shuffling, the augmentation and the ``limit`` subset.
         validate: decode every image once first and leave out (and report) the unreadable ones.
         limit: use only this many images, a random subset fixed by ``seed`` (for quick runs).
@@ -238,8 +233,8 @@ def read_fashion_mnist(data_dir=None, split="train", *, batch_size=32, shuffle=F
     if split not in prefixes:
         raise ValueError(f"split must be one of {sorted(prefixes)}, got {split!r}")
     data_dir = pathlib.Path(data_dir or DEFAULT_FASHION_MNIST_DIR)
-    images = read_idx(_find_idx(data_dir, f"{prefixes[split]}-images-idx3-ubyte"))
-    labels = read_idx(_find_idx(data_dir, f"{prefixes[split]}-labels-idx1-ubyte"))
+    images = idx.read_idx(_find_idx(data_dir, f"{prefixes[split]}-images-idx3-ubyte"))
+    labels = idx.read_idx(_find_idx(data_dir, f"{prefixes[split]}-labels-idx1-ubyte"))
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise ValueError(f"Fashion-MNIST {split} files in {data_dir} disagree: images {images.shape}, "
                          f"labels {labels.shape}")
@@ -257,53 +252,84 @@ def read_fashion_mnist(data_dir=None, split="train", *, batch_size=32, shuffle=F
                    tf.data.experimental.AutoShardPolicy.DATA), info
 
 
-def read_idx(path):
-    """Reads one IDX file (the MNIST format; ``.gz`` is decompressed) into a numpy array."""
-    dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in dtypes:
-        raise ValueError(f"{path} is not an IDX file")
-    ndim = data[3]
-    shape = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
-    dtype = np.dtype(dtypes[data[2]])
-    offset = 4 + 4 * ndim
-    if len(data) - offset != int(np.prod(shape)) * dtype.itemsize:
-        raise ValueError(f"{path}: {len(data) - offset} data bytes, its header says shape {shape} of {dtype}")
-    return np.frombuffer(data, dtype, offset=offset).reshape(shape)
+# Data sets by name, as qgt-train and the recipes read them: a layout of files with a train and a test split.
+NAMES = ("person_folder", "vww_tfrecords", "vww_coco", "fashion_mnist")
 
 
-def mlperf_augment(images, seed):
-    """Randomly rotates, shifts, zooms and flips a batch of images (the MLPerf Tiny VWW recipe).
+@dataclasses.dataclass
+class Data:
+    """Train and test pipelines plus a small unaugmented calibration slice of the training data."""
 
-    Args:
-        images: float tensor (batch, height, width, channels).
-        seed: int tensor of shape (2,), the stateless random seed of this batch.
+    train: tf.data.Dataset
+    test: tf.data.Dataset
+    calibration: tuple  # (x, y) arrays: the bottleneck report, allocate_bits and BN re-estimation
+    steps_per_epoch: int
+    input_shape: tuple
+    num_classes: int
+    description: str
 
-    Returns:
-        The warped batch, same shape and value range (bilinear sampling, edges repeat the nearest pixel).
+
+def split_sources(name, data_dir=None):
+    """{"train": ..., "test": ...}: what each split of data set ``name`` is read from, the files checked to
+    exist (FileNotFoundError naming what is missing), before anything is read.
+
+    Layouts of ``data_dir``: person_folder ``{train,test}/{person,non_person}/`` (default: the bundled
+    person96); vww_tfrecords ``train.record-*`` and ``val.record-*``; vww_coco ``instances_{train,val}.json``
+    and the images in ``images/``; fashion_mnist the IDX files (default: Debian's dataset-fashion-mnist).
     """
-    shape = tf.shape(images)
-    height, width = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
-    u = tf.random.stateless_uniform((shape[0], 6), seed, minval=-1.0, maxval=1.0)
-    angle = u[:, 0] * (ROTATION_DEGREES * np.pi / 180.0)
-    shift_x, shift_y = u[:, 1] * SHIFT_FRACTION * width, u[:, 2] * SHIFT_FRACTION * height
-    # Output pixel p samples input pixel R(angle) Z F (p - c) + c + shift: Z scales (zoom < 1 magnifies),
-    # F mirrors x for the flipped half.
-    zoom_x, zoom_y = 1.0 + u[:, 3] * ZOOM_FRACTION, 1.0 + u[:, 4] * ZOOM_FRACTION
-    flip = tf.where(u[:, 5] < 0.0, -1.0, 1.0)
-    cos, sin = tf.cos(angle), tf.sin(angle)
-    a0, a1 = cos * zoom_x * flip, -sin * zoom_y
-    b0, b1 = sin * zoom_x * flip, cos * zoom_y
-    cx, cy = (width - 1.0) / 2.0, (height - 1.0) / 2.0
-    a2 = cx + shift_x - a0 * cx - a1 * cy
-    b2 = cy + shift_y - b0 * cx - b1 * cy
-    zeros = tf.zeros_like(a0)
-    transforms = tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
-    return tf.raw_ops.ImageProjectiveTransformV3(
-        images=images, transforms=transforms, output_shape=shape[1:3], fill_value=0.0,
-        interpolation="BILINEAR", fill_mode="NEAREST")
+    if name not in NAMES:
+        raise ValueError(f"dataset must be one of {NAMES}, got {name!r}")
+    if name == "fashion_mnist":
+        root = pathlib.Path(data_dir or DEFAULT_FASHION_MNIST_DIR)
+        return {split: [_find_idx(root, f"{prefix}-{kind}") for kind in ("images-idx3-ubyte", "labels-idx1-ubyte")]
+                for split, prefix in (("train", "train"), ("test", "t10k"))}
+    root = pathlib.Path(data_dir) if data_dir else bundled_person96_dir()
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder {root} does not exist")
+    if name == "person_folder":
+        sources = {split: root / split for split in ("train", "test")}
+        missing = [str(path) for path in sources.values() if not path.is_dir()]
+    elif name == "vww_tfrecords":
+        sources = {split: str(root / f"{file}.record-*") for split, file in (("train", "train"), ("test", "val"))}
+        missing = [pattern for pattern in sources.values() if not tf.io.gfile.glob(pattern)]
+    else:
+        sources = {split: root / f"instances_{file}.json" for split, file in (("train", "train"), ("test", "val"))}
+        missing = [str(path) for path in [*sources.values(), root / "images"] if not path.exists()]
+    if missing:
+        raise FileNotFoundError(f"{name} data in {root} lacks {', '.join(missing)} (the train and test splits)")
+    return sources
+
+
+def load_data(name, data_dir=None, *, image_size=96, grayscale=False, batch_size=32, limit=None, test_limit=None,
+              calibration_size=256, seed=0, augment=True):
+    """Reads data set ``name`` (one of :data:`NAMES`, layouts in :func:`split_sources`) into a :class:`Data`.
+
+    ``limit`` / ``test_limit`` use a seeded subset (for quick runs).
+    """
+    sources = split_sources(name, data_dir)
+    image_options = {"image_size": (image_size, image_size), "grayscale": grayscale}
+    if name == "fashion_mnist":
+        def read(split, **kwargs):
+            return read_fashion_mnist(data_dir, split, **kwargs)
+    elif name == "person_folder":
+        def read(split, **kwargs):
+            return read_image_folder(sources[split], **image_options, **kwargs)
+    elif name == "vww_tfrecords":
+        def read(split, **kwargs):
+            return read_vww_tfrecords(sources[split], **image_options, **kwargs)
+    else:
+        def read(split, **kwargs):
+            return read_coco_vww(sources[split], sources[split].parent / "images", **image_options, **kwargs)
+    train, info = read("train", batch_size=batch_size, shuffle=True, augment=augment, seed=seed, limit=limit)
+    test, test_info = read("test", batch_size=max(batch_size, 64), limit=test_limit, seed=seed)
+    calibration_set, _ = read("train", batch_size=calibration_size, limit=calibration_size, seed=seed + 1)
+    x, y = next(iter(calibration_set))
+    num_examples = info.num_examples if info.num_examples is not None else limit
+    if not num_examples:
+        raise ValueError(f"cannot count the training examples of {info.source}; pass limit")
+    return Data(train, test, (x.numpy(), y.numpy()), math.ceil(num_examples / batch_size), info.image_shape,
+                info.num_classes,
+                f"{name} ({num_examples} train, {test_info.num_examples or test_limit} test images)")
 
 
 def _list_images(folder):
@@ -414,7 +440,7 @@ def _finish(dataset, batch_size, augment, seed, drop_remainder, shard_policy):
     if augment:
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         dataset = tf.data.Dataset.zip((dataset, seeds)).map(
-            lambda batch, batch_seed: (mlperf_augment(batch[0], batch_seed), batch[1]),
+            lambda batch, batch_seed: (augmentation.mlperf_augment(batch[0], batch_seed), batch[1]),
             num_parallel_calls=_AUTOTUNE)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = shard_policy

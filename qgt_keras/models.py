@@ -18,8 +18,12 @@ mean, so by default the convolutions here have none (219,058 parameters instead 
 :func:`init_from` folds the reference biases into the BatchNormalization moving means, which is exact.
 """
 
+import os
+
 import numpy as np
 import tf_keras as keras
+
+from qgt_keras import layer_kinds, serialization
 
 # (depthwise stride, pointwise filters at alpha = 1) of MobileNetV1's 13 blocks, after a 32-filter stem.
 MOBILENET_V1_BLOCKS = ((1, 64), (2, 128), (1, 128), (2, 256), (1, 256), (2, 512),
@@ -28,6 +32,13 @@ MOBILENET_V1_BLOCKS = ((1, 64), (2, 128), (1, 128), (2, 256), (1, 256), (2, 512)
 MOBILENET_28_BLOCKS = ((1, 32), (2, 64), (1, 64), (2, 128), (1, 128))
 L2_WEIGHT_DECAY = 1e-4  # MLPerf Tiny VWW
 BN_MOMENTUM = 0.99  # MLPerf Tiny VWW (the Keras default)
+# The MLPerf Tiny VWW reference float weights (MobileNetV1-0.25, 96x96x3; the file the tests use is
+# ../shared/reference_models/mlperf_tiny_vww_96.h5, relative to the repository root).
+MLPERF = "mlperf"
+MLPERF_URL = ("https://github.com/mlcommons/tiny/raw/master/benchmark/training/visual_wake_words/"
+              "trained_models/vww_96.h5")
+MLPERF_ENVIRONMENT_VARIABLE = "QGT_MLPERF_WEIGHTS"
+MLPERF_DEFAULT_LOCATION = "~/.keras/qgt/mlperf_tiny_vww_96.h5"
 
 
 def mobilenet_v1(input_shape=(96, 96, 3), alpha=0.25, num_classes=2, *, weight_decay=L2_WEIGHT_DECAY,
@@ -104,13 +115,30 @@ def _mobilenet(input_shape, num_classes, stem_filters, stem_stride, blocks, weig
     return keras.Model(inputs, outputs, name=name)
 
 
+def weights_file(name_or_path):
+    """The file of ``name_or_path``: :data:`MLPERF` names the MLPerf Tiny VWW reference weights, found at
+    ``$QGT_MLPERF_WEIGHTS`` or else :data:`MLPERF_DEFAULT_LOCATION`; anything else is a path. Raises
+    FileNotFoundError saying where to get the file when it is not there."""
+    if name_or_path != MLPERF:
+        if not os.path.isfile(name_or_path):
+            raise FileNotFoundError(f"weights file {name_or_path} does not exist")
+        return name_or_path
+    path = os.environ.get(MLPERF_ENVIRONMENT_VARIABLE) or os.path.expanduser(MLPERF_DEFAULT_LOCATION)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"the MLPerf Tiny VWW reference weights are not at {path}: download {MLPERF_URL} "
+                                f"there, or point {MLPERF_ENVIRONMENT_VARIABLE} at your copy")
+    return path
+
+
 def init_from(model, path):
     """Copies the float weights of a saved tf_keras model into ``model`` layer by layer; returns ``model``.
 
-    Meant for the MLPerf Tiny VWW reference (``mlperf_tiny_vww_96.h5``) into ``mobilenet_v1()``, and works
-    for any saved model with the same sequence of layers: see :func:`copy_weights`.
+    Meant for the MLPerf Tiny VWW reference (``path`` = :data:`MLPERF`, see :func:`weights_file`) into
+    ``mobilenet_v1()``, and works for any saved model with the same sequence of layers: see
+    :func:`copy_weights`.
     """
-    return copy_weights(keras.models.load_model(path, compile=False), model, source_name=str(path))
+    path = weights_file(path)
+    return copy_weights(serialization.load_model(path), model, source_name=str(path))
 
 
 def copy_weights(source, target, source_name="source model"):
@@ -143,7 +171,7 @@ def copy_weights(source, target, source_name="source model"):
             gamma, beta, mean, variance = weights
             weights = [gamma, beta, mean - pending_bias, variance]  # BN(x + b) equals BN(x) with mean - b
             pending_bias = None
-        if isinstance(src, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)):
+        if _kind(src) in (layer_kinds.CONV_2D.name, layer_kinds.DEPTHWISE_CONV_2D.name):
             has_bias = len(weights) == 2
             if has_bias and not dst.use_bias:
                 weights, pending_bias = weights[:1], weights[1]
@@ -162,14 +190,12 @@ def copy_weights(source, target, source_name="source model"):
 
 
 def _weighted_layers(model):
-    kinds = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.BatchNormalization,
-             keras.layers.Dense)
-    return [layer for layer in model.layers if isinstance(layer, kinds)]
+    return [layer for layer in model.layers if _kind(layer) is not None]
 
 
 def _kind(layer):
-    for kind in (keras.layers.DepthwiseConv2D, keras.layers.Conv2D, keras.layers.BatchNormalization,
-                 keras.layers.Dense):
-        if isinstance(layer, kind):
-            return kind.__name__
-    raise TypeError(layer)
+    """The layer kind's name (layer_kinds), "BatchNormalization", or None for layers without such weights."""
+    if isinstance(layer, keras.layers.BatchNormalization):
+        return "BatchNormalization"
+    kind = layer_kinds.kind_of(layer)
+    return kind.name if kind is not None else None

@@ -1,4 +1,4 @@
-"""PNG figures: per-layer weight histograms against the b-bit grid, and accuracy against weight bytes."""
+"""PNG figures: per-layer weight histograms against the b-bit grid."""
 
 import matplotlib
 
@@ -12,11 +12,6 @@ from qgt_keras import layer_kinds, quantizers  # noqa: E402
 _HISTOGRAM_COLUMNS = 4
 # Grid lines are drawn up to this width; wider grids are too dense to see.
 _MAX_BITS_WITH_GRID_LINES = 4
-METHOD_STYLES = {
-    "float": ("black", "*"), "ptq_max": ("tab:gray", "v"), "ptq_mse": ("tab:brown", "^"),
-    "qat_ste": ("tab:blue", "s"), "tfmot_qat": ("tab:orange", "D"), "tfmot_cluster": ("tab:purple", "P"),
-    "qgt": ("tab:red", "o"), "qgt_mixed": ("tab:green", "X"),
-}
 
 
 def kernel_in_steps(kernel, bits, channel_axes, scale="mse"):
@@ -66,31 +61,4 @@ def weight_histograms(before, after, bits_by_layer, path, title=None):
         figure.suptitle(title, fontsize=11)
     figure.tight_layout()
     figure.savefig(path, dpi=90)
-    plt.close(figure)
-
-
-def accuracy_vs_size(rows, path):
-    """Writes a PNG with one panel per data set: test accuracy (mean +- std over seeds) against packed weight
-    bytes, one marker per method, labeled with its bits. ``rows``: the benchmark's JSON rows."""
-    datasets = list(dict.fromkeys(row["dataset"] for row in rows))
-    figure, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 4.8), squeeze=False)
-    for axis, dataset in zip(axes.flat, datasets):
-        shown = set()
-        for row in (r for r in rows if r["dataset"] == dataset):
-            method = row["method"] if row["method"] != "ptq" else f"ptq_{row.get('scale', 'mse')}"
-            color, marker = METHOD_STYLES.get(method, ("tab:cyan", "o"))
-            axis.errorbar(row["weight_bytes"], 100 * row["accuracy_mean"], yerr=100 * row["accuracy_std"],
-                          color=color, marker=marker, linestyle="none", capsize=3,
-                          label=None if method in shown else method)
-            shown.add(method)
-            axis.annotate(f"{row['bits']:g}", (row["weight_bytes"], 100 * row["accuracy_mean"]),
-                          textcoords="offset points", xytext=(4, 3), fontsize=7, color=color)
-        axis.set_xscale("log")
-        axis.set_xlabel("packed kernel bytes (log)")
-        axis.set_ylabel("test accuracy after quantization (%)")
-        axis.set_title(dataset)
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=8, loc="lower right")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
     plt.close(figure)

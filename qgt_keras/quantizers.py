@@ -1,4 +1,4 @@
-"""The b-bit weight grid, scale estimation, fake quantization and the 8-bit activation quantizer.
+"""The b-bit weight grid, scale estimation and fake quantization of weights.
 
 The grid. A b-bit weight is an integer code q times a per-output-channel scale s (value q * s):
 
@@ -20,7 +20,6 @@ the results to use them outside a model (the exporter does).
 
 import numpy as np
 import tensorflow as tf
-import tf_keras as keras
 
 from qgt_keras.serialization import register
 
@@ -228,51 +227,3 @@ class WeightQuantizer:
     @classmethod
     def from_config(cls, config):
         return cls(**config)
-
-
-@register
-class ActivationQuantizer(keras.layers.Layer):
-    """8-bit asymmetric fake quantization of activations, as TFLite int8 quantizes them.
-
-    Tracks the activation range with an exponential moving average of batch min/max while training and
-    fake-quantizes with ``tf.quantization.fake_quant_with_min_max_vars`` (which nudges the range so that
-    zero is exactly representable, like the TFLite converter). Gradients pass straight through in range.
-    """
-
-    def __init__(self, bits=8, momentum=0.99, **kwargs):
-        super().__init__(**kwargs)
-        self.bits = check_bits(bits)
-        if self.bits < 2:
-            raise ValueError(f"activation bits must be in 2..8, got {bits!r}")
-        self.momentum = float(momentum)
-
-    @property
-    def precision(self):
-        return self.bits
-
-    def build(self, input_shape):
-        self.range_min = self.add_weight(
-            "range_min", shape=(), initializer="zeros", trainable=False)
-        self.range_max = self.add_weight(
-            "range_max", shape=(), initializer="zeros", trainable=False)
-        self.range_seen = self.add_weight(
-            "range_seen", shape=(), initializer="zeros", trainable=False)
-        super().build(input_shape)
-
-    def call(self, inputs, training=None):
-        if training is None:
-            training = keras.backend.learning_phase()
-        if training:
-            batch_min = tf.minimum(tf.reduce_min(inputs), 0.0)
-            batch_max = tf.maximum(tf.reduce_max(inputs), 0.0)
-            # The first batch sets the range; later ones move it by an EMA.
-            keep = self.momentum * self.range_seen
-            self.range_min.assign(keep * self.range_min + (1 - keep) * batch_min)
-            self.range_max.assign(keep * self.range_max + (1 - keep) * batch_max)
-            self.range_seen.assign(1.0)
-        range_max = tf.maximum(self.range_max, self.range_min + 1e-6)
-        return tf.quantization.fake_quant_with_min_max_vars(
-            inputs, self.range_min, range_max, num_bits=self.bits, narrow_range=False)
-
-    def get_config(self):
-        return {**super().get_config(), "bits": self.bits, "momentum": self.momentum}

@@ -18,13 +18,14 @@ def small_cnn(input_shape=(16, 16, 3), sequential=False):
         layer.__class__.from_config(layer.get_config()) for layer in model.layers[1:]], name="small_sequential")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def toy_images():
-    """Noise images; label 1 has a brighter red channel in its top-left quarter."""
+    """Noise images; label 1 has a brighter red channel in its top-left quarter (read-only: shared)."""
     rng = np.random.default_rng(0)
     x = rng.random((128, 16, 16, 3)).astype("float32") * 0.5
     y = rng.integers(0, 2, 128)
     x[y == 1, :8, :8, 0] += 0.5
+    x.flags.writeable = y.flags.writeable = False
     return x, y
 
 

@@ -34,6 +34,45 @@ def test_schedule_sets_strengths_and_hands_over_to_hard_quantization(toy_images)
     assert model.get_layer("pw1").kernel_regularizer.strength == 0
 
 
+def test_two_fits_in_a_row_as_the_quick_start_runs_them(toy_images):
+    """A QGT phase, then a resumed fit whose every epoch is hard-quantized, under a second scheduler."""
+    x, y = toy_images
+    model = quantize_model(small_cnn(), bits=2)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    recorder = GateRecorder()
+    ramp = QGTScheduler(1e-3, 1e-1, warmup_steps=4, ramp_steps=4)
+    first = model.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[ramp, recorder]).history
+    hard = QGTScheduler(hard_quantization_epochs=2)
+    second = model.fit(x, y, initial_epoch=2, epochs=4, batch_size=32, verbose=0, callbacks=[hard, recorder]).history
+    assert recorder.gates == [0, 0, 1, 1]
+    assert first["qgt_strength"] == pytest.approx([0.0, 10 ** -1.5], rel=1e-5)  # warmup, then step 7 of 4..8
+    assert second["qgt_strength"] == [0.0, 0.0] and model.get_layer("pw1").kernel_regularizer.strength == 0
+    assert np.isfinite(first["loss"] + second["loss"]).all()
+
+
+def test_a_resumed_fit_continues_the_schedule_and_a_fresh_one_restarts_it(toy_images):
+    x, y = toy_images
+    model = quantize_model(small_cnn(), bits=2)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    schedule = QGTScheduler(1e-3, 1e-1, ramp_steps=16)  # 4 steps per epoch: the ramp spans 4 epochs
+    first = model.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[schedule]).history["qgt_strength"]
+    resumed = model.fit(x, y, initial_epoch=2, epochs=4, batch_size=32, verbose=0,
+                        callbacks=[schedule]).history["qgt_strength"]
+    expected = [schedule.strength_at(step) for step in (3, 7, 11, 15)]
+    assert first + resumed == pytest.approx(expected, rel=1e-5) and schedule.step == 16
+    fresh = model.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[schedule]).history["qgt_strength"]
+    assert fresh == pytest.approx(expected[:1], rel=1e-5) and schedule.step == 4
+
+
+def test_the_default_schedule_ends_at_the_default_strength():
+    from qgt_keras import callbacks, regularizers
+    schedule = QGTScheduler()
+    assert schedule.strength_at(0) == pytest.approx(callbacks.DEFAULT_START_STRENGTH)
+    assert schedule.strength_at(callbacks.DEFAULT_RAMP_STEPS) == regularizers.DEFAULT_STRENGTH
+    assert quantize_model(small_cnn()).get_layer("pw1").kernel_regularizer.strength == pytest.approx(
+        regularizers.DEFAULT_STRENGTH)
+
+
 def test_hard_phase_strength_can_be_kept(toy_images):
     x, y = toy_images
     model = quantize_model(small_cnn(), bits=2)

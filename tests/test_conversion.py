@@ -128,6 +128,21 @@ def test_already_quantized_model():
         quantize_model(quantize_model(small_cnn()))
 
 
+@pytest.mark.parametrize("fields, message", [
+    ({"skip": "conv1"}, r"policy skip must be a list of layer names, got 'conv1' \(did you mean skip=\('conv1',\)\?\)"),
+    ({"overrides": [("pw1", 4)]}, "policy overrides must be a dict"),
+])
+def test_policy_fields_of_the_wrong_type(fields, message):
+    with pytest.raises(TypeError, match=message):
+        QuantizationPolicy(**fields)
+
+
+def test_an_unbuilt_model_is_refused_with_the_fix():
+    model = keras.Sequential([keras.layers.Conv2D(4, 3), keras.layers.Flatten(), keras.layers.Dense(2)], name="seq")
+    with pytest.raises(ValueError, match="model 'seq' is not built.*keras.Input"):
+        quantize_model(model)
+
+
 def test_keras3_model_is_refused_with_the_fix():
     import keras as keras3
     model = keras3.Sequential([keras3.Input((4,)), keras3.layers.Dense(2)])

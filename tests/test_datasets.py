@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from qgt_keras import datasets
+from qgt_keras import augmentation, datasets
 
 # Fixture images encode their class in their brightness, so label pairing survives shuffling checks.
 BRIGHT, DARK = 200, 40
@@ -115,11 +115,11 @@ def test_all_images_unreadable_is_an_error(tmp_path):
 
 def test_augmentation_keeps_shapes_and_range_and_is_seeded():
     images = tf.random.stateless_uniform((4, 20, 24, 3), (1, 2))
-    out = datasets.mlperf_augment(images, tf.constant([5, 6]))
+    out = augmentation.mlperf_augment(images, tf.constant([5, 6]))
     assert out.shape == images.shape
     assert 0.0 <= float(tf.reduce_min(out)) and float(tf.reduce_max(out)) <= 1.0
     assert float(tf.reduce_max(tf.abs(out - images))) > 0.1
-    np.testing.assert_array_equal(out.numpy(), datasets.mlperf_augment(images, tf.constant([5, 6])).numpy())
+    np.testing.assert_array_equal(out.numpy(), augmentation.mlperf_augment(images, tf.constant([5, 6])).numpy())
 
 
 def test_augmentation_in_reader(tmp_path):
@@ -258,3 +258,18 @@ def test_fit_under_mirrored_strategy_on_two_logical_cpus(tmp_path):
                             env=env, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "replicas 2 loss" in result.stdout
+
+
+@pytest.mark.parametrize("name, files, missing", [
+    ("vww_tfrecords", ["train.record-00000-of-00001"], "val.record-*"),
+    ("vww_coco", ["instances_train.json", "instances_val.json"], "images"),
+    ("person_folder", ["train/person/a.jpg"], "test"),
+])
+def test_named_data_sets_need_both_splits_before_anything_is_read(tmp_path, name, files, missing):
+    for file in files:
+        (tmp_path / file).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / file).write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match=f"{name} data in {tmp_path} lacks .*{missing}"):
+        datasets.load_data(name, tmp_path)
+    with pytest.raises(ValueError, match="dataset must be one of"):
+        datasets.split_sources("imagenet")

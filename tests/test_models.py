@@ -108,3 +108,14 @@ def test_init_from_mlperf_into_grayscale_model(mlperf_reference):
 def test_init_from_mlperf_shape_mismatch_is_clear():
     with pytest.raises(ValueError, match=r"layer conv2d .* does not fit mobilenet_v1 layer conv1"):
         models.init_from(models.mobilenet_v1(alpha=0.5), MLPERF_H5)
+
+
+def test_the_mlperf_weights_are_found_where_the_environment_says(tmp_path, monkeypatch):
+    weights = tmp_path / "vww_96.h5"
+    monkeypatch.setenv(models.MLPERF_ENVIRONMENT_VARIABLE, str(weights))
+    with pytest.raises(FileNotFoundError, match=f"not at {weights}: download {models.MLPERF_URL}"):
+        models.weights_file(models.MLPERF)
+    weights.write_bytes(b"")
+    assert models.weights_file(models.MLPERF) == str(weights)
+    with pytest.raises(FileNotFoundError, match="weights file .*other.h5 does not exist"):
+        models.weights_file(str(tmp_path / "other.h5"))

@@ -69,3 +69,8 @@ def test_bad_codes_are_refused(codes, bits, message):
 def test_unpack_refuses_a_wrong_byte_count():
     with pytest.raises(ExportError, match="cannot hold exactly 2 rows"):
         bitpack.unpack_rows(b"\x00" * 6, 2, 2, 3)
+
+
+def test_the_keras_side_counts_bytes_at_the_widths_the_packer_stores():
+    from qgt_keras import layer_kinds  # qgt_keras cannot import tflm_export: the fact stands twice, checked here
+    assert layer_kinds.STORAGE_WIDTHS == bitpack.STORAGE_WIDTHS

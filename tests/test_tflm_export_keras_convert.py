@@ -1,4 +1,5 @@
-"""tflm_export.keras_convert and snap: grid exactness after BatchNorm folding, TFLM bit-exactness, third-party models."""
+"""tflm_export.keras_convert and snap: grid exactness after BatchNorm folding, TFLM bit-exactness, third-party
+models."""
 
 import numpy as np
 import pytest

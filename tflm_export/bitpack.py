@@ -14,7 +14,7 @@ import numpy as np
 
 from tflm_export.tflite_model import ExportError
 
-STORAGE_WIDTHS = (1, 2, 4, 8)
+STORAGE_WIDTHS = (1, 2, 4, 8)  # qgt_keras.layer_kinds counts bytes with the same widths (a test checks)
 WORD_BITS = 32
 WORD_BYTES = WORD_BITS // 8
 

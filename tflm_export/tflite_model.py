@@ -89,7 +89,8 @@ def _check_structure(model):
     codes = model.operatorCodes or []
     for entry in model.metadata or []:
         if not 0 <= entry.buffer < len(model.buffers):
-            raise CorruptModelError(f"corrupt .tflite: metadata points at buffer {entry.buffer} of {len(model.buffers)}")
+            raise CorruptModelError(f"corrupt .tflite: metadata points at buffer {entry.buffer} of "
+                                    f"{len(model.buffers)}")
     for graph in model.subgraphs:
         tensors = graph.tensors or []
         for tensor in tensors:
@@ -113,7 +114,8 @@ def _check_contents(model):
     texts += [(entry.name, "a metadata name") for entry in model.metadata or []]
     for signature in model.signatureDefs or []:
         texts += [(signature.signatureKey, "a signature key")]
-        texts += [(entry.name, "a signature tensor name") for entry in (signature.inputs or []) + (signature.outputs or [])]
+        entries = (signature.inputs or []) + (signature.outputs or [])
+        texts += [(entry.name, "a signature tensor name") for entry in entries]
     texts += [(graph.name, "a subgraph name") for graph in model.subgraphs]
     for text, what in texts:
         _decoded(text, what)
@@ -140,7 +142,8 @@ def _check_contents(model):
     weight_ops(model)  # checks their inputs, options and weight ranks
     for signature in model.signatureDefs or []:
         named = [entry.tensorIndex for entry in (signature.inputs or []) + (signature.outputs or [])]
-        graph = model.subgraphs[signature.subgraphIndex] if 0 <= signature.subgraphIndex < len(model.subgraphs) else None
+        in_range = 0 <= signature.subgraphIndex < len(model.subgraphs)
+        graph = model.subgraphs[signature.subgraphIndex] if in_range else None
         if graph is None or not set(named) <= set(_as_list(graph.inputs) + _as_list(graph.outputs)):
             raise CorruptModelError(f"corrupt .tflite: a signature names tensors {named} of subgraph "
                                     f"{signature.subgraphIndex}, not all inputs or outputs of it")
@@ -181,8 +184,8 @@ def _check_quantization(q, what, dtype, shape):
     if dtype is not None and np.dtype(dtype).kind in "iu":
         limits = np.iinfo(dtype)
         if zero_points.min() < limits.min or zero_points.max() > limits.max:
-            raise CorruptModelError(f"corrupt .tflite: {what} has zero points {zero_points.min()}..{zero_points.max()}, "
-                                    f"outside its type {np.dtype(dtype).name}")
+            raise CorruptModelError(f"corrupt .tflite: {what} has zero points {zero_points.min()}.."
+                                    f"{zero_points.max()}, outside its type {np.dtype(dtype).name}")
     # (The channel count need not match: a LUT-compressed tensor keeps its scales on a flat byte array.)
     if len(scales) > 1 and not 0 <= q.quantizedDimension < max(len(shape), 1):
         raise CorruptModelError(f"corrupt .tflite: {what} has {len(scales)} scales along dimension "
