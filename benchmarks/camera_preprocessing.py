@@ -87,12 +87,9 @@ def main():
 
 
 def _markdown(result):
-    run = result["provenance"]
     lines = ["# Camera preprocessing vs the inputs as trained", "",
-             f"Produced by `{run['command']}` on {result['images']} person96 test crops (model "
-             f"`{result['model']}`, input {result['input_shape']}); commit {run['commit']}"
-             f"{' (with uncommitted changes)' if run['uncommitted_changes'] else ''}, {run['machine']}, "
-             f"{run['wall_s']} s.", "",
+             provenance.describe(result["provenance"]) + f" {result['images']} person96 test crops, model "
+             f"`{result['model']}`, input {result['input_shape']}.", "",
              "Camera path: crop -> QCIF frame (144x144 bicubic, edge columns) -> the sketch's preprocessing "
              "(centred 144x144 window, area resize to 96x96, 256-entry table). Scores: person probability in "
              "thousandths; differences against the as-trained input of the same crop.", "",
