@@ -12,7 +12,7 @@
 #include <Arduino_OV767X.h>
 #include <QGT.h>
 
-#include "qgt_model.h"
+#include "qgt_model.h" /* the model's shapes, quantization and pixel table; RUNTIME 0 also runs it */
 
 #if RUNTIME == 1
 #include <TensorFlowLite.h>
@@ -34,17 +34,17 @@ constexpr int32_t kPersonOn = 600, kPersonOff = 400; /* score thresholds in thou
 constexpr int kFrameWidth = 176, kFrameHeight = 144; /* QCIF */
 static uint8_t frame[kFrameWidth * kFrameHeight * (kFrameFormat == RGB565 ? 2 : 1)];
 static qgt_person_detector detector;
-static int8_t output[QGT_MODEL_OUTPUT_SIZE];
+static int8_t output[PERSON_MODEL_OUTPUT_BYTES];
 
 #if RUNTIME == 0
 
 static void beginModel() {}
 
-static int8_t* modelInput() { return qgt_model_input(); }
+static int8_t* modelInput() { return person_model_input(); }
 
 static void invokeModel() {
-  const int status = qgt_model_invoke(qgt_model_input(), output);
-  if (status != QGT_OK) qgt::halt("qgt_model_invoke failed: ", qgt_status_name(static_cast<qgt_status>(status)));
+  const int status = person_model_invoke(person_model_input(), output);
+  if (status != QGT_OK) qgt::halt("person_model_invoke failed: ", person_model_status_name(status));
 }
 
 #else
@@ -78,9 +78,11 @@ static void invokeModel() {
 void setup() {
   qgt::beginSerial(115200, 5000);
   qgt::showPerson(false);
-  const qgt_status status = qgt_person_init(&detector, QGT_MODEL_OUTPUT_SIZE, QGT_MODEL_PERSON_INDEX,
-                                            QGT_MODEL_OUTPUT_SCALE_BITS, QGT_MODEL_OUTPUT_ZERO_POINT, kPersonOn,
-                                            kPersonOff);
+  const float output_scale = PERSON_MODEL_OUTPUT_SCALE;
+  uint32_t output_scale_bits; /* the library takes scales as float32 bit patterns */
+  memcpy(&output_scale_bits, &output_scale, sizeof output_scale_bits);
+  const qgt_status status = qgt_person_init(&detector, PERSON_MODEL_OUTPUT_BYTES, PERSON_MODEL_PERSON_INDEX,
+                                            output_scale_bits, PERSON_MODEL_OUTPUT_ZERO_POINT, kPersonOn, kPersonOff);
   if (status != QGT_OK) qgt::halt("qgt_person_init: ", qgt_status_name(status));
   beginModel();
   if (!Camera.begin(QCIF, kFrameFormat, kFramesPerSecond, OV7675)) {
@@ -94,8 +96,8 @@ void loop() {
   const uint32_t frame_start = micros();
   Camera.readFrame(frame);
   const qgt_frame image = {frame, kFrameWidth, kFrameHeight, kFrameFormat == RGB565 ? QGT_FRAME_RGB565 : QGT_FRAME_GRAY8};
-  const qgt_dims input_dims = {1, QGT_MODEL_INPUT_HEIGHT, QGT_MODEL_INPUT_WIDTH, QGT_MODEL_INPUT_CHANNELS};
-  const qgt_status converted = qgt_camera_to_input(&image, qgt_model_input_table, &input_dims, modelInput());
+  const qgt_dims input_dims = {1, PERSON_MODEL_INPUT_H, PERSON_MODEL_INPUT_W, PERSON_MODEL_INPUT_C};
+  const qgt_status converted = qgt_camera_to_input(&image, person_model_pixel_to_input, &input_dims, modelInput());
   if (converted != QGT_OK) qgt::halt("qgt_camera_to_input: ", qgt_status_name(converted));
 
   const uint32_t inference_start = micros();
