@@ -29,7 +29,7 @@ class Results:
 
 
 def _sources(model_dir):
-    return [RUNNER_SOURCE, os.path.join(model_dir, "qgt_model.c")]
+    return [RUNNER_SOURCE, os.path.join(os.path.abspath(model_dir), "qgt_model.c")]
 
 
 def _model_defines(prefix):
@@ -40,12 +40,14 @@ def build_host(model_dir, prefix, out_dir, sanitize=True):
     """The runner for the host (portable kernels) with the generated model in ``model_dir`` (C prefix
     ``prefix``), with AddressSanitizer and UBSan by default."""
     return toolchain.build_host_program(_sources(model_dir), out_dir, "sketch_runner", sanitize=sanitize,
-                                        include_dirs=[model_dir], defines=_model_defines(prefix))
+                                        include_dirs=[os.path.abspath(model_dir)],
+                                        defines=_model_defines(prefix))
 
 
 def build_cortex_m4(model_dir, prefix, out_dir):
     """The runner as a Cortex-M4F image (DSP kernels), reading its files by semihosting."""
-    return toolchain.build_cortex_m4(_sources(model_dir), out_dir, "sketch_runner.elf", include_dirs=[model_dir],
+    return toolchain.build_cortex_m4(_sources(model_dir), out_dir, "sketch_runner.elf",
+                                     include_dirs=[os.path.abspath(model_dir)],
                                      defines=["QGT_RUNNER_SEMIHOST", *_model_defines(prefix)])
 
 
