@@ -349,6 +349,14 @@ def _find_idx(data_dir, name):
     raise FileNotFoundError(f"{name}[.gz] not found in {data_dir} (Debian: apt-get install dataset-fashion-mnist)")
 
 
+def pixel_levels(grayscale=False):
+    """The float32 model input of each 8-bit pixel value 0..255 as these readers preprocess it (a uniform
+    image of that value, RGB or its grayscale luminance): what a camera pixel must become on the device."""
+    levels = np.arange(256, dtype=np.uint8).reshape(16, 16, 1).repeat(3, axis=-1)
+    image = _decode_image(tf.io.encode_png(levels), (16, 16), grayscale)
+    return image.numpy()[..., 0].reshape(256).astype(np.float32)
+
+
 def _decode_image(contents, image_size, grayscale):
     """Encoded bytes -> float32 (height, width, 1 or 3) in [0, 1]; raises on unreadable data."""
     image = tf.io.decode_image(contents, channels=3, expand_animations=False)

@@ -1,6 +1,8 @@
 """The README's main job, end to end on small images for 2 epochs (a small CNN to keep it quick)."""
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 
@@ -8,6 +10,7 @@ import numpy as np
 import pytest
 import tf_keras as keras
 
+from test_tflm_export_common import repo_root
 from qgt_keras import datasets, report
 
 
@@ -34,3 +37,18 @@ def test_quickstart_trains_reports_and_exports(tmp_path):
     assert size_report["packed_round_trip"] and size_report["packed_layers"]["bit_exact"]
     assert size_report["calibration"]["source"].endswith("train")
     assert (out / "export" / "c" / "packed" / "model_data.h").exists()
+    assert (out / "export" / "c" / "packed" / "qgt_model.c").exists()
+    cortex_m4 = results["cortex_m4"]
+    if not (shutil.which("arm-none-eabi-gcc") and shutil.which("qemu-system-arm")):
+        assert cortex_m4 is None and "skipped: " in result.stdout
+        return
+    assert cortex_m4["outputs_equal_tflite_micro"] and cortex_m4["instructions"] > 0
+    names = [image["image"] for image in cortex_m4["images"]]
+    testdata = os.path.join(repo_root(), "..", "shared", "datasets", "tflm_testdata")
+    if all(os.path.isfile(os.path.join(testdata, n)) for n in ("person.bmp", "no_person.bmp")):
+        assert names == ["no_person.png", "person.png"]  # TFLM's test images
+    else:
+        assert len(names) == 2 and all(n.endswith(".jpg") for n in names)  # person96 test crops
+    for image in cortex_m4["images"]:
+        assert f"{image['image']:16s} person score {image['person_score']:.3f}" in result.stdout
+    assert f"one inference: {cortex_m4['instructions']:,} instructions" in result.stdout

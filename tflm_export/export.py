@@ -1,4 +1,5 @@
-"""The whole export: a model in, the int8 / LUT / packed .tflite files, C sources and a size report out
+"""The whole export: a model in, the int8 / LUT / packed .tflite files, C sources (``model_data`` for
+TFLite-Micro, and the packed model as interpreter-free C, :mod:`tflm_export.codegen`) and a size report out
 (the folder's layout: :mod:`tflm_export.layout`).
 
 The folder is written whole or not at all: every file goes into a staging folder beside it, which takes
@@ -14,7 +15,8 @@ import os
 import numpy as np
 
 from qgt_keras import serialization
-from tflm_export import c_source, keras_convert, layout, lut, pack, snap, termination, tflite_model, verify
+from tflm_export import (c_model, c_source, codegen, keras_convert, layout, lut, pack, snap, termination,
+                         tflite_model, verify)
 from tflm_export.files import write_folder
 from tflm_export.tflite_model import ExportError
 
@@ -130,6 +132,24 @@ def _lut_variant(int8):
     return compressed, None
 
 
+def pixel_table(int8_tflite):
+    """The quantized model input of each 8-bit pixel value as the training pipeline preprocesses it
+    (qgt_keras.datasets), or None when the input is not an NHWC image of 1 or 3 channels."""
+    shape = tflite_model.io_details(tflite_model.read(int8_tflite))["inputs"][0]["shape"]
+    if len(shape) != 4 or shape[-1] not in (1, 3):
+        return None
+    from qgt_keras import datasets  # deferred, as in calibration_images
+    return verify.quantize_inputs(int8_tflite, datasets.pixel_levels(grayscale=shape[-1] == 1))
+
+
+def _generated_model(packed, int8, name):
+    """(codegen.GeneratedModel, None), or (None, why not) for a model the generated C cannot run."""
+    try:
+        return codegen.generate(packed, f"{name}_model", pixel_table(int8), layout.model_file(name, "packed")), None
+    except ExportError as error:
+        return None, f"not written: {error}"
+
+
 def _row(name, variant, bits, model_bytes, arena):
     return {"model": name, "variant": variant, "bits": bits, **verify.size_breakdown(model_bytes),
             "arena_bytes": arena}
@@ -174,6 +194,8 @@ def markdown_report(report):
         lines += ["", f"Calibration: {calibration['samples']} samples from {calibration['source']}"
                   + (f" ({skipped} unreadable images skipped)" if skipped else "") + "."]
     lines += ["", "Verification (model outputs, int8):", ""] + _verification_lines(report)
+    lines += ["", "Generated C model (interpreter-free, the QGT kernel library):", ""]
+    lines += c_model.markdown_lines(report["c_model"])
     if report["notes"]:
         lines += ["", "Notes:", ""] + [f"- {note}" for note in report["notes"]]
     lines += ["", "Weight bits per layer (weight tensor: bits):", ""]
@@ -184,10 +206,10 @@ def markdown_report(report):
 def _passed(report):
     checks = report["verification"]
     return (report["packed_round_trip"] and report["packed_layers"]["bit_exact"] and report["int8_agrees_with_tflite"]
-            and ("lut" not in checks or checks["lut"]["bit_exact"]))
+            and ("lut" not in checks or checks["lut"]["bit_exact"]) and c_model.passed(report["c_model"]))
 
 
-def _outputs(name, report, variants, float_tflite, arenas):
+def _outputs(name, report, variants, float_tflite, arenas, generated):
     """{relative path: bytes or text} of everything the export folder holds."""
     outputs = {layout.REPORT_JSON: json.dumps(report, indent=2, sort_keys=True) + "\n",
                layout.REPORT_MARKDOWN: markdown_report(report)}
@@ -202,6 +224,9 @@ def _outputs(name, report, variants, float_tflite, arenas):
         for file_name, text in c_source.render_files(data, f"{name}_{variant}", arena,
                                                      layout.model_file(name, variant), origin).items():
             outputs[os.path.join(layout.c_folder(variant), file_name)] = text
+    if generated is not None:
+        for file_name, text in generated.files().items():
+            outputs[os.path.join(layout.c_folder("packed"), file_name)] = text
     return outputs
 
 
@@ -227,6 +252,7 @@ def export(model_path, out_dir, bits=None, default_bits=8, calibration=None, nam
         int8 = pack.round_parameters(source.int8)  # so that int8, LUT and packed compute the same
         lut_bytes, lut_note = _lut_variant(int8)
         packed = pack.pack_model(int8)
+        generated, c_model_note = _generated_model(packed, int8, name)
         round_trip = all(a.equals(b) for a, b in zip(pack.expected_layers(int8), pack.unpack_model(packed)))
 
         inputs = (verify.quantize_inputs(int8, source.samples[:verify_count]) if source.samples is not None
@@ -238,6 +264,11 @@ def export(model_path, out_dir, bits=None, default_bits=8, calibration=None, nam
             variants["lut"] = lut_bytes
         variants["packed"] = packed
         packed_check = verify.check_packed_layers(int8, packed, inputs)
+        if generated is None:
+            c_model_entry = {"note": c_model_note}
+        else:
+            c_model_entry = c_model.report_entry(generated, inputs, verify.run_tflm(int8, inputs)[0], [
+                os.path.join(layout.c_folder("packed"), file_name) for file_name in codegen.FILE_NAMES])
         arenas = {variant: checks[variant]["arena_bytes"] if variant in checks else None for variant in variants}
 
         nominal = nominal_bits(int8, source.layer_bits)
@@ -247,9 +278,10 @@ def export(model_path, out_dir, bits=None, default_bits=8, calibration=None, nam
                   "layer_bits": source.layer_bits, "rows": rows, "verification": checks,
                   "packed_round_trip": round_trip, "packed_layers": packed_check,
                   "int8_agrees_with_tflite": verify.agrees_with_tflite(checks["int8"], int8),
-                  "calibration": source.calibration, "notes": [lut_note] if lut_note else []}
+                  "calibration": source.calibration, "notes": [lut_note] if lut_note else [],
+                  "c_model": c_model_entry}
         if not _passed(report):  # models and C sources that failed verification must not reach firmware
             raise ExportError(f"verification failed, nothing written to {out_dir}:\n"
-                              + "\n".join(_verification_lines(report)))
-        write_folder(out_dir, _outputs(name, report, variants, source.float_tflite, arenas))
+                              + "\n".join(_verification_lines(report) + c_model.markdown_lines(report["c_model"])))
+        write_folder(out_dir, _outputs(name, report, variants, source.float_tflite, arenas, generated))
     return report

@@ -7,6 +7,9 @@
                                with a note in the report, when it would not be smaller than the int8 model
     <name>_packed.tflite       bit-packed QGT custom ops (docs/FORMAT.md)
     c/<variant>/model_data.h, model_data.cc   for int8, lut and packed
+    c/packed/qgt_model.h, qgt_model.c         the packed model as plain C over the QGT kernel library
+                                               (tflm_export.codegen); left out, with a note in the report,
+                                               for a model with ops the kernel library does not run
     size_report.json, size_report.md
 
 Free of TensorFlow imports, so a command line can check its output folder before loading TensorFlow.

@@ -79,24 +79,26 @@ def build_host_library(out_dir, name="libqgt_kernels.so", defines=()):
     return output
 
 
-def build_host_program(sources, out_dir, name, sanitize=True, include_dirs=(), defines=()):
+def build_host_program(sources, out_dir, name, sanitize=True, include_dirs=(), defines=(), extra_flags=()):
     """A host executable of ``sources`` linked with the kernel library, by default with AddressSanitizer and
     UndefinedBehaviorSanitizer that abort on the first report; returns its path."""
     os.makedirs(out_dir, exist_ok=True)
     output = os.path.join(out_dir, name)
     flags = [*SANITIZE_FLAGS, "-O1"] if sanitize else ["-O2"]
-    _compile([require(HOST_CC), *C_FLAGS, *flags, *_includes([library_dir(), *include_dirs]), *_defines(defines),
-              "-o", output, *sources, *library_sources()], out_dir)
+    _compile([require(HOST_CC), *C_FLAGS, *flags, *extra_flags, *_includes([library_dir(), *include_dirs]),
+              *_defines(defines), "-o", output, *sources, *library_sources()], out_dir)
     return output
 
 
-def build_cortex_m4(sources, out_dir, name, portable=False, optimize="-O2", include_dirs=(), defines=()):
+def build_cortex_m4(sources, out_dir, name, portable=False, optimize="-O2", include_dirs=(), defines=(),
+                    extra_flags=()):
     """A bare-metal Cortex-M4F ELF for qemu's mps2-an386 of ``sources`` with the kernel library (DSP path,
-    or the portable one with ``portable``) and the startup and semihosting code; returns its path."""
+    or the portable one with ``portable``) and the startup and semihosting code; returns its path.
+    ``extra_flags`` go to the compiler and linker as they are (e.g. a link map)."""
     os.makedirs(out_dir, exist_ok=True)
     output = os.path.join(out_dir, name)
     support = [os.path.join(CORTEX_M4_DIR, f) for f in ("startup.c", "semihost.c")]
-    _compile([require(ARM_CC), *C_FLAGS, *CORTEX_M4_FLAGS, optimize, *CORTEX_M4_LINK,
+    _compile([require(ARM_CC), *C_FLAGS, *CORTEX_M4_FLAGS, optimize, *CORTEX_M4_LINK, *extra_flags,
               "-T", os.path.join(CORTEX_M4_DIR, "mps2_an386.ld"),
               *_includes([library_dir(), CORTEX_M4_DIR, *include_dirs]),
               *_defines([*defines, *(["QGT_PORTABLE"] if portable else [])]),
