@@ -8,7 +8,8 @@ table). Both run through the exported int8 model in the TFLite-Micro Python runt
 packed model in TFLM and, by the tests, with the generated C model). Writes
 benchmarks/results/camera_preprocessing.{json,md}.
 
-Usage: python benchmarks/camera_preprocessing.py --int8=runs/export/person_int8.tflite
+Usage: python benchmarks/camera_preprocessing.py --int8=runs/export/person_int8.tflite (the int8 variant of the
+export the sketch ships)
 """
 
 import argparse
@@ -22,13 +23,12 @@ import provenance
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from qgt_keras import datasets  # noqa: E402
-from tflm_export import camera, person, tflite_model, verify  # noqa: E402
+from tflm_export import camera, codegen, export, person, tflite_model, verify  # noqa: E402
 from tflm_export.files import write_atomic  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 QCIF = (176, 144)
-PERSON_INDEX = 1  # person96 / MLPerf class order: non_person 0, person 1
 
 
 def test_crops():
@@ -41,15 +41,10 @@ def test_crops():
     return crops.astype(np.uint8), floats, labels
 
 
-def pixel_table(int8):
-    """The 256-entry table: 8-bit value v -> the model input of v / 255 (the training scaling)."""
-    return verify.quantize_inputs(int8, np.arange(256, dtype=np.float32) / np.float32(255.0))
-
-
 def _scores(int8, inputs, output_quant):
     outputs, _, _ = verify.run_tflm(int8, inputs)
     scale, zero_point = output_quant
-    return outputs, np.array([person.score_permille(o, PERSON_INDEX, scale, zero_point) for o in outputs])
+    return outputs, np.array([person.score_permille(o, codegen.PERSON_INDEX, scale, zero_point) for o in outputs])
 
 
 def main():
@@ -63,7 +58,7 @@ def main():
     shape = tuple(details["inputs"][0]["shape"][1:])
     output_quant = (details["outputs"][0]["scale"], details["outputs"][0]["zero_point"])
     crops, floats, labels = test_crops()
-    table = pixel_table(int8)
+    table = export.pixel_table(int8)  # what qgt-export writes into the generated model
     trained = verify.quantize_inputs(int8, floats)
     reference_outputs, reference = _scores(int8, trained, output_quant)
     rows = [{"path": "as trained (crop / 255)", "accuracy": float(np.mean(reference_outputs.argmax(-1) == labels))}]
