@@ -8,7 +8,9 @@
  * INPUTS.bin holds int8 inputs back to back (a whole number of the model's input size); OUTPUTS.bin gets
  * the int8 outputs back to back. Prints the recording allocator's arena report (the figure the tflite_micro
  * Python runtime prints as "Arena allocation total"), arena_used_bytes() and the smallest arena size
- * (multiple of 16 B) with which AllocateTensors succeeds. Exit status 0 when every invoke succeeded. */
+ * (multiple of 16 B) with which AllocateTensors succeeds. Exit status 0 when every invoke succeeded.
+ * Arduino_TensorFlowLite 2.4.0-ALPHA crashes during that search (its AllocateTensors does not check one
+ * allocation when the arena is a few bytes short); everything before it is written and flushed first. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -116,6 +118,7 @@ int main(int argc, char** argv) {
   }
   fclose(out);
   printf("invokes %zu\n", count);
+  fflush(stdout);
 
   // The smallest arena that works, by bisection on multiples of 16 B (interpreter above left as it was).
   std::vector<uint8_t> probe_buffer(kMaxArena + 16);
