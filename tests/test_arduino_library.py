@@ -35,6 +35,10 @@ LIBRARY_OF_HEADER = {"Arduino_OV767X.h": "Arduino_OV767X", "TensorFlowLite.h": "
 # src/ sources that include Arduino.h, directly or not (compiled in Arduino builds only)
 NEEDS_ARDUINO = {"qgt_arduino.cpp"}
 CXX_FLAGS = ("-std=c++11", "-Wall", "-Wextra", "-Werror", "-pedantic")
+# How the Arduino mbed_nano core compiles a library for the Nano 33 BLE (ArduinoCore-mbed
+# variants/ARDUINO_NANO33BLE/cflags.txt, cxxflags.txt), with warnings as errors
+MBED_NANO_FLAGS = ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=softfp", "-mfpu=fpv4-sp-d16", "-Os", "-funsigned-char",
+                   "-ffunction-sections", "-fdata-sections", "-fno-exceptions", "-Wall", "-Wextra", "-Werror")
 
 
 def properties():
@@ -200,20 +204,22 @@ def _portable_sources():
     return [name for name in sources if name not in arduino]
 
 
-@pytest.mark.parametrize("target", ["host", "cortex-m4"])
+@pytest.mark.parametrize("target", ["host", "cortex-m4", "mbed_nano core flags"])
 def test_src_compiles_warning_free(tmp_path, target):
     prefix = "" if target == "host" else "arm-none-eabi-"
-    machine = () if target == "host" else toolchain.CORTEX_M4_FLAGS
     try:
         cc, cxx = toolchain.require(prefix + "gcc"), toolchain.require(prefix + "g++")
     except toolchain.ToolchainMissing as missing:
         pytest.skip(str(missing))
+    if target == "mbed_nano core flags":
+        c_flags, cxx_flags = ["-std=gnu11", *MBED_NANO_FLAGS], ["-std=gnu++14", "-fno-rtti", "-Wvla", *MBED_NANO_FLAGS]
+    else:
+        machine = list(toolchain.CORTEX_M4_FLAGS) if target == "cortex-m4" else []
+        c_flags = [*toolchain.C_FLAGS, *machine, "-O2"]
+        cxx_flags = [*CXX_FLAGS, *machine, "-O2", "-fno-exceptions", "-fno-rtti"]
     for name in _portable_sources():
         source, output = os.path.join(SRC, name), str(tmp_path / (name + ".o"))
-        if name.endswith(".c"):
-            _compile(cc, [*toolchain.C_FLAGS, *machine, "-O2"], source, output)
-        else:
-            _compile(cxx, [*CXX_FLAGS, *machine, "-O2", "-fno-exceptions", "-fno-rtti"], source, output)
+        _compile(cc if name.endswith(".c") else cxx, c_flags if name.endswith(".c") else cxx_flags, source, output)
 
 
 def test_the_tflm_glue_compiles_to_nothing_without_tflm(tmp_path):
