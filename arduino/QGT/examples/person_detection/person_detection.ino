@@ -86,8 +86,8 @@ void setup() {
   if (status != QGT_OK) qgt::halt("qgt_person_init: ", qgt_status_name(status));
   beginModel();
   if (!Camera.begin(QCIF, kFrameFormat, kFramesPerSecond, OV7675)) {
-    qgt::halt("the OV7675 camera did not start: check the shield's seating and the camera ribbon (README, "
-              "Troubleshooting)");
+    qgt::halt("the OV7675 camera did not start: check that the camera module and the board sit fully in the "
+              "shield, then unplug and replug the USB cable (README, Troubleshooting)");
   }
   Serial.println("person_detection: camera and model ready");
 }
