@@ -111,7 +111,6 @@ def test_the_shipped_sources_are_one_export_of_one_packed_model(shipped):
     for name, text in generated.files().items():
         with open(os.path.join(EXAMPLE, name)) as f:
             assert f.read() == text, f"{name} is not what qgt-export generates from model_data.cc's model"
-    assert tflite_model.op_names(tflite_model.read(shipped.packed)).count("QGT_CONV_2D") == 14
     with open(os.path.join(EXAMPLE, "model_data.h")) as f:
         assert f"kDataLength = {len(shipped.packed)};" in f.read()
 
