@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from test_tflm_export_common import TINY_BITS, calibration_images, converted_tiny, rounded_tiny, tiny_model
-from tflm_export import c_source, lut, pack, tflite_model, verify
+from tflm_export import c_source, lut, pack, tflite_model, toolchain, verify
 from tflm_export.tflite_model import ExportError
 
 
@@ -78,7 +78,8 @@ def _compile_and_run(compiler, folder, model_bytes, name, run=True):
             .replace("%NS%", namespace.upper()).replace("%ns%", namespace))
     with open(os.path.join(folder, "main.cc"), "w") as f:
         f.write(main)
-    flags = ["-std=c++17", "-Wall", "-Wextra", "-Werror", "-pedantic"]
+    # model_data.h of a packed model includes the QGT library's qgt_tflm.h (empty without TFLM headers)
+    flags = ["-std=c++17", "-Wall", "-Wextra", "-Werror", "-pedantic", f"-I{toolchain.library_dir()}"]
     if not run:  # a cross compiler: compile only, nothing to run the result on
         for unit in ("model_data", "main"):
             subprocess.run([compiler, *flags, "-mcpu=cortex-m4", "-mthumb", "-c", f"{unit}.cc", "-o", f"{unit}.o"],

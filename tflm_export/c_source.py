@@ -5,15 +5,16 @@ The header declares, in a namespace named after the model (``<name>_model``): th
 arena size, the number of distinct ops, and a macro ``<NAME>_MODEL_ADD_OPS(resolver)`` that adds each op to
 a ``tflite::MicroMutableOpResolver<kOpCount>``. Custom ops are added as
 ``AddCustom("<CODE>", Register_<CODE>())``: the firmware provides those registration functions (the QGT
-kernels for QGT_* ops, tflite::Register_DECODE for TFLM_DECODE). Output is deterministic: the same model
-and arguments give the same bytes.
+kernels for QGT_* ops, tflite::Register_DECODE for TFLM_DECODE). A model with QGT ops gets
+``#include "qgt_tflm.h"``, the QGT library's header (``arduino/QGT/src``) that declares their registration
+functions. Output is deterministic: the same model and arguments give the same bytes.
 """
 
 import math
 import os
 import re
 
-from tflm_export import tflite_model
+from tflm_export import pack, tflite_model
 from tflm_export.files import write_atomic
 from tflm_export.tflite_model import ExportError
 
@@ -21,6 +22,7 @@ _BYTES_PER_LINE = 12
 # Host (64-bit) arenas are larger than on a 32-bit MCU; round the host figure up to whole KiB.
 _ARENA_ROUND = 1024
 FILE_NAMES = ("model_data.h", "model_data.cc")
+QGT_OPS_HEADER = "qgt_tflm.h"  # declares Register_QGT_CONV_2D() etc. (arduino/QGT/src)
 
 
 def identifier(name):
@@ -80,6 +82,9 @@ def render(model_bytes, name, arena_bytes=None, source="", arena_origin="measure
     namespace = f"{ident}_model"
     guard = f"{namespace.upper()}_DATA_H_"
     calls = resolver_calls(model)
+    ops = set(tflite_model.op_names(model))
+    includes = ([f'#include "{QGT_OPS_HEADER}"  // Register_QGT_*(): the QGT library\'s TFLite-Micro ops', ""]
+                if ops & set(pack.CUSTOM_CODES.values()) else [])
     if arena_bytes is None:
         arena_line = ("// Arena unknown (not measured for this variant): measure with a RecordingMicroAllocator.\n"
                       "constexpr unsigned int kArenaSize = 0;")
@@ -96,6 +101,7 @@ def render(model_bytes, name, arena_bytes=None, source="", arena_origin="measure
         f"#ifndef {guard}",
         f"#define {guard}",
         "",
+        *includes,
         f"namespace {namespace} {{",
         "",
         "extern const unsigned char kData[];",

@@ -42,7 +42,8 @@ def library_dir():
 
 
 def library_sources():
-    """The .c files of the kernel library, sorted."""
+    """The .c files of ``arduino/QGT/src``, sorted: the kernel library and the C99 sketch-side adapters
+    (qgt_camera, qgt_person); the C++ files there (TFLM glue, board helpers) need TFLM or Arduino headers."""
     folder = library_dir()
     return sorted(os.path.join(folder, name) for name in os.listdir(folder) if name.endswith(".c"))
 
