@@ -54,6 +54,8 @@ flags.DEFINE_string("out", str(REPO_ROOT / "benchmarks" / "results" / "accuracy_
                     "Output path without extension.")
 flags.DEFINE_list("datasets", ["person96_spatial", "person96", "fashion_mnist"], "Data sets to run.")
 flags.DEFINE_integer("seeds", 3, "Seeds (0, 1, ...) of every float, PTQ, 2- and 4-bit row.", lower_bound=1)
+flags.DEFINE_list("rows", [], "Only the rows with these keys (e.g. float@32,qgt@2,'qgt (distilled)@2') and the "
+                  "teacher; default: every row of each data set's grid.")
 flags.DEFINE_integer("seeds_8bit", 1, "Seeds of the 8-bit and mixed-precision rows.", lower_bound=1)
 flags.DEFINE_string("teacher", str(MLPERF_WEIGHTS),
                     "person96: the float start and teacher (the MLPerf Tiny VWW weights, trained on real VWW).")
@@ -274,13 +276,24 @@ def measure_run(name, seed, row, setup, result, ood):
     return run
 
 
+def grid(name):
+    """The rows of data set ``name`` that --rows selects (the teacher, a reference, always)."""
+    if not FLAGS.rows:
+        return GRIDS[name]
+    known = {row.key for rows in GRIDS.values() for row in rows if row.method != "teacher"}
+    unknown = sorted(set(FLAGS.rows) - known)
+    if unknown:
+        raise app.UsageError(f"--rows: unknown row keys {unknown}; known: {sorted(known)}")
+    return tuple(row for row in GRIDS[name] if row.key in FLAGS.rows or row.method == "teacher")
+
+
 def run_dataset(name, partial, progress):
     """Every row of GRIDS[name] over the seeds, resuming from ``partial``; calls ``progress()`` after each seed;
     returns the data set's runs."""
     options, text = dataset_config(name)
     seeds = 1 if FLAGS.quick else FLAGS.seeds
     for seed in range(seeds):
-        rows = [row for row in GRIDS[name] if row.every_seed or seed < FLAGS.seeds_8bit]
+        rows = [row for row in grid(name) if row.every_seed or seed < FLAGS.seeds_8bit]
         if all(partial.done(name, seed, row) for row in rows):
             continue
         setup = recipes.build_setup(seed=seed, verbose=FLAGS.verbose, **options)
@@ -523,7 +536,7 @@ def main(argv):
     configs = [(name, dataset_config(name)[1]) for name in FLAGS.datasets]
     out = pathlib.Path(FLAGS.out)
     partial = Partial(out, {"flags": {name: FLAGS[name].value for name in sorted(FLAGS) if name in (
-        "datasets", "seeds", "seeds_8bit", "teacher", "person_epochs", "distill_temperature", "distill_weight",
+        "datasets", "rows", "seeds", "seeds_8bit", "teacher", "person_epochs", "distill_temperature", "distill_weight",
         "fmnist_float_epochs", "fmnist_epochs", "fmnist_batch", "mixed_bits", "deterministic", "quick")}})
 
     def progress():  # the results so far, after every seed

@@ -93,9 +93,9 @@ class Distiller(keras.Model):
     def call(self, inputs, training=None):
         return self.student(inputs, training=training)
 
-    def compile(self, optimizer="rmsprop", metrics=None, **kwargs):
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
         """Like Model.compile; the loss is the distillation loss (passing ``loss`` is an error)."""
-        if kwargs.get("loss") is not None:
+        if loss is not None:
             raise ValueError("a Distiller's loss is the distillation loss: compile it without loss=")
         super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
 
