@@ -35,8 +35,8 @@ METHODS = ("float", "ptq", "qat", "qgt")
 def build_parser():
     parser = cli.parser("qgt-train", __doc__)
     parser.add_argument("--dataset", default="person_folder",
-                        help="Data set reader of qgt_keras.datasets.NAMES: person_folder, vww_tfrecords, vww_coco, "
-                             "fashion_mnist.")
+                        help="Data set reader of qgt_keras.datasets.NAMES: person_folder, person96_spatial, "
+                             "vww_tfrecords, vww_coco, fashion_mnist.")
     parser.add_argument("--data_dir", help="Data folder (default: the bundled person96; Fashion-MNIST: Debian's "
                         "dataset-fashion-mnist location). Layouts: qgt_keras.datasets.split_sources.")
     parser.add_argument("--architecture", default="mobilenet_v1",
