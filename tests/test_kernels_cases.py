@@ -26,11 +26,13 @@ def sanitized_runner(tmp_path_factory):
         pytest.skip(str(missing))
 
 
-@pytest.fixture(scope="module")
-def cortex_m4_runner(tmp_path_factory):
+# -O2 as the benchmarks build; -Os as the Arduino mbed cores build libraries (no function alignment there:
+# the assembly routines must not depend on where the linker puts them).
+@pytest.fixture(scope="module", params=["-O2", "-Os"])
+def cortex_m4_runner(request, tmp_path_factory):
     try:
         emulator.require_qemu()
-        return kernel_runner.build_cortex_m4(str(tmp_path_factory.mktemp("cortex_m4")))
+        return kernel_runner.build_cortex_m4(str(tmp_path_factory.mktemp("cortex_m4")), optimize=request.param)
     except toolchain.ToolchainMissing as missing:
         pytest.skip(str(missing))
 

@@ -99,10 +99,11 @@ def build_host(out_dir, sanitize=True):
                                         else "kernel_runner", sanitize=sanitize)
 
 
-def build_cortex_m4(out_dir, portable=False):
+def build_cortex_m4(out_dir, portable=False, optimize="-O2"):
     """The runner as a Cortex-M4F image (DSP path, or the portable one), reading its files by semihosting."""
     return toolchain.build_cortex_m4([RUNNER_SOURCE], out_dir, "kernel_runner_portable.elf" if portable
-                                     else "kernel_runner.elf", portable=portable, defines=["QGT_RUNNER_SEMIHOST"])
+                                     else "kernel_runner.elf", portable=portable, optimize=optimize,
+                                     defines=["QGT_RUNNER_SEMIHOST"])
 
 
 def run_host(program, cases, folder):

@@ -419,7 +419,7 @@ typedef char pairs_job_layout_is_the_assembly_s[offsetof(pairs_job, acc) == 48 &
 #define QGT_ROR(n) ", ror #" #n
 
 #if (QGT_WEIGHT_BITS_MASK >> 1) & 1u
-__attribute__((naked)) static void pairs_1bit(pairs_job *job __attribute__((unused))) {
+QGT_ASM_ROUTINE static void pairs_1bit(pairs_job *job __attribute__((unused))) {
   QGT_PW_ROUTINE(QGT_PW_TAIL_SETUP,
                  QGT_PW_BLOCK_START("0x00010001")
                  QGT_PW_UNSIGNED_DOT("",
@@ -436,7 +436,7 @@ __attribute__((naked)) static void pairs_1bit(pairs_job *job __attribute__((unus
 }
 #endif
 #if (QGT_WEIGHT_BITS_MASK >> 2) & 1u
-__attribute__((naked)) static void pairs_2bit(pairs_job *job __attribute__((unused))) {
+QGT_ASM_ROUTINE static void pairs_2bit(pairs_job *job __attribute__((unused))) {
   QGT_PW_ROUTINE(QGT_PW_TAIL_SETUP,
                  QGT_PW_BLOCK_START("0x00030003")
                  QGT_PW_UNSIGNED_DOT(QGT_PW_FLIP("0xAAAAAAAA"),
@@ -447,7 +447,7 @@ __attribute__((naked)) static void pairs_2bit(pairs_job *job __attribute__((unus
 }
 #endif
 #if (QGT_WEIGHT_BITS_MASK >> 4) & 1u
-__attribute__((naked)) static void pairs_4bit(pairs_job *job __attribute__((unused))) {
+QGT_ASM_ROUTINE static void pairs_4bit(pairs_job *job __attribute__((unused))) {
   QGT_PW_ROUTINE(QGT_PW_TAIL_SETUP,
                  QGT_PW_BLOCK_START("0x000F000F")
                  QGT_PW_UNSIGNED_DOT(QGT_PW_FLIP("0x88888888"),
@@ -456,7 +456,7 @@ __attribute__((naked)) static void pairs_4bit(pairs_job *job __attribute__((unus
 }
 #endif
 #if (QGT_WEIGHT_BITS_MASK >> 8) & 1u
-__attribute__((naked)) static void pairs_8bit(pairs_job *job __attribute__((unused))) {
+QGT_ASM_ROUTINE static void pairs_8bit(pairs_job *job __attribute__((unused))) {
   QGT_PW_ROUTINE("", QGT_PW_BLOCK_START("0") QGT_PW_8BIT_DOT);
 }
 #endif

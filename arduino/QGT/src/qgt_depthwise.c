@@ -402,11 +402,11 @@ typedef char dw_rows_job_layout_is_the_assembly_s[offsetof(dw_rows_job, offset2)
           "add sp, sp, #100\n\t"                                                                    \
           "pop {r4-r11, pc}\n\t")
 
-__attribute__((naked)) static void rows_3x3_stride1(dw_rows_job *job __attribute__((unused))) {
+QGT_ASM_ROUTINE static void rows_3x3_stride1(dw_rows_job *job __attribute__((unused))) {
   QGT_DW_ROUTINE(QGT_DW_STRIDE1);
 }
 
-__attribute__((naked)) static void rows_3x3_stride2(dw_rows_job *job __attribute__((unused))) {
+QGT_ASM_ROUTINE static void rows_3x3_stride2(dw_rows_job *job __attribute__((unused))) {
   QGT_DW_ROUTINE(QGT_DW_STRIDE2);
 }
 

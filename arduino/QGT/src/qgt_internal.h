@@ -19,6 +19,11 @@
  * as never run and would optimize what follows them, the kernel's loops, for size too. */
 #define QGT_COLD __attribute__((cold))
 
+/* A hand-written assembly routine. Word-aligned because its ADR instructions take their offsets from the
+ * word-aligned PC: the assembler computes them for a word-aligned start, and at -Os or -O1 (no function
+ * alignment) the linker could place the routine at 2 mod 4, sending every computed branch 2 bytes off. */
+#define QGT_ASM_ROUTINE __attribute__((naked, aligned(4)))
+
 #define QGT_INT32_MAX 2147483647
 #define QGT_INT32_MIN (-QGT_INT32_MAX - 1)
 
