@@ -107,7 +107,8 @@ def test_bad_arguments_are_named(teacher):
 
 _MIRRORED_DISTILLATION = textwrap.dedent("""
     import numpy as np
-        cpu = tf.config.list_physical_devices("CPU")[0]
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import tf_keras as keras
     from qgt_keras import conversion, distillation, models
@@ -138,6 +139,7 @@ def test_distillation_under_mirrored_strategy_on_two_logical_cpus():
     assert result.returncode == 0, result.stderr[-3000:]
     lines = dict(line.split(" ", 1) for line in result.stdout.strip().splitlines())
     assert lines["replicas"] == "2 steps [8]"  # every regularizer counted each global step once
-    # The loss over the global batch, as one device computes it.
+    # The loss over the global batch, as one device computes it: up to the replicas' float32 reduction order, which
+    # here moved it by up to 4e-4 (a loss counted per replica, not per global batch, would be off by 2x).
     single = float(lines["loss"].split()[-1])
-    assert float(lines["mirrored-eval"]) == pytest.approx(single, rel=1e-4)
+    assert float(lines["mirrored-eval"]) == pytest.approx(single, rel=2e-3)

@@ -14,8 +14,8 @@ LAYERS = {
                   "callbacks", "report", "augmentation", "idx", "datasets", "models", "plots", "recipes"],
     "tflm_export": ["tflite_model", "termination", "files", "layout", "reference", "snap", "keras_convert",
                     "bitpack", "requant", "parameters", "pack", "lut", "tflm_runner", "verify", "c_source",
-                    "toolchain", "emulator", "kernel_abi", "kernel_runner", "memory_plan", "codegen", "model_runner",
-                    "c_model", "export"],
+                    "camera", "person", "toolchain", "emulator", "kernel_abi", "kernel_runner", "memory_plan", "codegen",
+                    "model_runner", "sketch_runner", "c_model", "export"],
     "qgt": ["cli", "export", "train", "quickstart"],
 }
 # A package may import the packages listed for it.
