@@ -21,24 +21,12 @@ enum {
   F_SCRATCH_DELTA, F_OPTIONS_LEN, F_BLOB_LEN, F_INPUT_LEN, CASE_FIELDS
 };
 
+#define QGT_RUNNER_INPUT "cases.bin"
+#include "runner_io.h"
+
 #ifdef QGT_RUNNER_SEMIHOST
-#include "semihost.h"
-static int32_t in_file, out_file;
 static uint8_t arena[3u << 20] __attribute__((aligned(8)));
 static size_t arena_used;
-static int open_files(int argc, char **argv) {
-  (void)argc;
-  (void)argv;
-  in_file = qgt_semihost_open("cases.bin", "rb");
-  out_file = qgt_semihost_open("results.bin", "wb");
-  return in_file >= 0 && out_file >= 0;
-}
-static int read_bytes(void *data, size_t bytes) { return qgt_semihost_read(in_file, data, bytes) == bytes; }
-static void write_bytes(const void *data, size_t bytes) { (void)qgt_semihost_write(out_file, data, bytes); }
-static void close_files(void) {
-  qgt_semihost_close(in_file);
-  qgt_semihost_close(out_file);
-}
 static void *allocate(size_t bytes) {
   const size_t start = (arena_used + 7u) & ~(size_t)7u;
   if (bytes > sizeof arena - start) return NULL;
@@ -47,23 +35,9 @@ static void *allocate(size_t bytes) {
 }
 static void release_all(void) { arena_used = 0; }
 #else
-#include <stdio.h>
 #include <stdlib.h>
-static FILE *in_file, *out_file;
 static void *blocks[16];
 static int block_count;
-static int open_files(int argc, char **argv) {
-  if (argc != 3) return 0;
-  in_file = fopen(argv[1], "rb");
-  out_file = fopen(argv[2], "wb");
-  return in_file != NULL && out_file != NULL;
-}
-static int read_bytes(void *data, size_t bytes) { return fread(data, 1, bytes, in_file) == bytes; }
-static void write_bytes(const void *data, size_t bytes) { (void)fwrite(data, 1, bytes, out_file); }
-static void close_files(void) {
-  fclose(in_file);
-  fclose(out_file);
-}
 static void *allocate(size_t bytes) { /* exact sizes, so AddressSanitizer sees any overrun */
   void *p = malloc(bytes ? bytes : 1);
   if (p != NULL) blocks[block_count++] = p;

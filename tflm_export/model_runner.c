@@ -22,23 +22,11 @@
 
 __attribute__((noinline)) void qgt_runner_layer(int op) { __asm__ volatile("" : : "r"(op) : "memory"); }
 
+#define QGT_RUNNER_INPUT "inputs.bin"
+#include "runner_io.h"
+
 #ifdef QGT_RUNNER_SEMIHOST
-#include "semihost.h"
-static int32_t in_file, out_file;
 static uint8_t copied[1u << 20] __attribute__((aligned(4)));
-static int open_files(int argc, char **argv) {
-  (void)argc;
-  (void)argv;
-  in_file = qgt_semihost_open("inputs.bin", "rb");
-  out_file = qgt_semihost_open("results.bin", "wb");
-  return in_file >= 0 && out_file >= 0;
-}
-static int read_bytes(void *data, size_t bytes) { return qgt_semihost_read(in_file, data, bytes) == bytes; }
-static void write_bytes(const void *data, size_t bytes) { (void)qgt_semihost_write(out_file, data, bytes); }
-static void close_files(void) {
-  qgt_semihost_close(in_file);
-  qgt_semihost_close(out_file);
-}
 static void *copy_buffer(size_t bytes) { return bytes <= sizeof copied ? copied : NULL; }
 static void release(void *p) { (void)p; }
 
@@ -61,21 +49,7 @@ __attribute__((noinline)) static int invoke(const int8_t *input, int8_t *output,
   return status;
 }
 #else
-#include <stdio.h>
 #include <stdlib.h>
-static FILE *in_file, *out_file;
-static int open_files(int argc, char **argv) {
-  if (argc != 3) return 0;
-  in_file = fopen(argv[1], "rb");
-  out_file = fopen(argv[2], "wb");
-  return in_file != NULL && out_file != NULL;
-}
-static int read_bytes(void *data, size_t bytes) { return fread(data, 1, bytes, in_file) == bytes; }
-static void write_bytes(const void *data, size_t bytes) { (void)fwrite(data, 1, bytes, out_file); }
-static void close_files(void) {
-  fclose(in_file);
-  fclose(out_file);
-}
 static void *copy_buffer(size_t bytes) { return malloc(bytes); }
 static void release(void *p) { free(p); }
 
