@@ -10,10 +10,13 @@ is built with arm-none-eabi-gcc -O2 for qemu's mps2-an386 (Cortex-M4F) and run o
 crops; its outputs must equal the TFLite-Micro runtime's on the int8 model. Instructions are counted
 exactly by a TCG plugin (tflm_export.emulator; instructions, not cycles), per op between the generated
 model's layer hooks; flash (text + rodata) and RAM (data + bss) come from the link map, the peak stack of
-invoke from stack painting. Writes benchmarks/results/cortex_m4.{json,md,png}.
-Usage: python benchmarks/cortex_m4.py
+invoke from stack painting. Writes cortex_m4.{json,md,png} to --out_dir (benchmarks/results); about a
+minute on 2 cores, and tests/test_benchmark_cortex_m4.py runs it in CI.
+
+    python benchmarks/cortex_m4.py [--out_dir=benchmarks/results]
 """
 
+import argparse
 import json
 import os
 import sys
@@ -121,6 +124,9 @@ def by_kind(layers):
 
 
 def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out_dir", default=RESULTS, help="Where cortex_m4.{json,md,png} go.")
+    out_dir = parser.parse_args().out_dir
     run = provenance.Run()
     commit = run.record()["commit"]
     rows = []
@@ -145,10 +151,10 @@ def main():
               "counting": "qemu-system-arm mps2-an386, TCG plugin counting every executed instruction (exact)",
               "anchors": ANCHORS, "goals": GOALS, "rows": rows}
     result["provenance"] = run.record()
-    os.makedirs(RESULTS, exist_ok=True)
-    write_atomic(os.path.join(RESULTS, "cortex_m4.json"), json.dumps(result, indent=2) + "\n")
-    write_atomic(os.path.join(RESULTS, "cortex_m4.md"), markdown(result))
-    plot(result, os.path.join(RESULTS, "cortex_m4.png"))
+    os.makedirs(out_dir, exist_ok=True)
+    write_atomic(os.path.join(out_dir, "cortex_m4.json"), json.dumps(result, indent=2) + "\n")
+    write_atomic(os.path.join(out_dir, "cortex_m4.md"), markdown(result))
+    plot(result, os.path.join(out_dir, "cortex_m4.png"))
     print(markdown(result))
 
 
