@@ -4,6 +4,7 @@ qgt_person.h) for the host tests; the structs mirror the headers field by field.
 import ctypes
 
 import numpy as np
+import pytest
 
 from tflm_export import requant, toolchain
 
@@ -83,3 +84,11 @@ class Library:
         permille = ctypes.c_int32(-1)
         status = self.lib.qgt_person_update(ctypes.byref(detector), output.ctypes.data, ctypes.byref(permille))
         return self.status_name(status), permille.value, bool(detector.present)
+
+
+def library_or_skip(tmp_path_factory):
+    """The library built into a fresh folder, or the test skipped with the toolchain's message."""
+    try:
+        return Library(str(tmp_path_factory.mktemp("sketch_lib")))
+    except toolchain.ToolchainMissing as missing:
+        pytest.skip(str(missing))

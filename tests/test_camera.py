@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tflm_export import camera, toolchain
+from tflm_export import camera
 
-from sketch_ctypes import Library
+from sketch_ctypes import library_or_skip
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PERSON96_TEST = os.path.join(HERE, "..", "data", "person96", "test")
@@ -20,10 +20,7 @@ QCIF = (176, 144)
 
 @pytest.fixture(scope="module")
 def lib(tmp_path_factory):
-    try:
-        return Library(str(tmp_path_factory.mktemp("sketch_lib")))
-    except toolchain.ToolchainMissing as missing:
-        pytest.skip(str(missing))
+    return library_or_skip(tmp_path_factory)
 
 
 def person96_crops(count=6):

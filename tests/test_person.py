@@ -4,19 +4,16 @@ int8 output value and on decision sequences, plus known answers."""
 import numpy as np
 import pytest
 
-from tflm_export import person, toolchain
+from tflm_export import person
 
-from sketch_ctypes import Library
+from sketch_ctypes import library_or_skip
 
 SOFTMAX = (1 / 256, -128)  # TFLite's int8 softmax output quantization
 
 
 @pytest.fixture(scope="module")
 def lib(tmp_path_factory):
-    try:
-        return Library(str(tmp_path_factory.mktemp("sketch_lib")))
-    except toolchain.ToolchainMissing as missing:
-        pytest.skip(str(missing))
+    return library_or_skip(tmp_path_factory)
 
 
 def test_softmax_scores_are_the_probability_in_thousandths():
