@@ -24,16 +24,16 @@ import tempfile
 
 import numpy as np
 
+import person_network
 import provenance
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from qgt_keras import datasets, models  # noqa: E402
+from qgt_keras import datasets  # noqa: E402
 from tflm_export import codegen, export, keras_convert, model_runner, pack, snap, verify  # noqa: E402
 from tflm_export.files import write_atomic  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REFERENCE_MODELS = os.path.join(HERE, "..", "..", "shared", "reference_models")  # ../shared from the repo root
 RESULTS = os.path.join(HERE, "results")
 MODEL = "mobilenet_v1_96x96x1"
 WIDTHS = (1, 2, 4, 8)  # the first layer stays 8-bit
@@ -56,13 +56,8 @@ def _images(count, grayscale=True):
 
 def _int8_model():
     """The all-8-bit int8 .tflite of the network (MLPerf weights when ../shared has them)."""
-    model = models.mobilenet_v1((96, 96, 1), alpha=0.25)
-    reference = os.path.join(REFERENCE_MODELS, "mlperf_tiny_vww_96.h5")
-    if os.path.exists(reference):
-        models.init_from(model, reference)
-    else:
-        print(f"note: {reference} not found, using untrained weights", file=sys.stderr)
-    return keras_convert.convert_keras(model, _images(CALIBRATION_IMAGES), None, 8).tflite
+    return keras_convert.convert_keras(person_network.mobilenet_v1_96x96x1(), _images(CALIBRATION_IMAGES), None,
+                                       8).tflite
 
 
 def _labels(layers):

@@ -30,7 +30,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import tempfile
 
 import numpy as np
@@ -38,13 +37,14 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
+import person_network  # noqa: E402
 import provenance  # noqa: E402
-from qgt_keras import datasets, models  # noqa: E402
+from qgt_keras import datasets  # noqa: E402
 from tflm_export import export, layout, pack, tflite_model, verify  # noqa: E402
 from tflm_export.files import write_atomic  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REFERENCE_MODELS = os.path.join(HERE, "..", "..", "shared", "reference_models")  # ../shared from the repo root
+REFERENCE_MODELS = person_network.REFERENCE_MODELS
 RESULTS = os.path.join(HERE, "results")
 BITS, FIRST_LAYER_BITS = 2, 8
 GOAL_BYTES = 64 * 1024
@@ -53,14 +53,8 @@ VERIFY_INPUTS = 8
 
 
 def _keras_model(folder):
-    model = models.mobilenet_v1((96, 96, 1), alpha=0.25)
-    reference = os.path.join(REFERENCE_MODELS, "mlperf_tiny_vww_96.h5")
-    if os.path.exists(reference):
-        models.init_from(model, reference)
-    else:
-        print(f"note: {reference} not found, exporting untrained weights", file=sys.stderr)
     path = os.path.join(folder, "mobilenet_v1_96x96x1.keras")
-    model.save(path)
+    person_network.mobilenet_v1_96x96x1().save(path)
     return path
 
 
