@@ -5,13 +5,15 @@ bits of every layer).
 examples:
   qgt-train --method=qgt --bits=2 --epochs=3 --init_from=mlperf --out_dir=runs/qgt2
   qgt-train --dataset=person96_spatial --method=qgt --bits=2 --init_from=mlperf --distill_from=mlperf \\
-      --out_dir=runs/qgt2_distilled
+      --unlabeled_dir=transfer --out_dir=runs/qgt2_distilled
   qgt-train --dataset=fashion_mnist --architecture=mobilenet_28 --alpha=1 --float_epochs=4 \\
       --method=qgt --budget_bytes=12000 --out_dir=runs/fmnist_mixed
 
 --init_from=mlperf starts from the MLPerf Tiny VWW reference weights: $QGT_MLPERF_WEIGHTS or
 ~/.keras/qgt/mlperf_tiny_vww_96.h5 (download: qgt_keras.models.MLPERF_URL, see the README); --distill_from
-trains against a frozen float teacher (a model file, or mlperf) instead of the labels alone.
+trains against a frozen float teacher (a model file, or mlperf) instead of the labels alone, and
+--unlabeled_dir adds a batch of unlabeled images of other scenes to each training batch, which teach through
+the teacher's soft targets (a folder, or transfer: the bundled data/transfer).
 
 Writes into --out_dir: model.keras (the evaluated model, kernels on their grid), qgt_model.keras (the model
 with quantized layers in the hard-quantization phase, input of qgt-export), calibration.npy (training
@@ -85,6 +87,9 @@ def build_parser():
     parser.add_argument("--distill_weight", type=float, default=1.0,
                         help="Share of the soft targets in the loss, the rest the labels' (--distill_from; 1: the "
                              "teacher alone).")
+    parser.add_argument("--unlabeled_dir",
+                        help="With --distill_from: append a batch of these unlabeled images (a folder, searched "
+                             "recursively, or 'transfer' for the bundled data/transfer) to each training batch.")
     parser.add_argument("--init_from",
                         help="Start from these float weights: a .h5/.keras file, or 'mlperf' for the MLPerf Tiny "
                              "VWW reference (see above).")
@@ -127,6 +132,10 @@ def check_flags(args):
             raise FileNotFoundError(f"--{flag} file {value} does not exist")
     if not 0 <= args.distill_weight <= 1 or not args.distill_temperature > 0:
         raise ValueError("need 0 <= --distill_weight <= 1 and --distill_temperature > 0")
+    if args.unlabeled_dir and not args.distill_from:
+        raise ValueError("--unlabeled_dir teaches through the teacher's soft targets: also pass --distill_from")
+    if args.unlabeled_dir and args.unlabeled_dir != "transfer" and not os.path.isdir(args.unlabeled_dir):
+        raise FileNotFoundError(f"--unlabeled_dir {args.unlabeled_dir} is not a folder")
     if args.data_dir and not os.path.exists(args.data_dir):
         raise FileNotFoundError(f"--data_dir {args.data_dir} does not exist")
     cli.check_out_file_folder(args.out_dir)
@@ -180,7 +189,8 @@ def write_outputs(out_dir, setup, result, before, args):
 def _run(args):
     check_flags(args)
     cli.quiet_tensorflow()
-    from qgt_keras import layer_kinds, models, quantizers, recipes, report  # after the checks: TensorFlow is slow
+    # After the checks: TensorFlow is slow to import.
+    from qgt_keras import datasets, layer_kinds, models, quantizers, recipes, report
 
     quantizers.check_bits(args.bits, "--bits")
     if parse_edge_bits(args.edge_bits) is not None:
@@ -194,8 +204,9 @@ def _run(args):
     init_from = models.weights_file(args.init_from) if args.init_from else None
     distillation = (recipes.Distillation(models.weights_file(args.distill_from), args.distill_temperature,
                                          args.distill_weight) if args.distill_from else None)
+    unlabeled_dir = datasets.bundled_transfer_dir() if args.unlabeled_dir == "transfer" else args.unlabeled_dir
     setup = recipes.build_setup(
-        args.dataset, args.architecture, data_dir=args.data_dir, alpha=args.alpha, grayscale=args.grayscale,
+        args.dataset, args.architecture, data_dir=args.data_dir, unlabeled_dir=unlabeled_dir, alpha=args.alpha, grayscale=args.grayscale,
         image_size=args.image_size, batch_size=args.batch, limit=args.limit, test_limit=args.test_limit,
         init_from=init_from, seed=args.seed, bn_momentum=args.bn_momentum, augment=args.augment,
         pretrain_epochs=args.float_epochs, finetune_epochs=args.epochs, learning_rate=args.float_learning_rate,

@@ -28,6 +28,10 @@ pass the dataset to ``strategy.experimental_distribute_dataset`` in a custom loo
 strategies the datasets set the auto-shard policy that fits their source: by file for TFRecords, by
 element otherwise.
 
+Unlabeled images (``load_data(unlabeled_dir=...)``, :func:`read_unlabeled_images`): images of other scenes
+with the label :data:`UNLABELED`, appended to every training batch, from which a student learns its
+teacher's soft targets (``qgt_keras.distillation``); the bundled ``data/transfer`` is such a set.
+
 Augmentation (``augment=True``, meant for training): :mod:`qgt_keras.augmentation`. IDX files:
 :mod:`qgt_keras.idx`.
 """
@@ -107,6 +111,12 @@ def bundled_ood_dir():
     return _bundled("ood", "out-of-scene set")
 
 
+def bundled_transfer_dir():
+    """The unlabeled crops of other scenes shipped in this repository (``data/transfer``; see its README), for
+    distillation; none of data/ood's photos."""
+    return _bundled("transfer", "transfer set")
+
+
 # person96's windows (data/person96/README.md): 192x192 pixels of the 768x576 video at stride 96, named
 # vtest_f{frame}_x{x0}_y{y0}.jpg. The spatial split puts the windows that lie left of this column into the
 # test split and those that lie right of it into the training split; the windows that cross it share pixels
@@ -145,7 +155,9 @@ def spatial_split(root=None):
     return splits
 
 
-UNLABELED = -1  # the label of an out-of-scene crop whose person / non_person label is not clear
+# The label of an image without a class: an out-of-scene crop whose person / non_person label is not clear, an
+# unlabeled image for distillation.
+UNLABELED = -1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -361,6 +373,9 @@ class Data:
     input_shape: tuple
     num_classes: int
     description: str
+    # Endless batches of unlabeled images (labels UNLABELED) that distillation appends to each training batch
+    # (:func:`mix_unlabeled`), or None.
+    unlabeled: tf.data.Dataset = None
 
 
 def split_sources(name, data_dir=None):
@@ -399,10 +414,11 @@ def split_sources(name, data_dir=None):
 
 
 def load_data(name, data_dir=None, *, image_size=96, grayscale=False, batch_size=32, limit=None, test_limit=None,
-              calibration_size=256, seed=0, augment=True):
+              calibration_size=256, seed=0, augment=True, unlabeled_dir=None):
     """Reads data set ``name`` (one of :data:`NAMES`, layouts in :func:`split_sources`) into a :class:`Data`.
 
-    ``limit`` / ``test_limit`` use a seeded subset (for quick runs).
+    ``limit`` / ``test_limit`` use a seeded subset (for quick runs). ``unlabeled_dir``: a folder of unlabeled
+    images (:func:`read_unlabeled_images`, ``batch_size`` of them per training batch) for distillation.
     """
     sources = split_sources(name, data_dir)
     image_options = {"image_size": (image_size, image_size), "grayscale": grayscale}
@@ -431,9 +447,46 @@ def load_data(name, data_dir=None, *, image_size=96, grayscale=False, batch_size
     num_examples = info.num_examples if info.num_examples is not None else limit
     if not num_examples:
         raise ValueError(f"cannot count the training examples of {info.source}; pass limit")
+    description = f"{name} ({num_examples} train, {test_info.num_examples or test_limit} test images"
+    unlabeled = None
+    if unlabeled_dir is not None:
+        unlabeled, unlabeled_info = read_unlabeled_images(unlabeled_dir, **image_options, batch_size=batch_size,
+                                                          augment=augment, seed=seed)
+        description += f", {unlabeled_info.num_examples} unlabeled from {unlabeled_info.source}"
     return Data(train, test, (x.numpy(), y.numpy()), math.ceil(num_examples / batch_size), info.image_shape,
-                info.num_classes,
-                f"{name} ({num_examples} train, {test_info.num_examples or test_limit} test images)")
+                info.num_classes, description + ")", unlabeled)
+
+
+def read_unlabeled_images(data_dir, *, image_size=(96, 96), grayscale=False, batch_size=32, augment=True, seed=0,
+                          validate=True):
+    """Every image under ``data_dir`` (searched recursively; e.g. :func:`bundled_transfer_dir`), shuffled,
+    augmented like training data, in endless batches of ``batch_size`` with the label :data:`UNLABELED`.
+
+    Returns (dataset, info); raises FileNotFoundError for a missing folder, ValueError for one without a
+    readable image.
+    """
+    root = pathlib.Path(data_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"unlabeled image folder {root} does not exist")
+    paths = sorted(str(p) for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not paths:
+        raise ValueError(f"unlabeled image folder {root} holds no image ({', '.join(IMAGE_EXTENSIONS)})")
+    dataset, info = _read_files(paths, [UNLABELED] * len(paths), f"{root} (unlabeled)", (), tuple(image_size),
+                                grayscale, batch_size, True, augment, seed, validate, None, True)
+    if info.num_examples < batch_size:
+        raise ValueError(f"unlabeled image folder {root} has {info.num_examples} readable images, fewer than one "
+                         f"batch of {batch_size}")
+    return dataset.repeat(), info
+
+
+def mix_unlabeled(labeled, unlabeled):
+    """``labeled``'s batches, each with a batch of ``unlabeled`` appended (images and int32 labels); as long
+    as ``labeled``."""
+    def concatenate(batch, extra):
+        return (tf.concat([batch[0], extra[0]], 0),
+                tf.concat([tf.cast(batch[1], tf.int32), tf.cast(extra[1], tf.int32)], 0))
+
+    return tf.data.Dataset.zip((labeled, unlabeled)).map(concatenate, num_parallel_calls=_AUTOTUNE)
 
 
 def _list_images(folder):

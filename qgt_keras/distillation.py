@@ -6,9 +6,11 @@ computes and trains it with, per example,
     loss = (1 - weight) * CE(y, p_s) + weight * T^2 * KL(q_t || q_s),    q = softmax(log(p) / T)
 
 where p_s and p_t are the student's and the teacher's class probabilities, CE the cross-entropy with the
-integer label y and T the temperature (T^2 keeps the soft term's gradient at the size of the hard one's as T
+integer label y (0 for examples labeled ``datasets.UNLABELED``: they teach through the soft term alone) and T
+the temperature (T^2 keeps the soft term's gradient at the size of the hard one's as T
 grows; Hinton et al. 2015). ``weight = 1`` trains on the teacher's soft targets alone: labels are then not
-needed, so any image the teacher sees teaches the student. Both models output probabilities (a softmax);
+needed, so any image the teacher sees teaches the student (``datasets.load_data(unlabeled_dir=...)`` appends
+unlabeled images of other scenes to every batch; training accuracy counts the labeled examples only). Both models output probabilities (a softmax);
 log(p) is their logits up to a constant per example, which a softmax ignores. The loss adds the student's
 regularization losses (its QGT terms) unweighted.
 
@@ -26,6 +28,8 @@ Evaluation (``distiller.evaluate``) reports the same loss on held-out data; accu
 
 import tensorflow as tf
 import tf_keras as keras
+
+from qgt_keras import datasets
 
 DEFAULT_TEMPERATURE = 2.0
 DEFAULT_WEIGHT = 1.0
@@ -48,14 +52,18 @@ def log_soft_targets(probabilities, temperature):
 
 
 def distillation_losses(labels, student_probabilities, teacher_probabilities, temperature, weight):
-    """Per-example (total, hard, soft) losses of the module docstring; ``labels`` may be None when weight is 1."""
+    """Per-example (total, hard, soft) losses of the module docstring; ``labels`` may be None when weight is 1;
+    an example labeled ``datasets.UNLABELED`` has no hard loss."""
     teacher_log = tf.stop_gradient(log_soft_targets(teacher_probabilities, temperature))
     student_log = log_soft_targets(student_probabilities, temperature)
     soft = temperature ** 2 * tf.reduce_sum(tf.exp(teacher_log) * (teacher_log - student_log), axis=-1)
     if labels is None:
         hard = tf.zeros_like(soft)
     else:
-        hard = keras.losses.sparse_categorical_crossentropy(tf.reshape(labels, [-1]), student_probabilities)
+        labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
+        labeled = labels != datasets.UNLABELED
+        hard = keras.losses.sparse_categorical_crossentropy(tf.where(labeled, labels, 0), student_probabilities)
+        hard = tf.where(labeled, hard, 0.0)
     return (1.0 - weight) * hard + weight * soft, hard, soft
 
 
@@ -115,6 +123,14 @@ class Distiller(keras.Model):
         self._trackers["loss"].update_state(loss)
         # Gradients are summed over replicas: each contributes its share of the global batch's mean.
         return loss / tf.distribute.get_strategy().num_replicas_in_sync
+
+    def compute_metrics(self, x, y, y_pred, sample_weight):
+        """The compiled metrics (the student's accuracy) over the labeled examples only."""
+        if y is not None:
+            labeled = tf.cast(tf.reshape(y, [-1]) != datasets.UNLABELED, y_pred.dtype)
+            sample_weight = labeled if sample_weight is None else labeled * tf.reshape(
+                tf.cast(sample_weight, y_pred.dtype), [-1])
+        return super().compute_metrics(x, y, y_pred, sample_weight)
 
     @property
     def metrics(self):

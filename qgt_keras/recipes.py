@@ -64,7 +64,8 @@ class Setup:
       lr_schedule: "cosine" (decay to 0 over each phase) or "constant".
       edge_bits: bits of the first and last quantized layer for ptq, qat_ste and qgt (None: same as the rest).
       distillation: a :class:`Distillation` for every method's training (pre-training stays on the labels),
-        or None.
+        or None. With unlabeled images in ``data`` (``data.unlabeled``) the methods train on batches of
+        labeled and unlabeled images, and BatchNormalization is re-estimated on the same mix.
       freeze_batchnorm: the methods train with BatchNormalization frozen (inference mode: the start's
         statistics, gamma and beta kept) and do not re-estimate it after snapping, so that no statistic comes
         from the training data alone (docs/RECIPE.md: it keeps a float student's function out of scene, and
@@ -91,6 +92,16 @@ class Setup:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.pretrain_epochs < 0 or self.finetune_epochs < 1:
             raise ValueError("need pretrain_epochs >= 0 and finetune_epochs >= 1")
+        if self.data.unlabeled is not None and self.distillation is None:
+            raise ValueError("unlabeled images teach only through a teacher's soft targets: give the setup a "
+                             "distillation")
+
+    def method_data(self):
+        """What the methods train on and re-estimate BatchNormalization with: the training batches, each with a
+        batch of the unlabeled images appended if there are any."""
+        if self.data.unlabeled is None:
+            return self.data.train
+        return datasets.mix_unlabeled(self.data.train, self.data.unlabeled)
 
     @property
     def total_epochs(self):
@@ -164,7 +175,8 @@ def fit(model, setup, epochs, learning_rate, extra_callbacks=(), pretraining=Fal
                                          setup.distillation.weight)
     compile_model(trained, learning_rate, decay_steps)
     start = time.perf_counter()
-    history = trained.fit(setup.data.train, epochs=epochs, callbacks=list(extra_callbacks), verbose=setup.verbose)
+    data = setup.data.train if pretraining else setup.method_data()
+    history = trained.fit(data, epochs=epochs, callbacks=list(extra_callbacks), verbose=setup.verbose)
     return time.perf_counter() - start, history.history
 
 
@@ -192,10 +204,10 @@ def _policy(setup, bits, strength=None, overrides=None, scale="mse"):
 
 
 def reestimate_batchnorm(model, setup):
-    """Re-estimates ``model``'s BatchNormalization statistics on the setup's training data (weights frozen);
-    returns the seconds it took."""
+    """Re-estimates ``model``'s BatchNormalization statistics on the methods' training data (weights frozen;
+    ``Setup.method_data``); returns the seconds it took."""
     start = time.perf_counter()
-    conversion.recalibrate_batchnorm(model, setup.data.train, BN_REESTIMATION_BATCHES)
+    conversion.recalibrate_batchnorm(model, setup.method_data(), BN_REESTIMATION_BATCHES)
     return time.perf_counter() - start
 
 
@@ -308,11 +320,14 @@ def qgt_mixed(setup, budget_bytes, schedule=QGTSchedule(), candidates=report.BIT
 
 
 def build_setup(dataset, model_name, *, data_dir=None, alpha=0.25, grayscale=False, image_size=96, batch_size=32,
-                limit=None, test_limit=None, init_from=None, seed=0, bn_momentum=0.9, augment=True, **setup_options):
-    """Data and a model builder for a named data set and model (see :data:`models.MODELS`), seeded."""
+                limit=None, test_limit=None, init_from=None, seed=0, bn_momentum=0.9, augment=True, unlabeled_dir=None,
+                **setup_options):
+    """Data and a model builder for a named data set and model (see :data:`models.MODELS`), seeded.
+    ``unlabeled_dir``: unlabeled images for the distillation (``datasets.load_data``)."""
     keras.utils.set_random_seed(seed)
     data = datasets.load_data(dataset, data_dir, image_size=image_size, grayscale=grayscale, batch_size=batch_size,
-                              limit=limit, test_limit=test_limit, seed=seed, augment=augment)
+                              limit=limit, test_limit=test_limit, seed=seed, augment=augment,
+                              unlabeled_dir=unlabeled_dir)
     model_options = {"input_shape": data.input_shape, "num_classes": data.num_classes, "bn_momentum": bn_momentum}
     if model_name != "small_cnn":
         model_options["alpha"] = alpha
