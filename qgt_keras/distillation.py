@@ -126,10 +126,11 @@ class Distiller(keras.Model):
 
     def compute_metrics(self, x, y, y_pred, sample_weight):
         """The compiled metrics (the student's accuracy) over the labeled examples only."""
-        if y is not None:
-            labeled = tf.cast(tf.reshape(y, [-1]) != datasets.UNLABELED, y_pred.dtype)
-            sample_weight = labeled if sample_weight is None else labeled * tf.reshape(
-                tf.cast(sample_weight, y_pred.dtype), [-1])
+        if y is not None:  # (compile's metrics ignore sample weights: the unlabeled rows are left out)
+            labeled = tf.reshape(y, [-1]) != datasets.UNLABELED
+            y, y_pred = tf.boolean_mask(tf.reshape(y, [-1]), labeled), tf.boolean_mask(y_pred, labeled)
+            if sample_weight is not None:
+                sample_weight = tf.boolean_mask(tf.reshape(sample_weight, [-1]), labeled)
         return super().compute_metrics(x, y, y_pred, sample_weight)
 
     @property

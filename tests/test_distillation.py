@@ -10,7 +10,7 @@ import pytest
 import tf_keras as keras
 
 from conftest import small_cnn
-from qgt_keras import conversion, distillation
+from qgt_keras import conversion, datasets, distillation
 from qgt_keras.callbacks import QGTMonitor, QGTScheduler
 
 
@@ -37,6 +37,19 @@ def test_the_loss_mixes_hard_labels_and_soft_targets_as_documented(temperature, 
         np.testing.assert_allclose(actual.numpy(), wanted, rtol=1e-4, atol=1e-6)
     same = distillation.distillation_losses(labels, teacher, teacher, temperature, weight)[2]
     np.testing.assert_allclose(same.numpy(), 0, atol=1e-5)  # matching the teacher costs nothing
+
+
+def test_unlabeled_examples_add_no_hard_loss():
+    rng = np.random.default_rng(1)
+    student = rng.dirichlet(np.ones(2), 6).astype(np.float32)
+    teacher = rng.dirichlet(np.ones(2), 6).astype(np.float32)
+    labels = np.array([0, 1, datasets.UNLABELED, 1, datasets.UNLABELED, 0])
+    labeled = labels != datasets.UNLABELED
+    total, hard, soft = distillation.distillation_losses(labels, student, teacher, 2.0, 0.5)
+    expected = _numpy_losses(labels[labeled], student[labeled], teacher[labeled], 2.0, 0.5)
+    np.testing.assert_allclose(hard.numpy()[labeled], expected[1], rtol=1e-4)
+    np.testing.assert_array_equal(hard.numpy()[~labeled], 0)
+    np.testing.assert_allclose(total.numpy()[~labeled], 0.5 * soft.numpy()[~labeled], rtol=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +89,19 @@ def test_the_loss_is_what_compute_loss_returns_and_evaluation_reports(teacher, t
     expected += sum(float(loss) for loss in student.losses)
     assert distiller.evaluate(x, y, batch_size=128, verbose=0, return_dict=True)["loss"] == pytest.approx(
         expected, rel=1e-3)
+
+
+def test_training_accuracy_counts_the_labeled_examples_only(teacher, toy_images):
+    x, y = toy_images
+    student = small_cnn()
+    distiller = distillation.Distiller(student, teacher, weight=0.5)
+    distiller.compile("adam", metrics=["accuracy"])
+    unlabeled = np.full_like(y, datasets.UNLABELED)
+    mixed = np.where(np.arange(len(y)) % 2 == 0, y, unlabeled)
+    predicted = student.predict(x, verbose=0).argmax(-1)
+    wanted = float(np.mean(predicted[::2] == y[::2]))
+    assert distiller.evaluate(x, mixed, batch_size=len(y), verbose=0, return_dict=True)["accuracy"] == (
+        pytest.approx(wanted, abs=1e-6))
 
 
 def test_callbacks_act_on_the_student(teacher, toy_images):
