@@ -233,6 +233,49 @@ def test_bundled_person96_layout():
     assert x.shape == (8, 96, 96, 3) and info.skipped == ()
 
 
+def _make_unlabeled(root, count):
+    (root / "nested").mkdir(parents=True)
+    for i in range(count):
+        _write_jpeg(root / ("nested" if i % 2 else "") / f"u{i}.jpg", 128, seed=i)
+    return root
+
+
+def test_unlabeled_images_come_endlessly_in_full_batches_labeled_unlabeled(tmp_path):
+    root = _make_unlabeled(tmp_path / "extra", 5)
+    dataset, info = datasets.read_unlabeled_images(root, image_size=(24, 24), batch_size=2, augment=False)
+    assert info.num_examples == 5 and info.skipped == ()  # the nested folder is read too
+    batches = [(x.numpy(), y.numpy()) for x, y in dataset.take(7)]  # 7 batches of 2 from 5 images: it repeats
+    assert all(x.shape == (2, 24, 24, 3) for x, _ in batches)
+    assert all((y == datasets.UNLABELED).all() for _, y in batches)
+
+
+def test_unlabeled_images_bad_folders_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing"):
+        datasets.read_unlabeled_images(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="empty.* holds no image"):
+        datasets.read_unlabeled_images(tmp_path / "empty")
+    root = _make_unlabeled(tmp_path / "few", 3)
+    with pytest.raises(ValueError, match="3 readable images, fewer than one batch of 4"):
+        datasets.read_unlabeled_images(root, batch_size=4)
+
+
+def test_load_data_appends_a_batch_of_unlabeled_images_to_each_training_batch(tmp_path):
+    root = tmp_path / "person"
+    _make_folder(root / "train", num_person=3, num_non_person=3)
+    _make_folder(root / "test", num_person=2, num_non_person=2)
+    extra = _make_unlabeled(tmp_path / "extra", 4)
+    data = datasets.load_data("person_folder", root, image_size=24, batch_size=2, augment=False,
+                              calibration_size=2, unlabeled_dir=extra)
+    assert "4 unlabeled from" in data.description
+    mixed = list(datasets.mix_unlabeled(data.train, data.unlabeled))
+    assert len(mixed) == data.steps_per_epoch == 3  # as long as the labeled data
+    for x, y in mixed:
+        assert x.shape == (4, 24, 24, 3)
+        assert set(y.numpy()[:2]) <= {0, 1} and (y.numpy()[2:] == datasets.UNLABELED).all()
+    assert datasets.load_data("person_folder", root, image_size=24, batch_size=2, calibration_size=2).unlabeled is None
+
+
 _MIRRORED_FIT = textwrap.dedent("""
     import sys
     import tensorflow as tf

@@ -4,7 +4,7 @@ bytes that match the bits, the exported model computing what was trained), not a
 import numpy as np
 import pytest
 
-from qgt_keras import conversion, layer_kinds, quantizers, recipes
+from qgt_keras import conversion, datasets, layer_kinds, quantizers, recipes
 from qgt_keras.layers import quantized_kernels
 
 
@@ -131,6 +131,21 @@ def test_every_method_distills_from_the_setup_teacher(setup):
     assert distilled.teacher() is teacher and not teacher.trainable
     for kept, now in zip(frozen, teacher.get_weights()):  # moving statistics included
         np.testing.assert_array_equal(kept, now)
+
+
+def test_unlabeled_images_train_through_the_teacher_on_mixed_batches(setup):
+    import dataclasses
+
+    unlabeled, _ = datasets.read_unlabeled_images(datasets.bundled_transfer_dir(), image_size=(16, 16), batch_size=32)
+    data = dataclasses.replace(setup.data, unlabeled=unlabeled)
+    with pytest.raises(ValueError, match="unlabeled images teach only through a teacher"):
+        dataclasses.replace(setup, data=data, _float_result=None)
+    distilled = dataclasses.replace(setup, data=data, distillation=recipes.Distillation(weight=0.5),
+                                    _float_result=None)
+    x, y = next(iter(distilled.method_data()))
+    assert x.shape[0] == 64 and (y.numpy()[32:] == datasets.UNLABELED).all() and set(y.numpy()[:32]) <= {0, 1}
+    assert next(iter(setup.method_data()))[0].shape[0] == 32  # no unlabeled images: the training data itself
+    assert_on_grid(recipes.qgt(distilled, 2))
 
 
 def test_frozen_batchnorm_keeps_the_statistics_of_the_start(setup):

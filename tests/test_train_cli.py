@@ -48,10 +48,11 @@ def test_distill_from_trains_against_the_teacher(tmp_path):
     teacher = tmp_path / "teacher.keras"
     models.small_cnn((16, 16, 3)).save(teacher)
     assert train.main([*QUICK, "--method=qgt", "--bits=2", f"--distill_from={teacher}", "--distill_weight=0.5",
-                       f"--out_dir={tmp_path / 'out'}"]) == 0
+                       "--unlabeled_dir=transfer", f"--out_dir={tmp_path / 'out'}"]) == 0
     history = json.loads((tmp_path / "out" / "history.json").read_text())
     assert {"hard_loss", "distillation_loss", "qgt_loss"} <= set(history)
-    assert json.loads((tmp_path / "out" / "result.json").read_text())["flags"]["distill_weight"] == 0.5
+    flags = json.loads((tmp_path / "out" / "result.json").read_text())["flags"]
+    assert flags["distill_weight"] == 0.5 and flags["unlabeled_dir"] == "transfer"
 
 
 @pytest.fixture
@@ -73,6 +74,9 @@ def no_training(monkeypatch):
     (["--init_from=no/such/weights.h5"], "does not exist"),
     (["--distill_from=no/such/teacher.h5"], "--distill_from file no/such/teacher.h5 does not exist"),
     (["--distill_from=mlperf", "--distill_weight=2"], "need 0 <= --distill_weight <= 1"),
+    (["--unlabeled_dir=transfer"], "--unlabeled_dir teaches through the teacher's soft targets: also pass "
+                                   "--distill_from"),
+    (["--distill_from=mlperf", "--unlabeled_dir=no/such"], "--unlabeled_dir no/such is not a folder"),
     (["--architecture=resnet"], "--architecture must be one of mobilenet_v1, mobilenet_28, small_cnn"),
     (["--dataset=imagenet"], "dataset must be one of"),
     (["--ptq_scale=median"], "--ptq_scale must be one of"),
