@@ -329,6 +329,16 @@ typedef char pairs_job_layout_is_the_assembly_s[offsetof(pairs_job, acc) == 48 &
   "rsb r1, r5, r1, lsl #1\n\t"                                                                      \
   "rsb r2, r4, r2, lsl #1\n\t"                                                                      \
   "rsb r3, r5, r3, lsl #1\n\t"
+/* The end of both requantization forms below: shift right by r6, saturate to int8, store the pair at [r9]
+ * and [r9 + lr], move r9 on by one channel. */
+#define QGT_PW_SHIFT_STORE                                                                          \
+  "asr r4, r4, r6\n\t"                                                                              \
+  "asr r5, r5, r6\n\t"                                                                              \
+  "ssat r4, #8, r4\n\t"                                                                             \
+  "ssat r5, #8, r5\n\t"                                                                             \
+  "strb r4, [r9]\n\t"                                                                               \
+  "strb r5, [r9, lr]\n\t"                                                                           \
+  "add r9, r9, #1\n\t"
 /* The requantization of accumulators A0 (pixel 0) and A1 (pixel 1) of the channel record at r8 (the fast forms
  * of qgt_internal.h: scale, bias, multiplier and round in one LDM), stored at [r9] and [r9 + lr]; r8 and r9 move
  * on by one channel. */
@@ -343,13 +353,7 @@ typedef char pairs_job_layout_is_the_assembly_s[offsetof(pairs_job, acc) == 48 &
   "and " A1 ", r7, " A1 ", asr #31\n\t"                                                             \
   "add r4, r4, " A0 "\n\t"                                                                          \
   "add r5, r5, " A1 "\n\t"                                                                          \
-  "asr r4, r4, r6\n\t"                                                                              \
-  "asr r5, r5, r6\n\t"                                                                              \
-  "ssat r4, #8, r4\n\t"                                                                             \
-  "ssat r5, #8, r5\n\t"                                                                             \
-  "strb r4, [r9]\n\t"                                                                               \
-  "strb r5, [r9, lr]\n\t"                                                                           \
-  "add r9, r9, #1\n\t"
+  QGT_PW_SHIFT_STORE
 #define QGT_PW_FAST_RIGHT(A0, A1)                                                                    \
   "ldm r8!, {r4, r5, r6, r7}\n\t"                 /* scale (2), bias, multiplier, round */        \
   "add " A0 ", r5, " A0 ", lsl #1\n\t"                                                              \
@@ -359,13 +363,7 @@ typedef char pairs_job_layout_is_the_assembly_s[offsetof(pairs_job, acc) == 48 &
   "ldr r6, [r8], #8\n\t"                          /* right; past sign */                          \
   "add r4, r4, " A0 ", asr #31\n\t"                                                                 \
   "add r5, r5, " A1 ", asr #31\n\t"                                                                 \
-  "asr r4, r4, r6\n\t"                                                                              \
-  "asr r5, r5, r6\n\t"                                                                              \
-  "ssat r4, #8, r4\n\t"                                                                             \
-  "ssat r5, #8, r5\n\t"                                                                             \
-  "strb r4, [r9]\n\t"                                                                               \
-  "strb r5, [r9, lr]\n\t"                                                                           \
-  "add r9, r9, #1\n\t"
+  QGT_PW_SHIFT_STORE
 /* Once per call: where a block goes after its dot products ([sp, #16]), by form: label 7 (QGT_FAST), 6
  * (QGT_FAST_RIGHT) or 10 (QGT_GENERIC: the raw accumulators of one block). */
 #define QGT_PW_FORM_SETUP                                                                           \
