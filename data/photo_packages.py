@@ -9,6 +9,8 @@ checks every photo against its row and yields it upright; the build scripts cut 
 into place only once everything was written.
 """
 
+import argparse
+import contextlib
 import csv
 import hashlib
 import io
@@ -18,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import zipfile
 
 from PIL import Image, ImageOps
@@ -224,6 +227,17 @@ def upright_photos(sources, download_dir, fingerprints=None):
             yield row, digest, image
 
 
+@contextlib.contextmanager
+def staging_folder(folder):
+    """A new empty folder inside ``folder`` to write a set into, removed on leaving (whatever it still holds:
+    everything after a failure, nothing once :func:`swap_in` moved the set into place)."""
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=".build-", dir=folder))
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def swap_in(staging, folder, names):
     """Replaces the files or folders ``names`` of ``folder`` by those of ``staging``."""
     for name in names:
@@ -233,3 +247,17 @@ def swap_in(staging, folder, names):
         elif old.exists():
             old.unlink()
         (staging / name).rename(old)
+
+
+def build_main(build, description, argv=None):
+    """The command line of both build scripts: ``--download-dir`` (kept; default a temporary folder) and
+    ``--exclude`` folders, passed to ``build(download_dir, exclude_dirs)``; returns its manifest."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--download-dir", help="keep the downloaded packages here (default: a temporary folder)")
+    parser.add_argument("--exclude", nargs="+", default=(), metavar="DIR",
+                        help="refuse photos equal to or looking like an image under these folders")
+    args = parser.parse_args(argv)
+    if args.download_dir:
+        return build(args.download_dir, args.exclude)
+    with tempfile.TemporaryDirectory() as download_dir:
+        return build(download_dir, args.exclude)

@@ -1,3 +1,4 @@
+import importlib.util
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -7,6 +8,14 @@ import pytest  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
 from qgt_keras import models  # noqa: E402
+
+
+def load_script(path, name):
+    """The Python file ``path`` (a script outside the packages, e.g. a data set's build.py) as module ``name``."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def small_cnn(input_shape=(16, 16, 3), sequential=False):

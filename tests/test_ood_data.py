@@ -3,7 +3,6 @@
 import collections
 import csv
 import hashlib
-import importlib.util
 import pathlib
 import re
 
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import load_script
 from qgt_keras import datasets
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -36,10 +36,7 @@ def sources():
 
 @pytest.fixture(scope="module")
 def build():
-    spec = importlib.util.spec_from_file_location("ood_build", OOD / "build.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(OOD / "build.py", "ood_build")
 
 
 def test_every_manifest_file_is_a_96x96_rgb_jpeg(manifest):

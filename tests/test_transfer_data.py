@@ -4,12 +4,13 @@ package with the out-of-scene set data/ood that measures what it teaches (no net
 import collections
 import csv
 import hashlib
-import importlib.util
 import pathlib
 import re
 
 import pytest
 from PIL import Image
+
+from conftest import load_script
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TRANSFER = ROOT / "data" / "transfer"
@@ -38,10 +39,7 @@ def sources():
 
 @pytest.fixture(scope="module")
 def build():
-    spec = importlib.util.spec_from_file_location("transfer_build", TRANSFER / "build.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(TRANSFER / "build.py", "transfer_build")
 
 
 def test_images_folder_holds_exactly_the_manifests_96x96_rgb_jpegs(manifest):

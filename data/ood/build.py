@@ -16,16 +16,13 @@ the same 16x16 thumbnail), an image under DIR: the sample images kept out of thi
 scikit-image, matplotlib, scikit-learn) were checked this way, see README.md.
 """
 
-import argparse
 import pathlib
-import shutil
 import sys
-import tempfile
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 from photo_packages import (  # noqa: E402  (data/photo_packages.py, shared with data/transfer/build.py)
-    ARCHIVE_REGISTRY, crop_windows as _crop_windows, crop_file_name, excluded_fingerprints, read_csv,
-    read_sources, save_crop, swap_in, upright_photos, write_csv)
+    ARCHIVE_REGISTRY, build_main, crop_windows as _crop_windows, crop_file_name, excluded_fingerprints, read_csv,
+    read_sources, save_crop, staging_folder, swap_in, upright_photos, write_csv)
 
 HERE = pathlib.Path(__file__).resolve().parent
 # At most this many windows per side length, so that no photo dominates the set.
@@ -58,8 +55,7 @@ def build(download_dir, exclude_dirs=()):
     sources = read_sources(HERE / "sources.csv")
     labels = read_labels(HERE / "labels.csv")
     fingerprints = excluded_fingerprints(exclude_dirs) if exclude_dirs else None
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=".build-", dir=HERE))
-    try:
+    with staging_folder(HERE) as staging:
         for folder in LABEL_FOLDERS.values():
             (staging / folder).mkdir(parents=True)
         manifest, unlabeled_windows, used_labels = [], [], set()
@@ -88,22 +84,11 @@ def build(download_dir, exclude_dirs=()):
             raise ValueError(f"labels.csv labels {len(stale)} windows that no photo has, e.g. {stale[:5]}")
         write_csv(staging / "manifest.csv", MANIFEST_COLUMNS, sorted(manifest, key=lambda r: r["file"]))
         swap_in(staging, HERE, ("labeled", "unlabeled", "manifest.csv"))
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return manifest
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--download-dir", help="keep the downloaded packages here (default: a temporary folder)")
-    parser.add_argument("--exclude", nargs="+", default=(), metavar="DIR",
-                        help="refuse photos equal to or looking like an image under these folders")
-    args = parser.parse_args(argv)
-    if args.download_dir:
-        manifest = build(args.download_dir, args.exclude)
-    else:
-        with tempfile.TemporaryDirectory() as download_dir:
-            manifest = build(download_dir, args.exclude)
+    manifest = build_main(build, __doc__.split("\n\n")[0], argv)
     counts = {label: sum(row["label"] == label for row in manifest) for label in LABELS}
     print(f"{len(manifest)} crops of {len({row['photo_id'] for row in manifest})} photos: "
           + ", ".join(f"{n} {label}" for label, n in counts.items()))

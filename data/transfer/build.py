@@ -13,16 +13,13 @@ sample images kept out of the project, see README.md). No photo of data/ood's pa
 trains, data/ood measures.
 """
 
-import argparse
 import pathlib
-import shutil
 import sys
-import tempfile
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 from photo_packages import (  # noqa: E402  (data/photo_packages.py, shared with data/ood/build.py)
-    ARCHIVE_REGISTRY, crop_windows as _crop_windows, crop_file_name, excluded_fingerprints, read_sources,
-    save_crop, swap_in, upright_photos, write_csv)
+    ARCHIVE_REGISTRY, build_main, crop_windows as _crop_windows, crop_file_name, excluded_fingerprints, read_sources,
+    save_crop, staging_folder, swap_in, upright_photos, write_csv)
 
 HERE = pathlib.Path(__file__).resolve().parent
 IMAGES = "images"
@@ -39,8 +36,7 @@ def crop_windows(width, height):
 def build(download_dir, exclude_dirs=()):
     sources = read_sources(HERE / "sources.csv")
     fingerprints = excluded_fingerprints(exclude_dirs) if exclude_dirs else None
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=".build-", dir=HERE))
-    try:
+    with staging_folder(HERE) as staging:
         (staging / IMAGES).mkdir()
         manifest = []
         for row, digest, image in upright_photos(sources, download_dir, fingerprints):
@@ -54,22 +50,11 @@ def build(download_dir, exclude_dirs=()):
                                  "source_sha256": digest})
         write_csv(staging / "manifest.csv", MANIFEST_COLUMNS, sorted(manifest, key=lambda r: r["file"]))
         swap_in(staging, HERE, (IMAGES, "manifest.csv"))
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return manifest
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--download-dir", help="keep the downloaded packages here (default: a temporary folder)")
-    parser.add_argument("--exclude", nargs="+", default=(), metavar="DIR",
-                        help="refuse photos equal to or looking like an image under these folders")
-    args = parser.parse_args(argv)
-    if args.download_dir:
-        manifest = build(args.download_dir, args.exclude)
-    else:
-        with tempfile.TemporaryDirectory() as download_dir:
-            manifest = build(download_dir, args.exclude)
+    manifest = build_main(build, __doc__.split("\n\n")[0], argv)
     print(f"{len(manifest)} crops of {len({row['photo_id'] for row in manifest})} photos")
 
 
