@@ -13,7 +13,8 @@ examples:
 ~/.keras/qgt/mlperf_tiny_vww_96.h5 (download: qgt_keras.models.MLPERF_URL, see the README); --distill_from
 trains against a frozen float teacher (a model file, or mlperf) instead of the labels alone, and
 --unlabeled_dir adds a batch of unlabeled images of other scenes to each training batch, which teach through
-the teacher's soft targets (a folder, or transfer: the bundled data/transfer).
+the teacher's soft targets (a folder, or transfer: the bundled data/transfer), those the teacher calls person
+drawn for --unlabeled_person_share of them.
 
 Writes into --out_dir: model.keras (the evaluated model, kernels on their grid), qgt_model.keras (the model
 with quantized layers in the hard-quantization phase, input of qgt-export), calibration.npy (training
@@ -90,6 +91,9 @@ def build_parser():
     parser.add_argument("--unlabeled_dir",
                         help="With --distill_from: append a batch of these unlabeled images (a folder, searched "
                              "recursively, or 'transfer' for the bundled data/transfer) to each training batch.")
+    parser.add_argument("--unlabeled_person_share", type=float, default=0.4,
+                        help="With --unlabeled_dir: the images the teacher calls person are drawn for this share "
+                             "of the unlabeled ones (0: as they come; photos of other scenes rarely show people).")
     parser.add_argument("--init_from",
                         help="Start from these float weights: a .h5/.keras file, or 'mlperf' for the MLPerf Tiny "
                              "VWW reference (see above).")
@@ -134,6 +138,10 @@ def check_flags(args):
         raise ValueError("need 0 <= --distill_weight <= 1 and --distill_temperature > 0")
     if args.unlabeled_dir and not args.distill_from:
         raise ValueError("--unlabeled_dir teaches through the teacher's soft targets: also pass --distill_from")
+    if not 0 <= args.unlabeled_person_share < 1:
+        raise ValueError(f"--unlabeled_person_share must be in [0, 1), got {args.unlabeled_person_share}")
+    if args.unlabeled_person_share and args.unlabeled_dir and args.dataset == "fashion_mnist":
+        raise ValueError("--unlabeled_person_share picks the teacher's person images: pass 0 for fashion_mnist")
     if args.unlabeled_dir and args.unlabeled_dir != "transfer" and not os.path.isdir(args.unlabeled_dir):
         raise FileNotFoundError(f"--unlabeled_dir {args.unlabeled_dir} is not a folder")
     if args.data_dir and not os.path.exists(args.data_dir):
@@ -205,9 +213,12 @@ def _run(args):
     distillation = (recipes.Distillation(models.weights_file(args.distill_from), args.distill_temperature,
                                          args.distill_weight) if args.distill_from else None)
     unlabeled_dir = datasets.bundled_transfer_dir() if args.unlabeled_dir == "transfer" else args.unlabeled_dir
+    oversample = ((datasets.VWW_CLASS_NAMES.index("person"), args.unlabeled_person_share)
+                  if unlabeled_dir and args.unlabeled_person_share else None)
     setup = recipes.build_setup(
-        args.dataset, args.architecture, data_dir=args.data_dir, unlabeled_dir=unlabeled_dir, alpha=args.alpha, grayscale=args.grayscale,
-        image_size=args.image_size, batch_size=args.batch, limit=args.limit, test_limit=args.test_limit,
+        args.dataset, args.architecture, data_dir=args.data_dir, unlabeled_dir=unlabeled_dir,
+        unlabeled_oversample=oversample, alpha=args.alpha, grayscale=args.grayscale, image_size=args.image_size,
+        batch_size=args.batch, limit=args.limit, test_limit=args.test_limit,
         init_from=init_from, seed=args.seed, bn_momentum=args.bn_momentum, augment=args.augment,
         pretrain_epochs=args.float_epochs, finetune_epochs=args.epochs, learning_rate=args.float_learning_rate,
         finetune_learning_rate=args.learning_rate, lr_schedule=args.lr_schedule, edge_bits=parse_edge_bits(

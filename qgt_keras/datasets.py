@@ -373,9 +373,32 @@ class Data:
     input_shape: tuple
     num_classes: int
     description: str
-    # Endless batches of unlabeled images (labels UNLABELED) that distillation appends to each training batch
-    # (:func:`mix_unlabeled`), or None.
-    unlabeled: tf.data.Dataset = None
+    # Unlabeled images whose batches distillation appends to each training batch (:func:`mix_unlabeled`), or None.
+    unlabeled: "UnlabeledImages" = None
+
+
+@dataclasses.dataclass(frozen=True)
+class UnlabeledImages:
+    """A folder of ``count`` unlabeled images and how :func:`read_unlabeled_images` reads it for a data set."""
+
+    folder: str
+    image_size: tuple
+    grayscale: bool
+    batch_size: int
+    augment: bool
+    seed: int
+    count: int
+
+    @classmethod
+    def at(cls, folder, *, image_size=(96, 96), grayscale=False, batch_size=32, augment=True, seed=0):
+        """The images under ``folder`` (:func:`list_images`, which raises for a missing or empty folder)."""
+        return cls(str(folder), tuple(image_size), grayscale, batch_size, augment, seed, len(list_images(folder)))
+
+    def read(self, oversample=None, oversampled_share=0.5):
+        """The endless batches (:func:`read_unlabeled_images`, ``oversample`` as there)."""
+        return read_unlabeled_images(self.folder, image_size=self.image_size, grayscale=self.grayscale,
+                                     batch_size=self.batch_size, augment=self.augment, seed=self.seed,
+                                     oversample=oversample, oversampled_share=oversampled_share)[0]
 
 
 def split_sources(name, data_dir=None):
@@ -418,7 +441,8 @@ def load_data(name, data_dir=None, *, image_size=96, grayscale=False, batch_size
     """Reads data set ``name`` (one of :data:`NAMES`, layouts in :func:`split_sources`) into a :class:`Data`.
 
     ``limit`` / ``test_limit`` use a seeded subset (for quick runs). ``unlabeled_dir``: a folder of unlabeled
-    images (:func:`read_unlabeled_images`, ``batch_size`` of them per training batch) for distillation.
+    images for distillation (``Data.unlabeled``, read as :func:`read_unlabeled_images` says, ``batch_size`` of
+    them per training batch).
     """
     sources = split_sources(name, data_dir)
     image_options = {"image_size": (image_size, image_size), "grayscale": grayscale}
@@ -450,33 +474,71 @@ def load_data(name, data_dir=None, *, image_size=96, grayscale=False, batch_size
     description = f"{name} ({num_examples} train, {test_info.num_examples or test_limit} test images"
     unlabeled = None
     if unlabeled_dir is not None:
-        unlabeled, unlabeled_info = read_unlabeled_images(unlabeled_dir, **image_options, batch_size=batch_size,
-                                                          augment=augment, seed=seed)
-        description += f", {unlabeled_info.num_examples} unlabeled from {unlabeled_info.source}"
+        unlabeled = UnlabeledImages.at(unlabeled_dir, **image_options, batch_size=batch_size, augment=augment,
+                                       seed=seed)
+        description += f", {unlabeled.count} unlabeled images in {unlabeled_dir}"
     return Data(train, test, (x.numpy(), y.numpy()), math.ceil(num_examples / batch_size), info.image_shape,
                 info.num_classes, description + ")", unlabeled)
 
 
-def read_unlabeled_images(data_dir, *, image_size=(96, 96), grayscale=False, batch_size=32, augment=True, seed=0,
-                          validate=True):
-    """Every image under ``data_dir`` (searched recursively; e.g. :func:`bundled_transfer_dir`), shuffled,
-    augmented like training data, in endless batches of ``batch_size`` with the label :data:`UNLABELED`.
-
-    Returns (dataset, info); raises FileNotFoundError for a missing folder, ValueError for one without a
-    readable image.
-    """
-    root = pathlib.Path(data_dir)
+def list_images(folder):
+    """The image files under ``folder`` (searched recursively), sorted; raises FileNotFoundError for a missing
+    folder, ValueError for one without an image."""
+    root = pathlib.Path(folder)
     if not root.is_dir():
         raise FileNotFoundError(f"unlabeled image folder {root} does not exist")
     paths = sorted(str(p) for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     if not paths:
         raise ValueError(f"unlabeled image folder {root} holds no image ({', '.join(IMAGE_EXTENSIONS)})")
-    dataset, info = _read_files(paths, [UNLABELED] * len(paths), f"{root} (unlabeled)", (), tuple(image_size),
-                                grayscale, batch_size, True, augment, seed, validate, None, True)
-    if info.num_examples < batch_size:
-        raise ValueError(f"unlabeled image folder {root} has {info.num_examples} readable images, fewer than one "
-                         f"batch of {batch_size}")
-    return dataset.repeat(), info
+    return paths
+
+
+def read_unlabeled_images(data_dir, *, image_size=(96, 96), grayscale=False, batch_size=32, augment=True, seed=0,
+                          validate=True, oversample=None, oversampled_share=0.5):
+    """Every image under ``data_dir`` (:func:`list_images`; e.g. :func:`bundled_transfer_dir`), shuffled,
+    augmented like training data, in endless batches of ``batch_size`` with the label :data:`UNLABELED`.
+
+    ``oversample``: None, or a function from a batch of images (as read, unaugmented) to one boolean per image;
+    the images it picks are then drawn for ``oversampled_share`` of the stream, the others for the rest (e.g.
+    the few images a teacher calls "person" among photos of other scenes).
+
+    Returns (dataset, info); raises FileNotFoundError for a missing folder, ValueError for one without a
+    readable image, with fewer than one batch, or where ``oversample`` picks none or all of the images.
+    """
+    if oversample is not None and not 0.0 < oversampled_share < 1.0:
+        raise ValueError(f"oversampled_share must be in (0, 1), got {oversampled_share!r}")
+    root = pathlib.Path(data_dir)
+    paths = list_images(root)
+    source = f"{root} (unlabeled)"
+    skipped = None
+    if validate:
+        readable = _find_readable(paths)
+        skipped = tuple(p for p, ok in zip(paths, readable) if not ok)
+        _report_skipped(skipped, source)
+        paths = [p for p, ok in zip(paths, readable) if ok]
+    if len(paths) < batch_size:
+        raise ValueError(f"unlabeled image folder {root} has {len(paths)} readable images, fewer than one batch of "
+                         f"{batch_size}")
+    info = DatasetInfo(source, (), (*image_size, 1 if grayscale else 3), len(paths), skipped)
+
+    def images(group, shuffle):
+        dataset, _ = _read_files(group, [UNLABELED] * len(group), source, (), tuple(image_size), grayscale, 1,
+                                 shuffle, False, seed, False, None, False)
+        return dataset.unbatch()
+
+    if oversample is None:
+        stream = images(paths, True).repeat()
+    else:
+        picked = np.concatenate([np.asarray(oversample(x.numpy()), bool).reshape(-1)
+                                 for x, _ in images(paths, False).batch(256)])
+        if picked.all() or not picked.any():
+            raise ValueError(f"oversample picked {int(picked.sum())} of the {len(paths)} images in {root}: it must "
+                             f"pick some and leave some")
+        groups = [[p for p, chosen in zip(paths, picked) if chosen == flag] for flag in (True, False)]
+        stream = tf.data.Dataset.sample_from_datasets(
+            [images(group, True).repeat() for group in groups], [oversampled_share, 1.0 - oversampled_share],
+            seed=seed)
+    return _finish(stream, batch_size, augment, seed, True, tf.data.experimental.AutoShardPolicy.DATA), info
 
 
 def mix_unlabeled(labeled, unlabeled):

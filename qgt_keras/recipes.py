@@ -66,6 +66,9 @@ class Setup:
       distillation: a :class:`Distillation` for every method's training (pre-training stays on the labels),
         or None. With unlabeled images in ``data`` (``data.unlabeled``) the methods train on batches of
         labeled and unlabeled images, and BatchNormalization is re-estimated on the same mix.
+      unlabeled_oversample: None, or (class index, share): the unlabeled images that the teacher assigns to
+        that class make up ``share`` of the unlabeled batches (photos of other scenes rarely show a person:
+        (1, 0.4) lets the student see the teacher's "person" on them; docs/RECIPE.md has the measurement).
       freeze_batchnorm: the methods train with BatchNormalization frozen (inference mode: the start's
         statistics, gamma and beta kept) and do not re-estimate it after snapping, so that no statistic comes
         from the training data alone (docs/RECIPE.md: it keeps a float student's function out of scene, and
@@ -82,10 +85,12 @@ class Setup:
     edge_bits: object = 8
     distillation: Distillation = None
     freeze_batchnorm: bool = False
+    unlabeled_oversample: tuple = None
     verbose: int = 1
     _pretrained: tuple = dataclasses.field(default=None, repr=False)
     _teacher: object = dataclasses.field(default=None, repr=False)
     _float_result: object = dataclasses.field(default=None, repr=False)
+    _unlabeled_batches: tuple = dataclasses.field(default=None, repr=False)  # ((what was read), batches)
 
     def __post_init__(self):
         if self.lr_schedule not in LR_SCHEDULES:
@@ -95,13 +100,26 @@ class Setup:
         if self.data.unlabeled is not None and self.distillation is None:
             raise ValueError("unlabeled images teach only through a teacher's soft targets: give the setup a "
                              "distillation")
+        if self.unlabeled_oversample is not None and self.data.unlabeled is None:
+            raise ValueError("unlabeled_oversample needs unlabeled images in the data (unlabeled_dir)")
 
     def method_data(self):
         """What the methods train on and re-estimate BatchNormalization with: the training batches, each with a
         batch of the unlabeled images appended if there are any."""
         if self.data.unlabeled is None:
             return self.data.train
-        return datasets.mix_unlabeled(self.data.train, self.data.unlabeled)
+        key = (self.data.unlabeled, self.unlabeled_oversample, self.distillation)
+        if self._unlabeled_batches is None or self._unlabeled_batches[0] != key:
+            oversample, share = None, 0.5
+            if self.unlabeled_oversample is not None:
+                chosen_class, share = self.unlabeled_oversample
+                teacher = self.teacher()
+
+                def oversample(images):
+                    return teacher.predict(images, verbose=0, batch_size=256).argmax(-1) == chosen_class
+
+            self._unlabeled_batches = key, self.data.unlabeled.read(oversample, share)
+        return datasets.mix_unlabeled(self.data.train, self._unlabeled_batches[1])
 
     @property
     def total_epochs(self):
@@ -323,7 +341,8 @@ def build_setup(dataset, model_name, *, data_dir=None, alpha=0.25, grayscale=Fal
                 limit=None, test_limit=None, init_from=None, seed=0, bn_momentum=0.9, augment=True, unlabeled_dir=None,
                 **setup_options):
     """Data and a model builder for a named data set and model (see :data:`models.MODELS`), seeded.
-    ``unlabeled_dir``: unlabeled images for the distillation (``datasets.load_data``)."""
+    ``unlabeled_dir``: unlabeled images for the distillation (``datasets.load_data``; ``unlabeled_oversample``
+    in ``setup_options`` as :class:`Setup` says)."""
     keras.utils.set_random_seed(seed)
     data = datasets.load_data(dataset, data_dir, image_size=image_size, grayscale=grayscale, batch_size=batch_size,
                               limit=limit, test_limit=test_limit, seed=seed, augment=augment,

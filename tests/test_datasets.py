@@ -233,10 +233,10 @@ def test_bundled_person96_layout():
     assert x.shape == (8, 96, 96, 3) and info.skipped == ()
 
 
-def _make_unlabeled(root, count):
+def _make_unlabeled(root, count, bright=()):
     (root / "nested").mkdir(parents=True)
     for i in range(count):
-        _write_jpeg(root / ("nested" if i % 2 else "") / f"u{i}.jpg", 128, seed=i)
+        _write_jpeg(root / ("nested" if i % 2 else "") / f"u{i}.jpg", BRIGHT if i in bright else DARK, seed=i)
     return root
 
 
@@ -247,6 +247,24 @@ def test_unlabeled_images_come_endlessly_in_full_batches_labeled_unlabeled(tmp_p
     batches = [(x.numpy(), y.numpy()) for x, y in dataset.take(7)]  # 7 batches of 2 from 5 images: it repeats
     assert all(x.shape == (2, 24, 24, 3) for x, _ in batches)
     assert all((y == datasets.UNLABELED).all() for _, y in batches)
+    seen = np.concatenate([x for x, _ in batches]).reshape(14, -1)
+    assert len(np.unique(seen.round(3), axis=0)) == 5  # every image, each once per pass
+
+
+def test_oversampled_images_make_up_their_share_of_the_stream(tmp_path):
+    root = _make_unlabeled(tmp_path / "extra", 40, bright=(3, 17))  # 2 bright images of 40
+
+    def bright(images):
+        return images.mean(axis=(1, 2, 3)) > 0.5
+
+    dataset, _ = datasets.read_unlabeled_images(root, image_size=(16, 16), batch_size=40, augment=False,
+                                                oversample=bright, oversampled_share=0.4)
+    images = np.concatenate([x.numpy() for x, _ in dataset.take(10)])
+    assert 0.33 < bright(images).mean() < 0.47  # 400 draws at 40%; as they come it would be 5%
+    with pytest.raises(ValueError, match="oversample picked 0 of the 40 images"):
+        datasets.read_unlabeled_images(root, oversample=lambda x: np.zeros(len(x), bool))
+    with pytest.raises(ValueError, match="oversampled_share must be in"):
+        datasets.read_unlabeled_images(root, oversample=bright, oversampled_share=1.0)
 
 
 def test_unlabeled_images_bad_folders_are_named(tmp_path):
@@ -267,8 +285,9 @@ def test_load_data_appends_a_batch_of_unlabeled_images_to_each_training_batch(tm
     extra = _make_unlabeled(tmp_path / "extra", 4)
     data = datasets.load_data("person_folder", root, image_size=24, batch_size=2, augment=False,
                               calibration_size=2, unlabeled_dir=extra)
-    assert "4 unlabeled from" in data.description
-    mixed = list(datasets.mix_unlabeled(data.train, data.unlabeled))
+    assert f"4 unlabeled images in {extra}" in data.description
+    assert data.unlabeled == datasets.UnlabeledImages(str(extra), (24, 24), False, 2, False, 0, 4)
+    mixed = list(datasets.mix_unlabeled(data.train, data.unlabeled.read()))
     assert len(mixed) == data.steps_per_epoch == 3  # as long as the labeled data
     for x, y in mixed:
         assert x.shape == (4, 24, 24, 3)

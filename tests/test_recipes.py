@@ -136,7 +136,7 @@ def test_every_method_distills_from_the_setup_teacher(setup):
 def test_unlabeled_images_train_through_the_teacher_on_mixed_batches(setup):
     import dataclasses
 
-    unlabeled, _ = datasets.read_unlabeled_images(datasets.bundled_transfer_dir(), image_size=(16, 16), batch_size=32)
+    unlabeled = datasets.UnlabeledImages.at(datasets.bundled_transfer_dir(), image_size=(16, 16), batch_size=32)
     data = dataclasses.replace(setup.data, unlabeled=unlabeled)
     with pytest.raises(ValueError, match="unlabeled images teach only through a teacher"):
         dataclasses.replace(setup, data=data, _float_result=None)
@@ -146,6 +146,36 @@ def test_unlabeled_images_train_through_the_teacher_on_mixed_batches(setup):
     assert x.shape[0] == 64 and (y.numpy()[32:] == datasets.UNLABELED).all() and set(y.numpy()[:32]) <= {0, 1}
     assert next(iter(setup.method_data()))[0].shape[0] == 32  # no unlabeled images: the training data itself
     assert_on_grid(recipes.qgt(distilled, 2))
+    with pytest.raises(ValueError, match="unlabeled_oversample needs unlabeled images"):
+        dataclasses.replace(setup, unlabeled_oversample=(1, 0.4), _float_result=None)
+
+
+def _brightness_teacher(threshold):
+    """A float 'teacher' that says class 1 exactly for images brighter than ``threshold`` on average."""
+    import tf_keras as keras
+
+    inputs = keras.Input((16, 16, 3))
+    mean = keras.layers.GlobalAveragePooling2D()(inputs)
+    dense = keras.layers.Dense(2, activation="softmax")
+    outputs = dense(mean)
+    dense.set_weights([np.array([[-100.0, 100.0]] * 3) / 3, np.array([100.0, -100.0]) * threshold])
+    return keras.Model(inputs, outputs)
+
+
+def test_oversampling_draws_the_images_of_the_teachers_class(setup):
+    import dataclasses
+
+    unlabeled = datasets.UnlabeledImages.at(datasets.bundled_transfer_dir(), image_size=(16, 16), batch_size=32,
+                                            augment=False)
+    as_they_come = np.concatenate([x.numpy() for x, _ in unlabeled.read().take(20)])
+    threshold = float(np.quantile(as_they_come.mean(axis=(1, 2, 3)), 0.8))  # class 1: the brightest 20%
+    teacher = _brightness_teacher(threshold)
+    assert 0.1 < (teacher.predict(as_they_come, verbose=0).argmax(-1) == 1).mean() < 0.3
+    oversampled = dataclasses.replace(setup, data=dataclasses.replace(setup.data, unlabeled=unlabeled),
+                                      distillation=recipes.Distillation(), unlabeled_oversample=(1, 0.6),
+                                      _teacher=teacher, _float_result=None)
+    extra = np.concatenate([x.numpy()[32:] for x, _ in oversampled.method_data().take(10)])
+    assert 0.5 < (teacher.predict(extra, verbose=0).argmax(-1) == 1).mean() < 0.7  # 320 draws at 60%
 
 
 def test_frozen_batchnorm_keeps_the_statistics_of_the_start(setup):

@@ -48,7 +48,7 @@ def test_distill_from_trains_against_the_teacher(tmp_path):
     teacher = tmp_path / "teacher.keras"
     models.small_cnn((16, 16, 3)).save(teacher)
     assert train.main([*QUICK, "--method=qgt", "--bits=2", f"--distill_from={teacher}", "--distill_weight=0.5",
-                       "--unlabeled_dir=transfer", f"--out_dir={tmp_path / 'out'}"]) == 0
+                       "--unlabeled_dir=transfer", "--unlabeled_person_share=0", f"--out_dir={tmp_path / 'out'}"]) == 0
     history = json.loads((tmp_path / "out" / "history.json").read_text())
     assert {"hard_loss", "distillation_loss", "qgt_loss"} <= set(history)
     flags = json.loads((tmp_path / "out" / "result.json").read_text())["flags"]
@@ -77,6 +77,7 @@ def no_training(monkeypatch):
     (["--unlabeled_dir=transfer"], "--unlabeled_dir teaches through the teacher's soft targets: also pass "
                                    "--distill_from"),
     (["--distill_from=mlperf", "--unlabeled_dir=no/such"], "--unlabeled_dir no/such is not a folder"),
+    (["--unlabeled_person_share=1"], "--unlabeled_person_share must be in [0, 1)"),
     (["--architecture=resnet"], "--architecture must be one of mobilenet_v1, mobilenet_28, small_cnn"),
     (["--dataset=imagenet"], "dataset must be one of"),
     (["--ptq_scale=median"], "--ptq_scale must be one of"),
