@@ -6,7 +6,6 @@ qgt-export generates from the packed model they carry, and the sketch path runs 
 emulated Cortex-M4 with the same results."""
 
 import os
-import re
 import types
 
 import numpy as np
@@ -14,8 +13,8 @@ import pytest
 
 from test_camera import QCIF, person96_crops, tflm_test_images
 from test_codegen import SMALL_BITS, _person96, _randomized_small_cnn
-from tflm_export import (camera, codegen, emulator, export, keras_convert, layout, pack, person, sketch_runner,
-                         tflite_model, toolchain, verify)
+from tflm_export import (c_source, camera, codegen, emulator, export, keras_convert, layout, pack, person,
+                         sketch_runner, tflite_model, toolchain, verify)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXAMPLE = os.path.join(HERE, "..", "arduino", "QGT", "examples", "person_detection")
@@ -93,11 +92,8 @@ def test_the_sketch_path_matches_python_and_tflite_micro_on_real_frames(small, t
 
 def _shipped_packed():
     """The packed model the example carries in model_data.cc (its kData array)."""
-    path = os.path.join(EXAMPLE, "model_data.cc")
-    with open(path) as f:
-        text = f.read()
-    body = text[text.index("kData[] = {"):text.index("};", text.index("kData[] = {"))]
-    return bytes(int(v, 16) for v in re.findall(r"0x([0-9a-f]{2})", body))
+    with open(os.path.join(EXAMPLE, "model_data.cc")) as f:
+        return c_source.model_bytes_of(f.read())
 
 
 @pytest.fixture(scope="module")

@@ -144,6 +144,15 @@ def render(model_bytes, name, arena_bytes=None, source="", arena_origin="measure
     return header, source_text
 
 
+def model_bytes_of(source_text):
+    """The model a model_data.cc of :func:`render` holds (its kData array), as bytes."""
+    start = source_text.find("kData[] = {")
+    if start < 0:
+        raise ValueError("not a model_data.cc of qgt-export: it has no kData[] array")
+    body = source_text[start + len("kData[] = {"):source_text.index("};", start)]
+    return bytes(int(value, 16) for value in re.findall(r"0x([0-9a-f]{2})", body))
+
+
 def render_files(model_bytes, name, arena_bytes=None, source="", arena_origin="measured on a 64-bit host"):
     """{file name: text} of the two C files of :func:`render`."""
     return dict(zip(FILE_NAMES, render(model_bytes, name, arena_bytes, source, arena_origin)))
