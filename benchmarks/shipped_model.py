@@ -2,7 +2,9 @@
 the host, bit-exact with the Cortex-M4 build), on person96's test split and out of scene (data/ood) against
 the MLPerf Tiny VWW float teacher it was trained from: what a user flashing the example gets.
 
-    python benchmarks/shipped_model.py [--out=benchmarks/results/shipped_model]
+    python benchmarks/shipped_model.py [--out=benchmarks/results/shipped_model] [--model_data=FILE]
+
+``--model_data`` scores another qgt-export model_data.cc (e.g. ``runs/export/c/packed/model_data.cc``).
 
 Writes <out>.json and <out>.md. The inputs are the crops quantized with the model's input scale and zero point
 (verify.quantize_inputs); the camera path adds its own resizing and is tested in tests/test_sketch_path.py.
@@ -29,8 +31,8 @@ TEACHER = os.path.join(HERE, "..", "..", "shared", "reference_models", "mlperf_t
 PREFIX = "person_model"
 
 
-def shipped_packed():
-    with open(os.path.join(EXAMPLE, "model_data.cc")) as f:
+def packed_model(model_data):
+    with open(model_data) as f:
         return c_source.model_bytes_of(f.read())
 
 
@@ -57,9 +59,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=os.path.join(HERE, "results", "shipped_model"),
                         help="output path without extension")
+    parser.add_argument("--model_data", default=os.path.join(EXAMPLE, "model_data.cc"),
+                        help="the model_data.cc of a packed model (default: the example's shipped model)")
     args = parser.parse_args(argv)
     run = provenance.Run()
-    packed = shipped_packed()
+    packed = packed_model(args.model_data)
     ood = datasets.read_out_of_scene()
     test_images, test_labels = person96_test()
     teacher = serialization.load_model(TEACHER)

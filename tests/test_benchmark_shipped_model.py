@@ -1,0 +1,33 @@
+"""benchmarks/shipped_model.py end to end (as a program: nothing imports benchmarks): the example's shipped
+model read back from model_data.cc, run as generated C on the host, scored against the float teacher."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from test_tflm_export_common import repo_root
+from tflm_export import c_source
+
+
+def test_model_data_cc_reads_back_as_the_model_it_holds():
+    data = bytes(range(256)) * 3 + b"\x07"
+    assert c_source.model_bytes_of(c_source.render(data, "m")[1]) == data
+    with pytest.raises(ValueError, match=r"no kData\[\] array"):
+        c_source.model_bytes_of("int x;")
+
+
+def test_the_benchmark_scores_the_shipped_model(tmp_path):
+    out = tmp_path / "shipped_model"
+    done = subprocess.run([sys.executable, os.path.join(repo_root(), "benchmarks", "shipped_model.py"),
+                           f"--out={out}"], capture_output=True, text=True, timeout=900, cwd=repo_root())
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    result = json.loads(out.with_suffix(".json").read_text())
+    with open(os.path.join(repo_root(), "benchmarks", "results", "shipped_model.json")) as f:
+        committed = json.load(f)
+    for key in ("model_bytes", "person96_test_accuracy", "person96_test_images"):
+        assert result[key] == committed[key], key  # the same model, bit-exact C: the same decisions
+    assert result["ood"]["agreement"] == committed["ood"]["agreement"]
+    assert set(result["provenance"]) == {"commit", "uncommitted_changes", "command", "machine", "wall_s"}
