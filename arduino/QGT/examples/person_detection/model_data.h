@@ -7,7 +7,7 @@
 namespace person_packed_model {
 
 extern const unsigned char kData[];
-constexpr unsigned int kDataLength = 65536;
+constexpr unsigned int kDataLength = 65568;
 
 // Input: int8, shape [1, 96, 96, 3]
 constexpr int kInputRank = 4;
