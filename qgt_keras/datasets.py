@@ -49,6 +49,7 @@ import numpy as np
 import tensorflow as tf
 
 from qgt_keras import augmentation, idx
+from qgt_keras.distillation import UNLABELED
 
 VWW_CLASS_NAMES = ("non_person", "person")
 FASHION_MNIST_CLASS_NAMES = (
@@ -155,9 +156,8 @@ def spatial_split(root=None):
     return splits
 
 
-# The label of an image without a class: an out-of-scene crop whose person / non_person label is not clear, an
-# unlabeled image for distillation.
-UNLABELED = -1
+# UNLABELED (qgt_keras.distillation): the label of an image without a class, an out-of-scene crop whose
+# person / non_person label is not clear or an unlabeled image for distillation.
 
 
 @dataclasses.dataclass(frozen=True)

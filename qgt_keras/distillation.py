@@ -6,12 +6,12 @@ computes and trains it with, per example,
     loss = (1 - weight) * CE(y, p_s) + weight * T^2 * KL(q_t || q_s),    q = softmax(log(p) / T)
 
 where p_s and p_t are the student's and the teacher's class probabilities, CE the cross-entropy with the
-integer label y (0 for examples labeled ``datasets.UNLABELED``: they teach through the soft term alone) and T
+integer label y (0 for examples labeled ``UNLABELED``: they teach through the soft term alone) and T
 the temperature (T^2 keeps the soft term's gradient at the size of the hard one's as T
 grows; Hinton et al. 2015). ``weight = 1`` trains on the teacher's soft targets alone: labels are then not
-needed, so any image the teacher sees teaches the student (``datasets.load_data(unlabeled_dir=...)`` appends
-unlabeled images of other scenes to every batch; training accuracy counts the labeled examples only). Both models output probabilities (a softmax);
-log(p) is their logits up to a constant per example, which a softmax ignores. The loss adds the student's
+needed, so any image the teacher sees teaches the student (``qgt_keras.datasets.load_data(unlabeled_dir=...)``
+appends unlabeled images of other scenes to every batch; training accuracy counts the labeled examples only).
+Both models output probabilities (a softmax); log(p) is their logits up to a constant per example, which a softmax ignores. The loss adds the student's
 regularization losses (its QGT terms) unweighted.
 
 The teacher is frozen (not trainable, BatchNormalization in inference mode) and predicts every batch once,
@@ -29,8 +29,8 @@ Evaluation (``distiller.evaluate``) reports the same loss on held-out data; accu
 import tensorflow as tf
 import tf_keras as keras
 
-from qgt_keras import datasets
-
+# The label of an example without a class (an unlabeled image): it teaches through the soft targets alone.
+UNLABELED = -1
 DEFAULT_TEMPERATURE = 2.0
 DEFAULT_WEIGHT = 1.0
 # Probabilities are floored before the log: float32 softmax outputs underflow to 0 below ~1e-38.
@@ -53,7 +53,7 @@ def log_soft_targets(probabilities, temperature):
 
 def distillation_losses(labels, student_probabilities, teacher_probabilities, temperature, weight):
     """Per-example (total, hard, soft) losses of the module docstring; ``labels`` may be None when weight is 1;
-    an example labeled ``datasets.UNLABELED`` has no hard loss."""
+    an example labeled ``UNLABELED`` has no hard loss."""
     teacher_log = tf.stop_gradient(log_soft_targets(teacher_probabilities, temperature))
     student_log = log_soft_targets(student_probabilities, temperature)
     soft = temperature ** 2 * tf.reduce_sum(tf.exp(teacher_log) * (teacher_log - student_log), axis=-1)
@@ -61,7 +61,7 @@ def distillation_losses(labels, student_probabilities, teacher_probabilities, te
         hard = tf.zeros_like(soft)
     else:
         labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
-        labeled = labels != datasets.UNLABELED
+        labeled = labels != UNLABELED
         hard = keras.losses.sparse_categorical_crossentropy(tf.where(labeled, labels, 0), student_probabilities)
         hard = tf.where(labeled, hard, 0.0)
     return (1.0 - weight) * hard + weight * soft, hard, soft
@@ -127,7 +127,7 @@ class Distiller(keras.Model):
     def compute_metrics(self, x, y, y_pred, sample_weight):
         """The compiled metrics (the student's accuracy) over the labeled examples only."""
         if y is not None:  # (compile's metrics ignore sample weights: the unlabeled rows are left out)
-            labeled = tf.reshape(y, [-1]) != datasets.UNLABELED
+            labeled = tf.reshape(y, [-1]) != UNLABELED
             y, y_pred = tf.boolean_mask(tf.reshape(y, [-1]), labeled), tf.boolean_mask(y_pred, labeled)
             if sample_weight is not None:
                 sample_weight = tf.boolean_mask(tf.reshape(sample_weight, [-1]), labeled)
