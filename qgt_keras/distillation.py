@@ -11,8 +11,8 @@ the temperature (T^2 keeps the soft term's gradient at the size of the hard one'
 grows; Hinton et al. 2015). ``weight = 1`` trains on the teacher's soft targets alone: labels are then not
 needed, so any image the teacher sees teaches the student (``qgt_keras.datasets.load_data(unlabeled_dir=...)``
 appends unlabeled images of other scenes to every batch; training accuracy counts the labeled examples only).
-Both models output probabilities (a softmax); log(p) is their logits up to a constant per example, which a softmax ignores. The loss adds the student's
-regularization losses (its QGT terms) unweighted.
+Both models output probabilities (a softmax); log(p) is their logits up to a constant per example, which a
+softmax ignores. The loss adds the student's regularization losses (its QGT terms) unweighted.
 
 The teacher is frozen (not trainable, BatchNormalization in inference mode) and predicts every batch once,
 in the training step; nothing is stored. Build and compile the Distiller inside a ``tf.distribute``
