@@ -391,8 +391,9 @@ class UnlabeledImages:
 
     @classmethod
     def at(cls, folder, *, image_size=(96, 96), grayscale=False, batch_size=32, augment=True, seed=0):
-        """The images under ``folder`` (:func:`list_images`, which raises for a missing or empty folder)."""
-        return cls(str(folder), tuple(image_size), grayscale, batch_size, augment, seed, len(list_images(folder)))
+        """The images under ``folder`` (:func:`list_unlabeled_images`: raises for a missing or empty folder)."""
+        count = len(list_unlabeled_images(folder))
+        return cls(str(folder), tuple(image_size), grayscale, batch_size, augment, seed, count)
 
     def read(self, oversample=None, oversampled_share=0.5):
         """The endless batches (:func:`read_unlabeled_images`, ``oversample`` as there)."""
@@ -481,7 +482,7 @@ def load_data(name, data_dir=None, *, image_size=96, grayscale=False, batch_size
                 info.num_classes, description + ")", unlabeled)
 
 
-def list_images(folder):
+def list_unlabeled_images(folder):
     """The image files under ``folder`` (searched recursively), sorted; raises FileNotFoundError for a missing
     folder, ValueError for one without an image."""
     root = pathlib.Path(folder)
@@ -495,8 +496,8 @@ def list_images(folder):
 
 def read_unlabeled_images(data_dir, *, image_size=(96, 96), grayscale=False, batch_size=32, augment=True, seed=0,
                           validate=True, oversample=None, oversampled_share=0.5):
-    """Every image under ``data_dir`` (:func:`list_images`; e.g. :func:`bundled_transfer_dir`), shuffled,
-    augmented like training data, in endless batches of ``batch_size`` with the label :data:`UNLABELED`.
+    """Every image under ``data_dir`` (:func:`list_unlabeled_images`; e.g. :func:`bundled_transfer_dir`),
+    shuffled, augmented like training data, in endless batches of ``batch_size`` with the label :data:`UNLABELED`.
 
     ``oversample``: None, or a function from a batch of images (as read, unaugmented) to one boolean per image;
     the images it picks are then drawn for ``oversampled_share`` of the stream, the others for the rest (e.g.
@@ -508,7 +509,7 @@ def read_unlabeled_images(data_dir, *, image_size=(96, 96), grayscale=False, bat
     if oversample is not None and not 0.0 < oversampled_share < 1.0:
         raise ValueError(f"oversampled_share must be in (0, 1), got {oversampled_share!r}")
     root = pathlib.Path(data_dir)
-    paths = list_images(root)
+    paths = list_unlabeled_images(root)
     source = f"{root} (unlabeled)"
     skipped = None
     if validate:
