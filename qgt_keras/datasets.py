@@ -513,9 +513,7 @@ def read_unlabeled_images(data_dir, *, image_size=(96, 96), grayscale=False, bat
     source = f"{root} (unlabeled)"
     skipped = None
     if validate:
-        readable = _find_readable(paths)
-        skipped = tuple(p for p, ok in zip(paths, readable) if not ok)
-        _report_skipped(skipped, source)
+        readable, skipped = _check_readable(paths, source)
         paths = [p for p, ok in zip(paths, readable) if ok]
     if len(paths) < batch_size:
         raise ValueError(f"unlabeled image folder {root} has {len(paths)} readable images, fewer than one batch of "
@@ -596,9 +594,7 @@ def _read_files(paths, labels, source, class_names, image_size, grayscale, batch
         paths, labels = [paths[i] for i in keep], [labels[i] for i in keep]
     skipped = None
     if validate:
-        readable = _find_readable(paths)
-        skipped = tuple(p for p, ok in zip(paths, readable) if not ok)
-        _report_skipped(skipped, source)
+        readable, skipped = _check_readable(paths, source)
         paths = [p for p, ok in zip(paths, readable) if ok]
         labels = [label for label, ok in zip(labels, readable) if ok]
         if not paths:
@@ -620,6 +616,14 @@ def _decoded_shape(contents):
     # Returning the decoded shape makes the pass depend on the decode: graph optimizations prune a
     # decode whose result is unused, and the resized shape is a constant.
     return tf.shape(tf.io.decode_image(contents, channels=3, expand_animations=False))
+
+
+def _check_readable(paths, source):
+    """(whether each path's image decodes, the paths that do not), the latter logged as skipped."""
+    readable = _find_readable(paths)
+    skipped = tuple(p for p, ok in zip(paths, readable) if not ok)
+    _report_skipped(skipped, source)
+    return readable, skipped
 
 
 def _find_readable(paths):
