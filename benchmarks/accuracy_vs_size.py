@@ -42,11 +42,11 @@ from absl import app, flags  # noqa: E402
 import baselines  # noqa: E402
 import deployed  # noqa: E402
 import generalization  # noqa: E402
+import person_network  # noqa: E402
 import provenance  # noqa: E402
 from qgt_keras import datasets, layer_kinds, recipes, serialization  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-MLPERF_WEIGHTS = REPO_ROOT.parent / "shared" / "reference_models" / "mlperf_tiny_vww_96.h5"
 PERSON_DATASETS = ("person96_spatial", "person96")
 
 FLAGS = flags.FLAGS
@@ -57,7 +57,7 @@ flags.DEFINE_integer("seeds", 3, "Seeds (0, 1, ...) of every float, PTQ, 2- and 
 flags.DEFINE_list("rows", [], "Only the rows with these keys (e.g. float@32,qgt@2,'qgt (distilled)@2') and the "
                   "teacher; default: every row of each data set's grid.")
 flags.DEFINE_integer("seeds_8bit", 1, "Seeds of the 8-bit and mixed-precision rows.", lower_bound=1)
-flags.DEFINE_string("teacher", str(MLPERF_WEIGHTS),
+flags.DEFINE_string("teacher", person_network.MLPERF_WEIGHTS,
                     "person96: the float start and teacher (the MLPerf Tiny VWW weights, trained on real VWW).")
 flags.DEFINE_integer("person_epochs", 3, "person96: epochs of every method.", lower_bound=1)
 flags.DEFINE_float("distill_temperature", 2.0, "Temperature of the distillation (every method, and the variants).")

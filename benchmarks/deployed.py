@@ -41,8 +41,14 @@ def deployed_bytes(method, result, calibration):
     raise ValueError(f"no deployed form known for method {method!r}")
 
 
+def output_values(model_tflite, codes):
+    """The int8 output ``codes`` (one row per input) of a quantized model as the real values they stand for:
+    class probabilities for a model that ends in a softmax."""
+    output = tflite_model.io_details(tflite_model.read(model_tflite))["outputs"][0]
+    return (np.asarray(codes).reshape(len(codes), -1).astype(np.float64) - output["zero_point"]) * output["scale"]
+
+
 def tflm_probabilities(int8_tflite, images):
     """Class probabilities of an int8 model run in the TFLite-Micro runtime (what the firmware computes)."""
-    output = tflite_model.io_details(tflite_model.read(int8_tflite))["outputs"][0]
     codes, _, _ = verify.run_tflm(int8_tflite, verify.quantize_inputs(int8_tflite, images))
-    return (codes.reshape(len(images), -1).astype(np.float64) - output["zero_point"]) * output["scale"]
+    return output_values(int8_tflite, codes.reshape(len(images), -1))

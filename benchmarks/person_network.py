@@ -9,13 +9,14 @@ from qgt_keras import models
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REFERENCE_MODELS = os.path.join(HERE, "..", "..", "shared", "reference_models")  # ../shared from the repo root
+# The MLPerf Tiny VWW float model (96x96x3): these weights, and the teacher the person benchmarks measure against.
+MLPERF_WEIGHTS = os.path.join(REFERENCE_MODELS, "mlperf_tiny_vww_96.h5")
 
 
 def mobilenet_v1_96x96x1():
     model = models.mobilenet_v1((96, 96, 1), alpha=0.25)
-    reference = os.path.join(REFERENCE_MODELS, "mlperf_tiny_vww_96.h5")
-    if os.path.exists(reference):
-        models.init_from(model, reference)
+    if os.path.exists(MLPERF_WEIGHTS):
+        models.init_from(model, MLPERF_WEIGHTS)
     else:
-        print(f"note: {reference} not found, using untrained weights", file=sys.stderr)
+        print(f"note: {MLPERF_WEIGHTS} not found, using untrained weights", file=sys.stderr)
     return model

@@ -19,15 +19,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
+import deployed  # noqa: E402
 import generalization  # noqa: E402
+import person_network  # noqa: E402
 import provenance  # noqa: E402
 from qgt_keras import datasets, serialization  # noqa: E402
-from tflm_export import c_source, codegen, export, model_runner, tflite_model, verify  # noqa: E402
+from tflm_export import c_source, codegen, export, model_runner, verify  # noqa: E402
 from tflm_export.files import write_atomic  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXAMPLE = os.path.join(HERE, "..", "arduino", "QGT", "examples", "person_detection")
-TEACHER = os.path.join(HERE, "..", "..", "shared", "reference_models", "mlperf_tiny_vww_96.h5")
 PREFIX = "person_model"
 
 
@@ -43,10 +44,7 @@ def person_probabilities(packed, images, folder):
     results = model_runner.run_host(program, generated, verify.quantize_inputs(packed, images), folder)
     if any(results.statuses):
         raise RuntimeError(f"the generated model returned statuses {sorted(set(results.statuses))}")
-    output = tflite_model.io_details(tflite_model.read(packed))["outputs"][0]
-    logits = (results.outputs.astype(np.float64) - output["zero_point"]) * output["scale"]
-    probabilities = np.exp(logits - logits.max(-1, keepdims=True))
-    return (probabilities / probabilities.sum(-1, keepdims=True))[:, codegen.PERSON_INDEX]
+    return deployed.output_values(packed, results.outputs)[:, codegen.PERSON_INDEX]  # the model ends in a softmax
 
 
 def person96_test():
@@ -66,20 +64,20 @@ def main(argv=None):
     packed = packed_model(args.model_data)
     ood = datasets.read_out_of_scene()
     test_images, test_labels = person96_test()
-    teacher = serialization.load_model(TEACHER)
+    teacher = serialization.load_model(person_network.MLPERF_WEIGHTS)
     teacher_person = generalization.person_probability(
         lambda x: teacher.predict(x, verbose=0, batch_size=128), ood.images)
     with tempfile.TemporaryDirectory() as folder:
         student = person_probabilities(packed, np.concatenate([ood.images, test_images]), folder)
     ood_person, test_person = student[:len(ood.images)], student[len(ood.images):]
-    result = {"provenance": None, "model_bytes": len(packed),
+    result = {"model_bytes": len(packed),
               "person96_test_accuracy": float(np.mean((test_person > generalization.THRESHOLD) == test_labels)),
               "person96_test_images": len(test_labels),
               "ood": generalization.out_of_scene(ood_person, teacher_person, ood)}
     result["provenance"] = run.record()
     write_atomic(args.out + ".json", json.dumps(result, indent=1) + "\n")
     o = result["ood"]
-    write_atomic(args.out + ".md", "\n".join([
+    report = "\n".join([
         "# The shipped person_detection model, as the board computes it", "",
         provenance.describe(result["provenance"]), "",
         f"The example's packed model ({len(packed):,} B), its generated C built for the host, on the crops "
@@ -91,8 +89,9 @@ def main(argv=None):
         f"| data/ood: AUC against the teacher's decisions | {o['auc_vs_teacher']:.4f} |",
         f"| data/ood labeled crops: accuracy | {100 * o['labeled_accuracy']:.2f}% |",
         f"| data/ood labeled crops: person recall | {100 * o['person_recall']:.2f}% |",
-        f"| data/ood labeled crops: non-person specificity | {100 * o['non_person_specificity']:.2f}% |", ""]))
-    print(open(args.out + ".md").read())
+        f"| data/ood labeled crops: non-person specificity | {100 * o['non_person_specificity']:.2f}% |", ""])
+    write_atomic(args.out + ".md", report)
+    print(report)
 
 
 if __name__ == "__main__":
