@@ -4,21 +4,22 @@ The person96 test crops (96x96, what training feeds: v / 255 then the model's in
 the same crops made into QCIF camera frames (tflm_export.camera.frame_from_image: scaled to 144x144
 bicubic, edge columns to 176 wide, stored as Arduino_OV767X stores RGB565 or GRAYSCALE) and preprocessed
 as the sketch does (tflm_export.camera.to_input: centred 144x144 window, area resize to 96x96, the 256-entry
-table). Both run through the exported int8 model in the TFLite-Micro Python runtime (bit-exact with the
-packed model in TFLM and, by the tests, with the generated C model). Writes
-benchmarks/results/camera_preprocessing.{json,md}.
+table). All three run through the person_detection example's shipped packed model as the board computes it
+(its generated C, built for the host; shipped_model.py). Writes benchmarks/results/camera_preprocessing.{json,md}.
 
-Usage: python benchmarks/camera_preprocessing.py --int8=runs/export/person_int8.tflite (the int8 variant of the
-export the sketch ships)
+Usage: python benchmarks/camera_preprocessing.py [--model_data=FILE] (another qgt-export model_data.cc)
 """
 
 import argparse
 import json
 import os
 
+import tempfile
+
 import numpy as np
 
 import provenance
+import shipped_model
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -41,40 +42,41 @@ def test_crops():
     return crops.astype(np.uint8), floats, labels
 
 
-def _scores(int8, inputs, output_quant):
-    outputs, _, _ = verify.run_tflm(int8, inputs)
+def _scores(packed, inputs, output_quant, folder):
+    outputs = shipped_model.output_codes(packed, inputs, folder)
     scale, zero_point = output_quant
     return outputs, np.array([person.score_permille(o, codegen.PERSON_INDEX, scale, zero_point) for o in outputs])
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--int8", required=True, help="The exported int8 model (<name>_int8.tflite of qgt-export).")
+    parser.add_argument("--model_data", default=os.path.join(shipped_model.EXAMPLE, "model_data.cc"),
+                        help="the model_data.cc of a packed model (default: the example's shipped model)")
     args = parser.parse_args()
     run = provenance.Run()
-    with open(args.int8, "rb") as f:
-        int8 = f.read()
-    details = tflite_model.io_details(tflite_model.read(int8))
+    packed = shipped_model.packed_model(args.model_data)
+    details = tflite_model.io_details(tflite_model.read(packed))
     shape = tuple(details["inputs"][0]["shape"][1:])
     output_quant = (details["outputs"][0]["scale"], details["outputs"][0]["zero_point"])
     crops, floats, labels = test_crops()
-    table = export.pixel_table(int8)  # what qgt-export writes into the generated model
-    trained = verify.quantize_inputs(int8, floats)
-    reference_outputs, reference = _scores(int8, trained, output_quant)
-    rows = [{"path": "as trained (crop / 255)", "accuracy": float(np.mean(reference_outputs.argmax(-1) == labels))}]
-    for fmt in camera.FORMATS:
-        inputs = np.stack([camera.to_input(camera.frame_from_image(c, *QCIF, fmt), *QCIF, fmt, table, shape)
-                           for c in crops])
-        outputs, scores = _scores(int8, inputs, output_quant)
-        steps = np.abs(inputs.astype(np.int16) - trained.astype(np.int16))
-        rows.append({"path": f"camera {fmt} frame", "accuracy": float(np.mean(outputs.argmax(-1) == labels)),
-                     "same_decisions": float(np.mean(outputs.argmax(-1) == reference_outputs.argmax(-1))),
-                     "mean_abs_score_diff_permille": float(np.mean(np.abs(scores - reference))),
-                     "p95_abs_score_diff_permille": float(np.percentile(np.abs(scores - reference), 95)),
-                     "max_abs_score_diff_permille": int(np.max(np.abs(scores - reference))),
-                     "mean_abs_input_diff_steps": float(steps.mean())})
-    result = {"model": os.path.basename(args.int8), "images": int(len(labels)), "input_shape": list(shape),
-              "rows": rows, "provenance": run.record()}
+    table = export.pixel_table(packed)  # what qgt-export writes into the generated model
+    trained = verify.quantize_inputs(packed, floats)
+    with tempfile.TemporaryDirectory() as folder:
+        reference_outputs, reference = _scores(packed, trained, output_quant, folder)
+        rows = [{"path": "as trained (crop / 255)", "accuracy": float(np.mean(reference_outputs.argmax(-1) == labels))}]
+        for fmt in camera.FORMATS:
+            inputs = np.stack([camera.to_input(camera.frame_from_image(c, *QCIF, fmt), *QCIF, fmt, table, shape)
+                               for c in crops])
+            outputs, scores = _scores(packed, inputs, output_quant, folder)
+            steps = np.abs(inputs.astype(np.int16) - trained.astype(np.int16))
+            rows.append({"path": f"camera {fmt} frame", "accuracy": float(np.mean(outputs.argmax(-1) == labels)),
+                         "same_decisions": float(np.mean(outputs.argmax(-1) == reference_outputs.argmax(-1))),
+                         "mean_abs_score_diff_permille": float(np.mean(np.abs(scores - reference))),
+                         "p95_abs_score_diff_permille": float(np.percentile(np.abs(scores - reference), 95)),
+                         "max_abs_score_diff_permille": int(np.max(np.abs(scores - reference))),
+                         "mean_abs_input_diff_steps": float(steps.mean())})
+    result = {"model": os.path.relpath(args.model_data, os.path.join(HERE, "..")), "model_bytes": len(packed),
+              "images": int(len(labels)), "input_shape": list(shape), "rows": rows, "provenance": run.record()}
     os.makedirs(RESULTS, exist_ok=True)
     write_atomic(os.path.join(RESULTS, "camera_preprocessing.json"), json.dumps(result, indent=2) + "\n")
     write_atomic(os.path.join(RESULTS, "camera_preprocessing.md"), _markdown(result))
@@ -84,7 +86,8 @@ def main():
 def _markdown(result):
     lines = ["# Camera preprocessing vs the inputs as trained", "",
              provenance.describe(result["provenance"]) + f" {result['images']} person96 test crops, model "
-             f"`{result['model']}`, input {result['input_shape']}.", "",
+             f"`{result['model']}` ({result['model_bytes']:,} B packed), input {result['input_shape']}, run as its "
+             "generated C (host build).", "",
              "Camera path: crop -> QCIF frame (144x144 bicubic, edge columns) -> the sketch's preprocessing "
              "(centred 144x144 window, area resize to 96x96, 256-entry table). Scores: person probability in "
              "thousandths; differences against the as-trained input of the same crop.", "",

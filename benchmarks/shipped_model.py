@@ -37,14 +37,21 @@ def packed_model(model_data):
         return c_source.model_bytes_of(f.read())
 
 
-def person_probabilities(packed, images, folder):
-    """P(person) of the generated C model of ``packed`` on float ``images`` in [0, 1] (host build)."""
+def output_codes(packed, inputs, folder):
+    """The int8 output codes (one row per input) of the generated C model of ``packed`` (host build) on int8
+    ``inputs`` (N, H, W, C)."""
     generated = codegen.generate(packed, PREFIX, export.pixel_table(packed))
     program = model_runner.build_host(generated, folder)
-    results = model_runner.run_host(program, generated, verify.quantize_inputs(packed, images), folder)
+    results = model_runner.run_host(program, generated, inputs, folder)
     if any(results.statuses):
         raise RuntimeError(f"the generated model returned statuses {sorted(set(results.statuses))}")
-    return deployed.output_values(packed, results.outputs)[:, codegen.PERSON_INDEX]  # the model ends in a softmax
+    return results.outputs.reshape(len(inputs), -1)
+
+
+def person_probabilities(packed, images, folder):
+    """P(person) of the generated C model of ``packed`` on float ``images`` in [0, 1] (host build)."""
+    codes = output_codes(packed, verify.quantize_inputs(packed, images), folder)
+    return deployed.output_values(packed, codes)[:, codegen.PERSON_INDEX]  # the model ends in a softmax
 
 
 def person96_test():
