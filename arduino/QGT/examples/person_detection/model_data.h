@@ -7,7 +7,7 @@
 namespace person_packed_model {
 
 extern const unsigned char kData[];
-constexpr unsigned int kDataLength = 65568;
+constexpr unsigned int kDataLength = 76528;
 
 // Input: int8, shape [1, 96, 96, 3]
 constexpr int kInputRank = 4;

@@ -32,8 +32,8 @@ extern "C" {
 #define PERSON_MODEL_BUFFER_BYTES 46504
 
 /* The weight widths the model uses (bit b: b-bit weights). Building the QGT library with
- * -DQGT_WEIGHT_BITS_MASK=0x104 compiles only their kernel loops (less flash). */
-#define PERSON_MODEL_WEIGHT_BITS_MASK 0x104u
+ * -DQGT_WEIGHT_BITS_MASK=0x114 compiles only their kernel loops (less flash). */
+#define PERSON_MODEL_WEIGHT_BITS_MASK 0x114u
 
 /* The quantized model input of each 8-bit pixel value v (0..255) as the training pipeline
  * preprocesses it (v / 255, then the input quantization); per channel for RGB inputs. */
