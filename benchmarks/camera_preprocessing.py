@@ -5,9 +5,10 @@ the same crops made into QCIF camera frames (tflm_export.camera.frame_from_image
 bicubic, edge columns to 176 wide, stored as Arduino_OV767X stores RGB565 or GRAYSCALE) and preprocessed
 as the sketch does (tflm_export.camera.to_input: centred 144x144 window, area resize to 96x96, the 256-entry
 table). All three run through the person_detection example's shipped packed model as the board computes it
-(its generated C, built for the host; shipped_model.py). Writes benchmarks/results/camera_preprocessing.{json,md}.
+(its generated C, built for the host; shipped_model.py). Writes <out>.json and <out>.md.
 
-Usage: python benchmarks/camera_preprocessing.py [--model_data=FILE] (another qgt-export model_data.cc)
+Usage: python benchmarks/camera_preprocessing.py [--out=benchmarks/results/camera_preprocessing]
+    [--model_data=FILE] (another qgt-export model_data.cc)
 """
 
 import argparse
@@ -50,6 +51,8 @@ def _scores(packed, inputs, output_quant, folder):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default=os.path.join(RESULTS, "camera_preprocessing"),
+                        help="output path without extension")
     parser.add_argument("--model_data", default=os.path.join(shipped_model.EXAMPLE, "model_data.cc"),
                         help="the model_data.cc of a packed model (default: the example's shipped model)")
     args = parser.parse_args()
@@ -77,9 +80,8 @@ def main():
                          "mean_abs_input_diff_steps": float(steps.mean())})
     result = {"model": os.path.relpath(args.model_data, os.path.join(HERE, "..")), "model_bytes": len(packed),
               "images": int(len(labels)), "input_shape": list(shape), "rows": rows, "provenance": run.record()}
-    os.makedirs(RESULTS, exist_ok=True)
-    write_atomic(os.path.join(RESULTS, "camera_preprocessing.json"), json.dumps(result, indent=2) + "\n")
-    write_atomic(os.path.join(RESULTS, "camera_preprocessing.md"), _markdown(result))
+    write_atomic(args.out + ".json", json.dumps(result, indent=2) + "\n")
+    write_atomic(args.out + ".md", _markdown(result))
     print(_markdown(result))
 
 

@@ -1,5 +1,6 @@
-"""benchmarks/shipped_model.py end to end (as a program: nothing imports benchmarks): the example's shipped
-model read back from model_data.cc, run as generated C on the host, scored against the float teacher."""
+"""benchmarks/shipped_model.py and camera_preprocessing.py end to end (as programs: nothing imports
+benchmarks): the example's shipped model read back from model_data.cc, run as generated C on the host, scored
+against the float teacher and on the sketch's camera path."""
 
 import json
 import os
@@ -33,3 +34,17 @@ def test_the_benchmark_scores_the_shipped_model(tmp_path):
         assert result[key] == committed[key], key  # the same model, bit-exact C: the same decisions
     assert result["ood"]["agreement"] == committed["ood"]["agreement"]
     assert set(result["provenance"]) == {"commit", "uncommitted_changes", "command", "machine", "wall_s"}
+
+
+def test_the_camera_benchmark_reproduces_its_committed_rows(tmp_path):
+    out = tmp_path / "camera_preprocessing"
+    done = subprocess.run([sys.executable, os.path.join(repo_root(), "benchmarks", "camera_preprocessing.py"),
+                           f"--out={out}"], capture_output=True, text=True, timeout=900, cwd=repo_root())
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    result = json.loads(out.with_suffix(".json").read_text())
+    with open(os.path.join(repo_root(), "benchmarks", "results", "camera_preprocessing.json")) as f:
+        committed = json.load(f)
+    assert result["model_bytes"] == committed["model_bytes"]
+    assert [row["path"] for row in result["rows"]] == ["as trained (crop / 255)", "camera gray8 frame",
+                                                       "camera rgb565 frame"]
+    assert result["rows"] == committed["rows"]  # deterministic frames and bit-exact C: the same numbers
