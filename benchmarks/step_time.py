@@ -13,7 +13,8 @@ Times, on the same random batch with Adam, the training steps that matter:
   every batch (qgt_keras.distillation), as the benchmark's person detector trains.
 
 Each round times ``steps`` steps of each variant after a compiled warm-up, alternating the variants so that a
-busy machine slows all alike; the reported time per step is the median over rounds. Goal (issue 3, 9):
+busy machine slows all alike; the reported time per step is the median over rounds (every round's is kept
+beside it: on a shared 2-core machine one round can take twice another). Goal (issue 3, 9):
 recipe / float <= 1.2 (and recipe_distilled / float_distilled, the same comparison with a teacher).
 """
 
@@ -91,6 +92,7 @@ def main(argv):
         "model": f"mobilenet_v1_0.25_96x96x3 ({FLAGS.bits}-bit, first/last 8-bit)",
         "batch": FLAGS.batch,
         "step_s": {name: round(seconds, 5) for name, seconds in step.items()},
+        "round_step_s": {name: [round(seconds, 5) for seconds in times] for name, times in timings.items()},
         "ratio_recipe_to_float": round(step["recipe"] / step["float"], 3),
         "ratio_qgt_phase_to_float": round(step["qgt_phase"] / step["float"], 3),
         "ratio_recipe_distilled_to_float_distilled": round(step["recipe_distilled"] / step["float_distilled"], 3),
