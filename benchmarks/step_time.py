@@ -14,7 +14,9 @@ Times, on the same random batch with Adam, the training steps that matter:
 
 Each round times ``steps`` steps of each variant after a compiled warm-up, alternating the variants so that a
 busy machine slows all alike; the reported time per step is the median over rounds (every round's is kept
-beside it: on a shared 2-core machine one round can take twice another). Goal (issue 3, 9):
+beside it: on a shared 2-core machine one round can take twice another). CPU time per step (the process's
+threads together, median over rounds) is reported too: it does not count the time the machine gives to
+others, so its ratios are steadier. Goal (issue 3, 9):
 recipe / float <= 1.2 (and recipe_distilled / float_distilled, the same comparison with a teacher).
 """
 
@@ -45,9 +47,10 @@ flags.DEFINE_string("out", str(RESULTS), "Result file.")
 
 
 def _seconds_per_step(model, dataset, steps):
-    started = time.perf_counter()
+    """(wall, CPU) seconds per step of ``steps`` training steps; CPU time sums the process's threads."""
+    started, cpu_started = time.perf_counter(), time.process_time()
     model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)
-    return (time.perf_counter() - started) / steps
+    return (time.perf_counter() - started) / steps, (time.process_time() - cpu_started) / steps
 
 
 def _quantized(float_model, hard, strength):
@@ -78,21 +81,29 @@ def main(argv):
     rng = np.random.default_rng(0)
     batch = (rng.random((FLAGS.batch, 96, 96, 3), np.float32), rng.integers(0, 2, FLAGS.batch))
     dataset = tf.data.Dataset.from_tensors(batch).repeat()
-    timings = {name: [] for name in variants}
+    timings, cpu_timings = {name: [] for name in variants}, {name: [] for name in variants}
     for model in variants.values():
         recipes.compile_model(model, 1e-3)
         _seconds_per_step(model, dataset, 3)  # trace and warm up
     for round_index in range(FLAGS.rounds):
         for name, model in variants.items():
-            timings[name].append(_seconds_per_step(model, dataset, FLAGS.steps))
+            wall, cpu = _seconds_per_step(model, dataset, FLAGS.steps)
+            timings[name].append(wall)
+            cpu_timings[name].append(cpu)
         print(f"round {round_index + 1}/{FLAGS.rounds}: " + ", ".join(
-            f"{name} {times[-1] * 1e3:.1f} ms/step" for name, times in timings.items()), flush=True)
+            f"{name} {times[-1] * 1e3:.1f} ms/step ({cpu_timings[name][-1] * 1e3:.1f} CPU)"
+            for name, times in timings.items()), flush=True)
     step = {name: statistics.median(times) for name, times in timings.items()}
+    cpu_step = {name: statistics.median(times) for name, times in cpu_timings.items()}
     result = {
         "model": f"mobilenet_v1_0.25_96x96x3 ({FLAGS.bits}-bit, first/last 8-bit)",
         "batch": FLAGS.batch,
         "step_s": {name: round(seconds, 5) for name, seconds in step.items()},
         "round_step_s": {name: [round(seconds, 5) for seconds in times] for name, times in timings.items()},
+        "cpu_step_s": {name: round(seconds, 5) for name, seconds in cpu_step.items()},
+        "cpu_ratio_recipe_to_float": round(cpu_step["recipe"] / cpu_step["float"], 3),
+        "cpu_ratio_recipe_distilled_to_float_distilled": round(
+            cpu_step["recipe_distilled"] / cpu_step["float_distilled"], 3),
         "ratio_recipe_to_float": round(step["recipe"] / step["float"], 3),
         "ratio_qgt_phase_to_float": round(step["qgt_phase"] / step["float"], 3),
         "ratio_recipe_distilled_to_float_distilled": round(step["recipe_distilled"] / step["float_distilled"], 3),
