@@ -22,14 +22,18 @@ def test_model_data_cc_reads_back_as_the_model_it_holds():
         c_source.model_bytes_of("int x;")
 
 
-def test_the_benchmark_scores_the_shipped_model(tmp_path):
-    out = tmp_path / "shipped_model"
-    done = subprocess.run([sys.executable, os.path.join(repo_root(), "benchmarks", "shipped_model.py"),
-                           f"--out={out}"], capture_output=True, text=True, timeout=900, cwd=repo_root())
+def run_benchmark(name, tmp_path):
+    """(the result of ``benchmarks/<name>.py --out=...`` run now, its committed result)."""
+    out = tmp_path / name
+    done = subprocess.run([sys.executable, os.path.join(repo_root(), "benchmarks", f"{name}.py"), f"--out={out}"],
+                          capture_output=True, text=True, timeout=900, cwd=repo_root())
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    result = json.loads(out.with_suffix(".json").read_text())
-    with open(os.path.join(repo_root(), "benchmarks", "results", "shipped_model.json")) as f:
-        committed = json.load(f)
+    with open(os.path.join(repo_root(), "benchmarks", "results", f"{name}.json")) as f:
+        return json.loads(out.with_suffix(".json").read_text()), json.load(f)
+
+
+def test_the_benchmark_scores_the_shipped_model(tmp_path):
+    result, committed = run_benchmark("shipped_model", tmp_path)
     for key in ("model_bytes", "person96_test_accuracy", "person96_test_images"):
         assert result[key] == committed[key], key  # the same model, bit-exact C: the same decisions
     assert result["ood"]["agreement"] == committed["ood"]["agreement"]
@@ -37,13 +41,7 @@ def test_the_benchmark_scores_the_shipped_model(tmp_path):
 
 
 def test_the_camera_benchmark_reproduces_its_committed_rows(tmp_path):
-    out = tmp_path / "camera_preprocessing"
-    done = subprocess.run([sys.executable, os.path.join(repo_root(), "benchmarks", "camera_preprocessing.py"),
-                           f"--out={out}"], capture_output=True, text=True, timeout=900, cwd=repo_root())
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    result = json.loads(out.with_suffix(".json").read_text())
-    with open(os.path.join(repo_root(), "benchmarks", "results", "camera_preprocessing.json")) as f:
-        committed = json.load(f)
+    result, committed = run_benchmark("camera_preprocessing", tmp_path)
     assert result["model_bytes"] == committed["model_bytes"]
     assert [row["path"] for row in result["rows"]] == ["as trained (crop / 255)", "camera gray8 frame",
                                                        "camera rgb565 frame"]
