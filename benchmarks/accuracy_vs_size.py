@@ -108,7 +108,7 @@ class Row:
     @property
     def reference(self):
         """A variant of a method or the teacher itself: shown, but not one of the methods compared."""
-        return bool(self.variant) or self.method == "teacher"
+        return bool(self.variant) or "schedule" in self.options or self.method == "teacher"
 
 
 def distilled(weight=1.0):
@@ -126,6 +126,9 @@ TRANSFER_LABEL = "qgt (distilled + data/transfer)"
 BALANCED_LABEL = "qgt (distilled + data/transfer + 40% person)"
 BALANCED = {**distilled(), **WITH_TRANSFER, **PERSON_OVERSAMPLED}
 LONGER_LABEL = "qgt (distilled + data/transfer + 40% person; 8 epochs)"
+# The recipe with each layer's grid scales re-estimated every 16 training steps instead of every step.
+SCALE_INTERVAL = {"schedule": recipes.QGTSchedule(scale_interval=16)}
+SCALE_INTERVAL_NOTE = "scales every 16 steps"
 _FLOAT, _MIXED = layer_kinds.FLOAT_BITS, None
 BASELINE_ROWS = (
     Row("float", _FLOAT),
@@ -148,6 +151,9 @@ GRIDS = {
         Row("qgt", 2, variant={**BALANCED, "finetune_epochs": 8}, label=LONGER_LABEL),
         Row("qgt", 4, variant=BALANCED, label=BALANCED_LABEL),
         Row("qgt_mixed", _MIXED, variant=BALANCED, label=BALANCED_LABEL.replace("qgt", "qgt_mixed")),
+        Row("qgt", 2, SCALE_INTERVAL, label=f"qgt ({SCALE_INTERVAL_NOTE})"),
+        Row("qgt_mixed", _MIXED, SCALE_INTERVAL, variant=BALANCED,
+            label=BALANCED_LABEL.replace("qgt", "qgt_mixed").replace(")", f"; {SCALE_INTERVAL_NOTE})")),
         Row("float", _FLOAT, variant=distilled(), label="float (distilled)"),
         Row("float", _FLOAT, variant={**distilled(), **WITH_TRANSFER}, label="float (distilled + data/transfer)"),
         Row("float", _FLOAT, variant={**distilled(), **FROZEN_BATCHNORM}, label="float (distilled, BN frozen)"),
@@ -254,7 +260,7 @@ def run_row(setup, row):
                                     recipes.evaluate(teacher, setup.data), {})
     if row.method == "qgt_mixed":
         sizes = layer_kinds.kernel_sizes(setup.pretrained()[0])
-        return recipes.qgt_mixed(setup, math.ceil(FLAGS.mixed_bits * sum(sizes.values()) / 8))
+        return recipes.qgt_mixed(setup, math.ceil(FLAGS.mixed_bits * sum(sizes.values()) / 8), **row.options)
     return baselines.METHODS[row.method](setup, row.bits, **row.options)
 
 

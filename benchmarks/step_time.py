@@ -1,6 +1,6 @@
 """Training step time of the QGT recipe against float training: MobileNetV1-0.25, 96x96x3, batch 32.
 
-    python benchmarks/step_time.py [--steps 20] [--rounds 3] [--out benchmarks/results/step_time.json]
+    python benchmarks/step_time.py [--steps 32] [--rounds 3] [--scale_interval 16] [--out benchmarks/results/step_time.json]
 
 Times, on the same random batch with Adam, the training steps that matter:
 
@@ -8,6 +8,8 @@ Times, on the same random batch with Adam, the training steps that matter:
 * ``recipe``: what recipes.qgt runs with its default QGTSchedule: every quantized layer on its grid from the
   first step (the per-channel MSE scale of every kernel estimated in every forward pass, straight-through
   gradients) plus the QGT term at ``hard_strength``;
+* ``recipe_scale_interval``: the recipe with each layer's scales re-estimated every ``--scale_interval``
+  training steps instead of every step (``QGTSchedule(scale_interval=...)``);
 * ``qgt_phase``: the optional QGT phase (float forward pass, the QGT term with its Lloyd scale estimate);
 * ``float_distilled``, ``recipe_distilled``: the same two with the frozen float teacher's forward pass of
   every batch (qgt_keras.distillation), as the benchmark's person detector trains.
@@ -18,6 +20,8 @@ beside it: on a shared 2-core machine one round can take twice another). CPU tim
 threads together, median over rounds) is reported too: it does not count the time the machine gives to
 others, so its ratios are steadier. Goal (issue 3, 9):
 recipe / float <= 1.2 (and recipe_distilled / float_distilled, the same comparison with a teacher).
+``--steps`` must be a multiple of ``--scale_interval``: every round then times the same number of
+re-estimations, wherever it starts.
 """
 
 import json
@@ -39,10 +43,12 @@ from qgt_keras.layers import quantized_kernels  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "step_time.json"
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("steps", 20, "Timed steps per variant per round.")
+flags.DEFINE_integer("steps", 32, "Timed steps per variant per round.")
 flags.DEFINE_integer("rounds", 3, "Alternating rounds; the median is reported.")
 flags.DEFINE_integer("batch", 32, "Batch size.")
 flags.DEFINE_integer("bits", 2, "Weight width of the quantized layers (first and last: 8, as the recipe).")
+flags.DEFINE_integer("scale_interval", 16, "Training steps between scale re-estimations of recipe_scale_interval.",
+                     lower_bound=1)
 flags.DEFINE_string("out", str(RESULTS), "Result file.")
 
 
@@ -53,10 +59,10 @@ def _seconds_per_step(model, dataset, steps):
     return (time.perf_counter() - started) / steps, (time.process_time() - cpu_started) / steps
 
 
-def _quantized(float_model, hard, strength):
+def _quantized(float_model, hard, strength, scale_interval=1):
     """The recipe's model in one of its phases: quantize_model with the recipe's policy defaults, the QGT term
     held at ``strength`` (its own ramp off, as QGTScheduler sets it)."""
-    model = conversion.quantize_model(float_model, bits=FLAGS.bits, strength=strength)
+    model = conversion.quantize_model(float_model, bits=FLAGS.bits, strength=strength, scale_interval=scale_interval)
     conversion.set_hard_quantization(model, hard)
     for entry in quantized_kernels(model):
         entry.regularizer.ramp_steps = 0
@@ -65,6 +71,8 @@ def _quantized(float_model, hard, strength):
 
 def main(argv):
     del argv
+    if FLAGS.steps % FLAGS.scale_interval:
+        raise app.UsageError(f"--steps ({FLAGS.steps}) must be a multiple of --scale_interval ({FLAGS.scale_interval})")
     run = provenance.Run()
     keras.utils.set_random_seed(0)
     schedule = recipes.QGTSchedule()
@@ -73,6 +81,8 @@ def main(argv):
     variants = {
         "float": float_model,
         "recipe": _quantized(float_model, hard=True, strength=schedule.hard_strength),
+        "recipe_scale_interval": _quantized(float_model, hard=True, strength=schedule.hard_strength,
+                                            scale_interval=FLAGS.scale_interval),
         "qgt_phase": _quantized(float_model, hard=False, strength=schedule.end_strength),
         "float_distilled": distillation.Distiller(models.mobilenet_v1((96, 96, 3), alpha=0.25), teacher),
         "recipe_distilled": distillation.Distiller(
@@ -104,10 +114,13 @@ def main(argv):
         "cpu_ratio_recipe_to_float": round(cpu_step["recipe"] / cpu_step["float"], 3),
         "cpu_ratio_recipe_distilled_to_float_distilled": round(
             cpu_step["recipe_distilled"] / cpu_step["float_distilled"], 3),
+        "cpu_ratio_recipe_scale_interval_to_float": round(cpu_step["recipe_scale_interval"] / cpu_step["float"], 3),
         "ratio_recipe_to_float": round(step["recipe"] / step["float"], 3),
+        "ratio_recipe_scale_interval_to_float": round(step["recipe_scale_interval"] / step["float"], 3),
         "ratio_qgt_phase_to_float": round(step["qgt_phase"] / step["float"], 3),
         "ratio_recipe_distilled_to_float_distilled": round(step["recipe_distilled"] / step["float_distilled"], 3),
         "ratio_recipe_distilled_to_float": round(step["recipe_distilled"] / step["float"], 3),
+        "scale_interval": FLAGS.scale_interval,
         "steps_per_round": FLAGS.steps,
         "rounds": FLAGS.rounds,
         "provenance": run.record(),

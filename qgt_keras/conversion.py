@@ -28,7 +28,8 @@ class QuantizationPolicy:
     quantizable layer (None: no special case); ``overrides[layer type name]`` ("Conv2D", "DepthwiseConv2D",
     "Dense"); ``bits``. Layers named in ``skip`` stay float. ``scale`` is the scale method of the layers'
     quantizers (hard-quantization phase, snapping), ``regularizer_scale`` the one the QGT term uses at every
-    step (see ``quantizers.estimate_scale``). ``strength=None`` gives the layers no QGT term at all (plain
+    step (see ``quantizers.estimate_scale``); ``scale_interval`` > 1 makes the layers re-estimate their scales
+    (by ``scale``) only every that many training steps and use them for both (qgt_keras.layers). ``strength=None`` gives the layers no QGT term at all (plain
     STE training and post-training quantization: a term of strength 0 would still be computed every step).
     """
 
@@ -39,6 +40,7 @@ class QuantizationPolicy:
     outlier_weight: float = 1.0
     scale: str = "mse"
     regularizer_scale: str = "lloyd"
+    scale_interval: int = 1
     skip: tuple = ()
 
     def __post_init__(self):
@@ -54,6 +56,9 @@ class QuantizationPolicy:
             quantizers.check_bits(self.edge_bits, "policy edge_bits")
         for key, value in self.overrides.items():
             quantizers.check_bits(value, f"policy override bits for {key!r}")
+        if isinstance(self.scale_interval, bool) or not isinstance(self.scale_interval, (int, np.integer)) \
+                or self.scale_interval < 1:
+            raise ValueError(f"policy scale_interval must be an integer >= 1, got {self.scale_interval!r}")
         for name in ("scale", "regularizer_scale"):
             if getattr(self, name) not in quantizers.SCALE_METHODS:
                 raise ValueError(
@@ -148,15 +153,16 @@ def quantize_model(model, policy=None, **policy_kwargs):
             config[kind.regularizer_argument] = QGTRegularizer(
                 bits, policy.strength, policy.outlier_weight, policy.regularizer_scale, kind.channel_axes,
                 base=config.get(kind.regularizer_argument))
-        return QUANTIZED_CLASSES[kind].from_config({**config, "bits": bits, "scale": policy.scale})
+        return QUANTIZED_CLASSES[kind].from_config(
+            {**config, "bits": bits, "scale": policy.scale, "scale_interval": policy.scale_interval})
 
     quantized = keras.models.clone_model(model, clone_function=clone)
     for original in model.layers:
         copy = quantized.get_layer(original.name)
         weights = original.get_weights()
-        if isinstance(copy, QUANTIZED_LAYERS):
-            weights.append(0.0)  # the quantize gate: start in the QGT phase
-        copy.set_weights(weights)
+        # A quantized layer's own weights follow the original's and keep their initial values: the quantize
+        # gate 0 (start in the QGT phase) and, with a scale interval, scales not yet estimated.
+        copy.set_weights(weights + copy.get_weights()[len(weights):])
     for layer_name, norm_name in norms.items():
         _make_gamma_nonnegative(quantized.get_layer(layer_name), quantized.get_layer(norm_name))
     return quantized
@@ -234,19 +240,18 @@ def strip_quantization(model, snap=True):
         config[kind.regularizer_argument] = _without_qgt(config[kind.regularizer_argument])
         if not isinstance(layer, QUANTIZED_LAYERS):
             return layer.__class__.from_config(config)
-        config.pop("bits")
-        config.pop("scale")
+        for key in ("bits", "scale", "scale_interval"):
+            config.pop(key, None)  # a model saved before scale_interval existed has none
         return kind.keras_class.from_config(config)
 
     plain_model = keras.models.clone_model(model, clone_function=clone)
     snapped = {entry.name: entry.snapped() for entry in quantized_kernels(model)} if snap else {}
     for layer in model.layers:
-        weights = layer.get_weights()
-        if isinstance(layer, QUANTIZED_LAYERS):
-            weights = weights[:-1]  # drop the quantize gate
+        plain_layer = plain_model.get_layer(layer.name)
+        weights = layer.get_weights()[:len(plain_layer.weights)]  # without a quantized layer's own weights
         if layer.name in snapped:
             weights[0] = snapped[layer.name].numpy()
-        plain_model.get_layer(layer.name).set_weights(weights)
+        plain_layer.set_weights(weights)
     return plain_model
 
 

@@ -9,10 +9,18 @@ Each is its tf_keras base layer plus a b-bit kernel quantizer and a ``quantize_g
 
 The gate is a weight, not a Python flag, so ``callbacks.QGTScheduler`` can switch phases inside a compiled
 training function and a saved model remembers its phase.
+
+``scale_interval``: with the default 1, every training step estimates the kernel's per-channel scales afresh
+(the MSE search, for the hard phase's forward pass; the regularizer's own method, for the QGT term). With
+n > 1 the layer keeps its scales in a ``kernel_scale`` weight, re-estimated (by the quantizer's method) in
+every n-th training step, and both the forward pass and the QGT term of the steps between use them: the
+search costs about a third of a step of a small model, and the weights move little in n steps. Inference
+(``training`` not True) always estimates afresh, so a model computes what its export computes.
 """
 
 import dataclasses
 
+import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
@@ -27,9 +35,14 @@ class QuantizedKernelMixin:
 
     layer_kind = None
 
-    def __init__(self, *args, bits=2, scale="mse", **kwargs):
+    def __init__(self, *args, bits=2, scale="mse", scale_interval=1, **kwargs):
         kind = self.layer_kind
-        self.bits = quantizers.check_bits(bits, f"bits of layer {kwargs.get('name', type(self).__name__)!r}")
+        name = kwargs.get('name', type(self).__name__)
+        self.bits = quantizers.check_bits(bits, f"bits of layer {name!r}")
+        if isinstance(scale_interval, bool) or not isinstance(scale_interval, (int, np.integer)) \
+                or scale_interval < 1:
+            raise ValueError(f"scale_interval of layer {name!r} must be an integer >= 1, got {scale_interval!r}")
+        self.scale_interval = int(scale_interval)
         regularizer = keras.regularizers.get(kwargs.get(kind.regularizer_argument))
         if isinstance(regularizer, QGTRegularizer) and regularizer.bits != self.bits:
             raise ValueError(
@@ -48,16 +61,56 @@ class QuantizedKernelMixin:
         return regularizer if isinstance(regularizer, QGTRegularizer) else None
 
     def build(self, input_shape):
-        super().build(input_shape)
+        regularizer = self.qgt_regularizer if self.scale_interval > 1 else None
+        if regularizer is None:
+            super().build(input_shape)
+        else:
+            # Keras would register regularizer(kernel), which estimates the scales itself: register the term
+            # with the cached scales instead (below).
+            setattr(self, self.layer_kind.regularizer_argument, regularizer.base)
+            try:
+                super().build(input_shape)
+            finally:
+                setattr(self, self.layer_kind.regularizer_argument, regularizer)
         self.quantize_gate = self.add_weight(
             "quantize_gate", shape=(), initializer="zeros", trainable=False)
+        if self.scale_interval > 1:
+            kernel = self.layer_kind.kernel(self)
+            channels = quantizers.channels_last_2d(tf.zeros(kernel.shape), self.layer_kind.channel_axes).shape[1]
+            # Every replica of a tf.distribute strategy computes the same scales from the same weights.
+            self.kernel_scale = self.add_weight("kernel_scale", shape=(channels,), initializer="ones",
+                                                trainable=False, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+            self.scale_age = self.add_weight("scale_age", shape=(), dtype=tf.int64, initializer="zeros",
+                                             trainable=False, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+            if regularizer is not None:
+                self.add_loss(lambda: regularizer(kernel, scale=self._cached_scale_or_estimate(kernel)))
 
-    def call(self, inputs):
+    def _training_scale(self, kernel):
+        """The kernel's scales for this training step: re-estimated in every ``scale_interval``-th step (the
+        first included), else the cached ones."""
+        def refresh():
+            scale = self.kernel_quantizer.estimate_scale(tf.stop_gradient(kernel))
+            with tf.control_dependencies([self.kernel_scale.assign(scale)]):
+                return tf.identity(scale)
+
+        scale = tf.cond(self.scale_age % self.scale_interval == 0, refresh, lambda: tf.identity(self.kernel_scale))
+        with tf.control_dependencies([scale]):
+            age = self.scale_age.assign_add(1)
+        with tf.control_dependencies([age]):
+            return tf.identity(scale)
+
+    def _cached_scale_or_estimate(self, kernel):
+        """The cached scales once a training step has set them, else fresh ones (a loss asked for before fit)."""
+        return tf.cond(self.scale_age > 0, lambda: tf.identity(self.kernel_scale),
+                       lambda: self.kernel_quantizer.estimate_scale(tf.stop_gradient(kernel)))
+
+    def call(self, inputs, training=None):
         attribute = self.layer_kind.kernel_attribute
         float_kernel = getattr(self, attribute)
+        scale = self._training_scale(float_kernel) if self.scale_interval > 1 and training is True else None
         used = tf.cond(
             self.quantize_gate > 0.5,
-            lambda: self.kernel_quantizer(float_kernel),
+            lambda: self.kernel_quantizer(float_kernel, scale),
             lambda: tf.identity(float_kernel))
         # Keras' call reads the kernel attribute: lend it the quantized tensor for this call only, bypassing
         # Keras' attribute tracking (which would reorder the layer's weights).
@@ -71,7 +124,8 @@ class QuantizedKernelMixin:
         self.quantize_gate.assign(1.0 if enabled else 0.0)
 
     def get_config(self):
-        return {**super().get_config(), "bits": self.bits, "scale": self.kernel_quantizer.scale}
+        return {**super().get_config(), "bits": self.bits, "scale": self.kernel_quantizer.scale,
+                "scale_interval": self.scale_interval}
 
 
 @register

@@ -180,16 +180,17 @@ def dequantize(codes, scale, channel_axes=-1):
     return tf.reshape(channels_last_2d(codes, channel_axes) * scale, tf.shape(codes))
 
 
-def snap(w, bits, method="mse", channel_axes=-1):
-    """``w`` replaced by its nearest grid values (no gradient; see :func:`fake_quantize`)."""
-    codes, scale = quantize(w, bits, method, channel_axes)
+def snap(w, bits, method="mse", channel_axes=-1, scale=None):
+    """``w`` replaced by its nearest grid values (no gradient; see :func:`fake_quantize`); ``scale``: the
+    per-channel scales to use instead of estimating them by ``method``."""
+    codes, scale = quantize(w, bits, method, channel_axes, scale)
     return dequantize(codes, scale, channel_axes)
 
 
-def fake_quantize(w, bits, method="mse", channel_axes=-1):
+def fake_quantize(w, bits, method="mse", channel_axes=-1, scale=None):
     """Forward: the snapped weights; backward: the identity (straight-through estimator)."""
     w = tf.convert_to_tensor(w)
-    snapped = tf.cast(tf.stop_gradient(snap(w, bits, method, channel_axes)), w.dtype)
+    snapped = tf.cast(tf.stop_gradient(snap(w, bits, method, channel_axes, scale)), w.dtype)
     return w + tf.stop_gradient(snapped - w)
 
 
@@ -214,8 +215,13 @@ class WeightQuantizer:
     def precision(self):
         return self.bits
 
-    def __call__(self, w):
-        return fake_quantize(w, self.bits, self.scale, self.channel_axes)
+    def __call__(self, w, scale=None):
+        """Fake-quantized ``w``; ``scale``: per-channel scales to use instead of estimating them."""
+        return fake_quantize(w, self.bits, self.scale, self.channel_axes, scale)
+
+    def estimate_scale(self, w):
+        """Per-channel scales of ``w`` by this quantizer's method."""
+        return estimate_scale(w, self.bits, self.scale, self.channel_axes)
 
     def quantize(self, w):
         """(codes, scales) of ``w``."""

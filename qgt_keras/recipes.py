@@ -214,11 +214,11 @@ def merge_histories(*histories):
     return merged
 
 
-def _policy(setup, bits, strength=None, overrides=None, scale="mse"):
+def _policy(setup, bits, strength=None, overrides=None, scale="mse", scale_interval=1):
     """Layers named in ``overrides`` get their bits, the first and last ``setup.edge_bits``, the rest ``bits``;
     ``strength`` None: no QGT term."""
     return conversion.QuantizationPolicy(bits=bits, overrides=dict(overrides or {}), edge_bits=setup.edge_bits,
-                                         strength=strength, scale=scale)
+                                         strength=strength, scale=scale, scale_interval=scale_interval)
 
 
 def reestimate_batchnorm(model, setup):
@@ -291,6 +291,8 @@ class QGTSchedule:
     Strengths multiply a sum over all weights of squared distances relative to the channel's grid range.
     ``reestimate_bn``: recompute the BatchNormalization statistics after snapping (as every weight-quantized
     method of the benchmark does; off only to measure what it is worth).
+    ``scale_interval``: training steps between re-estimations of each layer's grid scales (1: every step;
+    see qgt_keras.layers and benchmarks/step_time.py for what it saves).
     """
 
     qgt_epochs: int = 0
@@ -299,6 +301,7 @@ class QGTSchedule:
     ramp_fraction: float = 0.6
     hard_strength: float = 1e-4
     reestimate_bn: bool = True
+    scale_interval: int = 1
 
     def scheduler(self, epochs, steps_per_epoch):
         """The QGTScheduler of a fit of ``epochs`` epochs of ``steps_per_epoch`` steps."""
@@ -316,7 +319,8 @@ def qgt(setup, bits, schedule=QGTSchedule(), overrides=None, method="qgt"):
     some or all layers (allocate_bits returns all)."""
     scheduler = schedule.scheduler(setup.finetune_epochs, setup.data.steps_per_epoch)
     model, pre_seconds, pre_history = setup.pretrained()
-    quantized = conversion.quantize_model(model, _policy(setup, bits, schedule.start_strength, overrides))
+    quantized = conversion.quantize_model(
+        model, _policy(setup, bits, schedule.start_strength, overrides, scale_interval=schedule.scale_interval))
     seconds, history = fit(quantized, setup, setup.finetune_epochs, setup.finetune_learning_rate,
                            [scheduler, callbacks.QGTMonitor()])
     return _snapped_result(method, setup, quantized, layer_kinds.kernel_sizes(model), pre_seconds + seconds,

@@ -145,10 +145,13 @@ class QGTRegularizer(keras.regularizers.Regularizer):
         raise ValueError(f"QGTRegularizer cannot tell the output channels of a rank-{rank} tensor "
                          f"{variable or '(unnamed)'}: pass channel_axes=-1 (Conv2D) or (2, 3) (DepthwiseConv2D)")
 
-    def terms(self, kernel):
-        """(D, O): the grid and outlier terms of ``kernel``, without strength."""
+    def terms(self, kernel, scale=None):
+        """(D, O): the grid and outlier terms of ``kernel``, without strength; ``scale``: the per-channel scales
+        s_c to use instead of estimating them by ``self.scale`` (a layer's cached ones, see qgt_keras.layers)."""
         w2d = quantizers.channels_last_2d(tf.cast(kernel, tf.float32), self.kernel_channel_axes(kernel))
-        scale = tf.stop_gradient(quantizers.estimate_scale(w2d, self.bits, self.scale, channel_axes=-1))
+        if scale is None:
+            scale = quantizers.estimate_scale(w2d, self.bits, self.scale, channel_axes=-1)
+        scale = tf.stop_gradient(tf.cast(scale, tf.float32))
         reach = float(-quantizers.code_range(self.bits)[0])
         codes = tf.stop_gradient(quantizers.quantize(w2d, self.bits, scale=scale)[0])
         # Distances in units of the channel's range r_b * s_c (see the module docstring). A dead channel
@@ -160,9 +163,9 @@ class QGTRegularizer(keras.regularizers.Regularizer):
         outlier = tf.reduce_sum(tf.square(tf.nn.relu(tf.abs(position) - 1.0)))
         return grid, outlier
 
-    def qgt_term(self, kernel):
+    def qgt_term(self, kernel, scale=None):
         """The QGT part of the loss for ``kernel`` now: current strength * (D + outlier_weight * O)."""
-        grid, outlier = self.terms(kernel)
+        grid, outlier = self.terms(kernel, scale)
         return self.current_strength() * (grid + self.outlier_weight * outlier)
 
     def _counting_steps(self, term, kernel):
@@ -179,8 +182,8 @@ class QGTRegularizer(keras.regularizers.Regularizer):
 
         return identity(term)
 
-    def __call__(self, kernel):
-        term = self._counting_steps(self.qgt_term(kernel), kernel)
+    def __call__(self, kernel, scale=None):
+        term = self._counting_steps(self.qgt_term(kernel, scale), kernel)
         if self.base is not None:
             term += tf.cast(self.base(kernel), term.dtype)
         return term
