@@ -141,6 +141,7 @@ BASELINE_ROWS = (
 )
 # Rows per data set, in table order. The variants show what distillation and frozen BatchNormalization do.
 TEACHER = Row("teacher", _FLOAT, label="teacher (MLPerf float, not fine-tuned)")
+SCALE_INTERVAL_ROW = Row("qgt", 2, SCALE_INTERVAL, label=f"qgt ({SCALE_INTERVAL_NOTE})")
 GRIDS = {
     "person96_spatial": (
         TEACHER, Row("float", _FLOAT), Row("ptq", 4, {"scale": "mse"}), Row("ptq", 2, {"scale": "mse"}),
@@ -151,7 +152,7 @@ GRIDS = {
         Row("qgt", 2, variant={**BALANCED, "finetune_epochs": 8}, label=LONGER_LABEL),
         Row("qgt", 4, variant=BALANCED, label=BALANCED_LABEL),
         Row("qgt_mixed", _MIXED, variant=BALANCED, label=BALANCED_LABEL.replace("qgt", "qgt_mixed")),
-        Row("qgt", 2, SCALE_INTERVAL, label=f"qgt ({SCALE_INTERVAL_NOTE})"),
+        SCALE_INTERVAL_ROW,
         Row("qgt_mixed", _MIXED, SCALE_INTERVAL, variant=BALANCED,
             label=BALANCED_LABEL.replace("qgt", "qgt_mixed").replace(")", f"; {SCALE_INTERVAL_NOTE})")),
         Row("float", _FLOAT, variant=distilled(), label="float (distilled)"),
@@ -159,7 +160,7 @@ GRIDS = {
         Row("float", _FLOAT, variant={**distilled(), **FROZEN_BATCHNORM}, label="float (distilled, BN frozen)"),
     ),
     "person96": (TEACHER, Row("float", _FLOAT), Row("qat_ste", 2), Row("qgt", 2)),
-    "fashion_mnist": BASELINE_ROWS,
+    "fashion_mnist": BASELINE_ROWS + (SCALE_INTERVAL_ROW,),
 }
 
 

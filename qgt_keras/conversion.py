@@ -29,8 +29,9 @@ class QuantizationPolicy:
     "Dense"); ``bits``. Layers named in ``skip`` stay float. ``scale`` is the scale method of the layers'
     quantizers (hard-quantization phase, snapping), ``regularizer_scale`` the one the QGT term uses at every
     step (see ``quantizers.estimate_scale``); ``scale_interval`` > 1 makes the layers re-estimate their scales
-    (by ``scale``) only every that many training steps and use them for both (qgt_keras.layers). ``strength=None`` gives the layers no QGT term at all (plain
-    STE training and post-training quantization: a term of strength 0 would still be computed every step).
+    (by ``scale``) only every that many training steps and use them for both (qgt_keras.layers).
+    ``strength=None`` gives the layers no QGT term at all (plain STE training and post-training quantization:
+    a term of strength 0 would still be computed every step).
     """
 
     bits: int = 2
