@@ -88,15 +88,11 @@ class QuantizedKernelMixin:
     def _training_scale(self, kernel):
         """The kernel's scales for this training step: re-estimated in every ``scale_interval``-th step (the
         first included), else the cached ones."""
-        def refresh():
-            scale = self.kernel_quantizer.estimate_scale(tf.stop_gradient(kernel))
-            with tf.control_dependencies([self.kernel_scale.assign(scale)]):
-                return tf.identity(scale)
-
-        scale = tf.cond(self.scale_age % self.scale_interval == 0, refresh, lambda: tf.identity(self.kernel_scale))
-        with tf.control_dependencies([scale]):
-            age = self.scale_age.assign_add(1)
-        with tf.control_dependencies([age]):
+        scale = tf.cond(self.scale_age % self.scale_interval == 0,
+                        lambda: self.kernel_quantizer.estimate_scale(tf.stop_gradient(kernel)),
+                        lambda: tf.identity(self.kernel_scale))
+        # Assigned outside the cond: a tf.distribute strategy cannot synchronize an assignment inside one.
+        with tf.control_dependencies([self.kernel_scale.assign(scale), self.scale_age.assign_add(1)]):
             return tf.identity(scale)
 
     def _cached_scale_or_estimate(self, kernel):

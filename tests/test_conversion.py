@@ -1,3 +1,8 @@
+import os
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 import tf_keras as keras
@@ -75,10 +80,11 @@ def test_snap_weights_and_float_forward(toy_images):
     np.testing.assert_allclose(quantized.predict(x, verbose=0), hard_out, atol=1e-5)
 
 
+@pytest.mark.parametrize("scale_interval", [1, 4])
 @pytest.mark.parametrize("extension", ["keras", "h5"])
-def test_save_and_load_without_custom_objects(extension, tmp_path, toy_images):
+def test_save_and_load_without_custom_objects(extension, scale_interval, tmp_path, toy_images):
     x, y = toy_images
-    quantized = quantize_model(small_cnn(), bits=2, overrides={"pw1": 3})
+    quantized = quantize_model(small_cnn(), bits=2, overrides={"pw1": 3}, scale_interval=scale_interval)
     quantized.compile("adam", "sparse_categorical_crossentropy")
     quantized.fit(x, y, epochs=1, verbose=0)
     conversion.set_hard_quantization(quantized)
@@ -92,6 +98,28 @@ def test_save_and_load_without_custom_objects(extension, tmp_path, toy_images):
     assert restored.get_layer("pw1").kernel_regularizer.get_config() == \
         quantized.get_layer("pw1").kernel_regularizer.get_config()
     np.testing.assert_array_equal(restored.predict(x, verbose=0), quantized.predict(x, verbose=0))
+
+
+def test_scale_interval_reaches_every_layer_and_the_stripped_model_is_plain(toy_images):
+    x, y = toy_images
+    model = small_cnn()
+    quantized = quantize_model(model, bits=2, scale_interval=3)
+    assert {entry.layer.scale_interval for entry in quantized_kernels(quantized)} == {3}
+    conversion.set_hard_quantization(quantized)
+    quantized.compile("adam", "sparse_categorical_crossentropy")
+    quantized.fit(x, y, batch_size=32, epochs=2, verbose=0)  # 8 steps: re-estimated in steps 1, 4 and 7
+    for entry in quantized_kernels(quantized):
+        assert int(entry.layer.scale_age.numpy()) == 8
+        assert entry.regularizer.step == 8
+    plain = conversion.strip_quantization(quantized)
+    assert [len(layer.weights) for layer in plain.layers] == [len(layer.weights) for layer in model.layers]
+    np.testing.assert_allclose(plain.predict(x, verbose=0), quantized.predict(x, verbose=0), atol=1e-5)
+
+
+@pytest.mark.parametrize("interval", [0, 2.5, True])
+def test_policy_scale_interval_must_be_a_positive_integer(interval):
+    with pytest.raises(ValueError, match="policy scale_interval must be an integer >= 1"):
+        QuantizationPolicy(scale_interval=interval)
 
 
 def test_unknown_layer_name_in_policy():
@@ -204,3 +232,38 @@ def test_negative_batchnorm_gammas_become_flipped_channels(toy_images):
     quantized.compile(keras.optimizers.SGD(10.0), "sparse_categorical_crossentropy")
     quantized.fit(x, y, epochs=1, verbose=0)
     assert all(np.all(quantized.get_layer(name).gamma.numpy() >= 0) for name in ("conv1_bn", "dw1_bn"))
+
+
+_MIRRORED_SCALE_INTERVAL = textwrap.dedent("""
+    import numpy as np
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import tf_keras as keras
+    from qgt_keras import conversion, models
+    rng = np.random.default_rng(0)
+    x, y = rng.random((96, 16, 16, 3)).astype("float32"), rng.integers(0, 2, 96)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        model = conversion.quantize_model(models.small_cnn((16, 16, 3)), bits=2, scale_interval=3)
+        conversion.set_hard_quantization(model)
+        model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)  # 6 steps: re-estimated in steps 1 and 4
+    layer = model.get_layer("pw1")
+    before = layer.kernel.numpy()
+    model.fit(x[:16], y[:16], batch_size=16, epochs=1, verbose=0)  # step 7 re-estimates from these weights
+    expected = layer.kernel_quantizer.estimate_scale(before).numpy()
+    print("age", int(layer.scale_age.numpy()))
+    print("cache_error", float(np.max(np.abs(layer.kernel_scale.numpy() - expected) / expected)))
+    print("moved", float(np.max(np.abs(layer.kernel.numpy() - before))))
+""")
+
+
+def test_scale_interval_under_mirrored_strategy_on_two_logical_cpus():
+    # Logical devices must be set before TensorFlow initializes: run in a fresh interpreter.
+    result = subprocess.run([sys.executable, "-c", _MIRRORED_SCALE_INTERVAL], capture_output=True, text=True,
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in result.stdout.strip().splitlines())
+    assert lines["age"] == "7"  # each global step counted once, not once per replica
+    assert float(lines["cache_error"]) < 1e-6 and float(lines["moved"]) > 1e-4  # from the weights of step 7

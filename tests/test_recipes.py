@@ -79,8 +79,10 @@ def test_qat_ste_trains_on_the_grid(setup):
     assert gates and all(gate == 1.0 for gate in gates)
 
 
-def test_qgt_exported_model_computes_what_was_trained(setup):
-    result = recipes.qgt(setup, 2, recipes.QGTSchedule(qgt_epochs=0))
+@pytest.mark.parametrize("scale_interval", [1, 4])
+def test_qgt_exported_model_computes_what_was_trained(setup, scale_interval):
+    result = recipes.qgt(setup, 2, recipes.QGTSchedule(qgt_epochs=0, scale_interval=scale_interval))
+    assert {entry.layer.scale_interval for entry in quantized_kernels(result.qgt_model)} == {scale_interval}
     assert_on_grid(result)
     assert_bytes_match_bits(result)
     assert {"qgt_loss", "qgt_strength", "qgt_error"} <= set(result.history)

@@ -104,7 +104,7 @@ def test_init_from_mlperf_says_where_to_get_the_weights(tmp_path, capsys, monkey
     assert f"not at {tmp_path / 'vww_96.h5'}: download https://github.com/mlcommons/tiny/" in error
 
 
-@pytest.mark.parametrize("args", [["--bits=two"], ["--method=magic"], ["--epochs=0"]])
+@pytest.mark.parametrize("args", [["--bits=two"], ["--method=magic"], ["--epochs=0"], ["--scale_interval=0"]])
 def test_bad_flag_values_are_rejected_by_the_parser(tmp_path, capsys, args):
     with pytest.raises(SystemExit) as exit_:
         train.main([f"--out_dir={tmp_path}", *args])
@@ -120,3 +120,10 @@ def test_an_out_dir_that_is_a_file_fails_before_tensorflow_loads(tmp_path):
     assert done.stdout.split() == ["1", "False"]
     assert f"qgt-train: --out_dir {a_file} exists and is not a folder" in done.stderr
     assert a_file.read_text() == "mine"
+
+
+def test_scale_interval_reaches_the_schedule():
+    from qgt_keras import recipes
+    args = train.build_parser().parse_args(["--out_dir=unused", "--scale_interval=16"])
+    assert train._schedule(args, recipes).scale_interval == 16
+    assert train._schedule(train.build_parser().parse_args(["--out_dir=unused"]), recipes).scale_interval == 1
