@@ -284,6 +284,9 @@ def recalibrate_batchnorm(model, dataset, max_batches=None):
                                  for layer in model.layers) if isinstance(inner, keras.layers.BatchNormalization)]
     if not norms:
         return 0
+    for layer in model.layers:  # training-mode calls below: quantized layers must use their current scales
+        if isinstance(layer, QUANTIZED_LAYERS):
+            layer.expire_scale_cache()
     momenta = [layer.momentum for layer in norms]
     trainable = [layer.trainable for layer in norms]
     seen = 0

@@ -95,6 +95,11 @@ class QuantizedKernelMixin:
         with tf.control_dependencies([self.kernel_scale.assign(scale), self.scale_age.assign_add(1)]):
             return tf.identity(scale)
 
+    def expire_scale_cache(self):
+        """Makes the next training step re-estimate the scales (after the weights were changed outside it)."""
+        if self.scale_interval > 1:
+            self.scale_age.assign(0)
+
     def _cached_scale_or_estimate(self, kernel):
         """The cached scales once a training step has set them, else fresh ones (a loss asked for before fit)."""
         return tf.cond(self.scale_age > 0, lambda: tf.identity(self.kernel_scale),

@@ -208,6 +208,23 @@ def test_recalibrate_batchnorm_averages_the_batch_statistics(toy_images):
         "dense").get_weights()))
 
 
+def test_recalibrate_batchnorm_of_a_scale_interval_model_uses_the_current_scales(toy_images):
+    x, y = toy_images
+    quantized = quantize_model(small_cnn(), bits=2, scale_interval=4)
+    conversion.set_hard_quantization(quantized)
+    quantized.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    quantized.fit(x, y, batch_size=16, epochs=1, steps_per_epoch=6, verbose=0)  # cached in step 5: stale now
+    plain = conversion.strip_quantization(quantized)
+    batches = [x[:64], x[64:]]
+    conversion.recalibrate_batchnorm(plain, batches)
+    conversion.recalibrate_batchnorm(quantized, batches)
+    norms = [layer.name for layer in plain.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(norms) == 3
+    for name in norms:
+        for expected, got in zip(plain.get_layer(name).get_weights(), quantized.get_layer(name).get_weights()):
+            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+
+
 def test_recalibrate_batchnorm_needs_data():
     with pytest.raises(ValueError, match="yielded no batch"):
         conversion.recalibrate_batchnorm(small_cnn(), [])
