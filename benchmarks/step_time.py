@@ -12,8 +12,9 @@ Times, on the same random batch with Adam, the training steps that matter:
 * ``recipe_scale_interval``: the recipe with each layer's scales re-estimated every ``--scale_interval``
   training steps instead of every step (``QGTSchedule(scale_interval=...)``);
 * ``qgt_phase``: the optional QGT phase (float forward pass, the QGT term with its Lloyd scale estimate);
-* ``float_distilled``, ``recipe_distilled``: the same two with the frozen float teacher's forward pass of
-  every batch (qgt_keras.distillation), as the benchmark's person detector trains.
+* ``float_distilled``, ``recipe_distilled``, ``recipe_distilled_scale_interval``: the same with the frozen
+  float teacher's forward pass of every batch (qgt_keras.distillation), as the benchmark's person detector
+  trains.
 
 Each round times ``steps`` steps of each variant after a compiled warm-up, alternating the variants so that a
 busy machine slows all alike; the reported time per step is the median over rounds (every round's is kept
@@ -90,6 +91,9 @@ def main(argv):
         "float_distilled": distillation.Distiller(models.mobilenet_v1((96, 96, 3), alpha=0.25), teacher),
         "recipe_distilled": distillation.Distiller(
             _quantized(float_model, hard=True, strength=schedule.hard_strength), teacher),
+        "recipe_distilled_scale_interval": distillation.Distiller(
+            _quantized(float_model, hard=True, strength=schedule.hard_strength, scale_interval=FLAGS.scale_interval),
+            teacher),
     }
     rng = np.random.default_rng(0)
     batch = (rng.random((FLAGS.batch, 96, 96, 3), np.float32), rng.integers(0, 2, FLAGS.batch))
@@ -120,12 +124,18 @@ def main(argv):
         "cpu_ratio_recipe_distilled_to_float_distilled": round(
             cpu_step["recipe_distilled"] / cpu_step["float_distilled"], 3),
         "cpu_ratio_recipe_scale_interval_to_float": round(cpu_step["recipe_scale_interval"] / cpu_step["float"], 3),
+        "cpu_ratio_recipe_distilled_scale_interval_to_float_distilled": round(
+            cpu_step["recipe_distilled_scale_interval"] / cpu_step["float_distilled"], 3),
         "ratio_recipe_to_float": round(step["recipe"] / step["float"], 3),
         "ratio_recipe_scale_interval_to_float": round(step["recipe_scale_interval"] / step["float"], 3),
         "fastest_ratio_recipe_to_float": round(fastest["recipe"] / fastest["float"], 3),
         "fastest_ratio_recipe_scale_interval_to_float": round(fastest["recipe_scale_interval"] / fastest["float"], 3),
         "ratio_qgt_phase_to_float": round(step["qgt_phase"] / step["float"], 3),
         "ratio_recipe_distilled_to_float_distilled": round(step["recipe_distilled"] / step["float_distilled"], 3),
+        "ratio_recipe_distilled_scale_interval_to_float_distilled": round(
+            step["recipe_distilled_scale_interval"] / step["float_distilled"], 3),
+        "fastest_ratio_recipe_distilled_scale_interval_to_float_distilled": round(
+            fastest["recipe_distilled_scale_interval"] / fastest["float_distilled"], 3),
         "ratio_recipe_distilled_to_float": round(step["recipe_distilled"] / step["float"], 3),
         "scale_interval": FLAGS.scale_interval,
         "steps_per_round": FLAGS.steps,
