@@ -74,7 +74,7 @@ def build_parser():
                         help="qgt: QGT strength while on the grid (default: recipes.QGTSchedule's).")
     parser.add_argument("--scale_interval", type=cli.positive_int, default=1,
                         help="qgt: training steps between re-estimations of the layers' grid scales (1: every "
-                             "step; 16 trains about 1.3x faster on a CPU, docs/RECIPE.md).")
+                             "step; 16 takes about a quarter less CPU time per step, docs/RECIPE.md).")
     parser.add_argument("--batch", type=cli.positive_int, default=32, help="Batch size.")
     parser.add_argument("--learning_rate", type=float, default=1e-3, help="Adam learning rate of the method's epochs.")
     parser.add_argument("--float_learning_rate", type=float, default=3e-3,

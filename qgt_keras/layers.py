@@ -14,7 +14,8 @@ training function and a saved model remembers its phase.
 (the MSE search, for the hard phase's forward pass; the regularizer's own method, for the QGT term). With
 n > 1 the layer keeps its scales in a ``kernel_scale`` weight, re-estimated (by the quantizer's method) in
 every n-th training step, and both the forward pass and the QGT term of the steps between use them: the
-search costs about a third of a step of a small model, and the weights move little in n steps. Inference
+search is about a quarter of the recipe's CPU time per step on MobileNetV1-0.25, and the weights move little
+in n steps. Inference
 (``training`` not True) always estimates afresh, so a model computes what its export computes.
 """
 
@@ -37,7 +38,7 @@ class QuantizedKernelMixin:
 
     def __init__(self, *args, bits=2, scale="mse", scale_interval=1, **kwargs):
         kind = self.layer_kind
-        name = kwargs.get('name', type(self).__name__)
+        name = kwargs.get("name", type(self).__name__)
         self.bits = quantizers.check_bits(bits, f"bits of layer {name!r}")
         if isinstance(scale_interval, bool) or not isinstance(scale_interval, (int, np.integer)) \
                 or scale_interval < 1:
