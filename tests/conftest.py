@@ -1,5 +1,8 @@
 import importlib.util
 import os
+import subprocess
+import sys
+import textwrap
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -16,6 +19,23 @@ def load_script(path, name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+_TWO_LOGICAL_CPUS = """\
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+"""
+
+
+def run_on_two_logical_cpus(script):
+    """Runs ``script`` in a fresh interpreter whose CPU is split into two logical devices (for a
+    MirroredStrategy; they must be set before TensorFlow initializes); returns {first word: the rest} of the
+    lines it prints."""
+    result = subprocess.run([sys.executable, "-c", _TWO_LOGICAL_CPUS + textwrap.dedent(script)], capture_output=True,
+                            text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return dict(line.split(" ", 1) for line in result.stdout.strip().splitlines())
 
 
 def small_cnn(input_shape=(16, 16, 3), sequential=False):

@@ -1,13 +1,8 @@
-import os
-import subprocess
-import sys
-import textwrap
-
 import numpy as np
 import pytest
 import tf_keras as keras
 
-from conftest import small_cnn
+from conftest import run_on_two_logical_cpus, small_cnn
 from qgt_keras import conversion, quantizers
 from qgt_keras.conversion import QuantizationPolicy, quantize_model
 from qgt_keras.layers import QConv2D, QDense, QDepthwiseConv2D, quantized_kernels
@@ -251,11 +246,8 @@ def test_negative_batchnorm_gammas_become_flipped_channels(toy_images):
     assert all(np.all(quantized.get_layer(name).gamma.numpy() >= 0) for name in ("conv1_bn", "dw1_bn"))
 
 
-_MIRRORED_SCALE_INTERVAL = textwrap.dedent("""
+_MIRRORED_SCALE_INTERVAL = """
     import numpy as np
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import tf_keras as keras
     from qgt_keras import conversion, models
     rng = np.random.default_rng(0)
@@ -273,14 +265,10 @@ _MIRRORED_SCALE_INTERVAL = textwrap.dedent("""
     print("age", int(layer.scale_age.numpy()))
     print("cache_error", float(np.max(np.abs(layer.kernel_scale.numpy() - expected) / expected)))
     print("moved", float(np.max(np.abs(layer.kernel.numpy() - before))))
-""")
+"""
 
 
 def test_scale_interval_under_mirrored_strategy_on_two_logical_cpus():
-    # Logical devices must be set before TensorFlow initializes: run in a fresh interpreter.
-    result = subprocess.run([sys.executable, "-c", _MIRRORED_SCALE_INTERVAL], capture_output=True, text=True,
-                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = dict(line.split(" ", 1) for line in result.stdout.strip().splitlines())
+    lines = run_on_two_logical_cpus(_MIRRORED_SCALE_INTERVAL)
     assert lines["age"] == "7"  # each global step counted once, not once per replica
     assert float(lines["cache_error"]) < 1e-6 and float(lines["moved"]) > 1e-4  # from the weights of step 7

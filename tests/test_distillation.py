@@ -1,15 +1,10 @@
 """qgt_keras.distillation: the loss as documented, a frozen teacher, callbacks on the student, tf.distribute."""
 
-import os
-import subprocess
-import sys
-import textwrap
-
 import numpy as np
 import pytest
 import tf_keras as keras
 
-from conftest import small_cnn
+from conftest import run_on_two_logical_cpus, small_cnn
 from qgt_keras import conversion, datasets, distillation
 from qgt_keras.callbacks import QGTMonitor, QGTScheduler
 
@@ -131,11 +126,8 @@ def test_bad_arguments_are_named(teacher):
         distillation.Distiller(small_cnn(), teacher).compile("adam", loss="mse")
 
 
-_MIRRORED_DISTILLATION = textwrap.dedent("""
+_MIRRORED_DISTILLATION = """
     import numpy as np
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import tf_keras as keras
     from qgt_keras import conversion, distillation, models
     rng = np.random.default_rng(0)
@@ -154,16 +146,11 @@ _MIRRORED_DISTILLATION = textwrap.dedent("""
     print("loss", history["loss"][-1], "single-device",
           single.evaluate(x, y, batch_size=64, verbose=0, return_dict=True)["loss"])
     print("mirrored-eval", distiller.evaluate(x, y, batch_size=64, verbose=0, return_dict=True)["loss"])
-""")
+"""
 
 
 def test_distillation_under_mirrored_strategy_on_two_logical_cpus():
-    # Logical devices must be set before TensorFlow initializes: run in a fresh interpreter.
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run([sys.executable, "-c", _MIRRORED_DISTILLATION], capture_output=True, text=True,
-                            env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = dict(line.split(" ", 1) for line in result.stdout.strip().splitlines())
+    lines = run_on_two_logical_cpus(_MIRRORED_DISTILLATION)
     assert lines["replicas"] == "2 steps [8]"  # every regularizer counted each global step once
     # The loss over the global batch, as one device computes it: up to the replicas' float32 reduction order, which
     # here moved it by up to 4e-4 (a loss counted per replica, not per global batch, would be off by 2x).
