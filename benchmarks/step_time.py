@@ -20,9 +20,9 @@ Each round times ``steps`` steps of each variant after a compiled warm-up, alter
 busy machine slows all alike; the reported time per step is the median over rounds (every round's is kept
 beside it: on a shared 2-core machine one round can take twice another). CPU time per step (the process's
 threads together, median over rounds) is reported too: it does not count the time the machine gives to
-others, so its ratios are steadier; and so is the fastest round's wall time (what another tenant's load
-can only lengthen: on this 2-core machine a round's steps take either about float's time or a fixed ~80 ms,
-and the median can land on either). Goal (issue 3, 9):
+others, so its ratios are steadier; and so is the fastest round's wall time (on this project's 2-core
+machine a round runs either with both cores busy or with one, float's step taking ~50 or ~80 ms at the same
+CPU time, and the median can land on either mode). Goal (issue 3, 9):
 recipe / float <= 1.2 (and recipe_distilled / float_distilled, the same comparison with a teacher).
 ``--steps`` must be a multiple of ``--scale_interval``: every round then times the same number of
 re-estimations, wherever it starts.
