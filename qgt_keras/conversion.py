@@ -12,7 +12,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from qgt_keras import layer_kinds, quantizers
-from qgt_keras.layers import QUANTIZED_CLASSES, QUANTIZED_LAYERS, quantized_kernels
+from qgt_keras.layers import QUANTIZED_CLASSES, QUANTIZED_LAYERS, check_scale_interval, quantized_kernels
 from qgt_keras.regularizers import DEFAULT_STRENGTH, QGTRegularizer
 
 # Layers with weights that QGT passes through unchanged (BatchNormalization is folded into the preceding
@@ -57,9 +57,7 @@ class QuantizationPolicy:
             quantizers.check_bits(self.edge_bits, "policy edge_bits")
         for key, value in self.overrides.items():
             quantizers.check_bits(value, f"policy override bits for {key!r}")
-        if isinstance(self.scale_interval, bool) or not isinstance(self.scale_interval, (int, np.integer)) \
-                or self.scale_interval < 1:
-            raise ValueError(f"policy scale_interval must be an integer >= 1, got {self.scale_interval!r}")
+        check_scale_interval(self.scale_interval, "policy scale_interval")
         for name in ("scale", "regularizer_scale"):
             if getattr(self, name) not in quantizers.SCALE_METHODS:
                 raise ValueError(

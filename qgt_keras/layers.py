@@ -30,6 +30,13 @@ from qgt_keras.regularizers import QGTRegularizer
 from qgt_keras.serialization import register
 
 
+def check_scale_interval(value, what="scale_interval"):
+    """Returns ``value`` as an int, or raises ValueError naming ``what`` when it is not an integer >= 1."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{what} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
 class QuantizedKernelMixin:
     """Adds ``bits``, a ``WeightQuantizer`` and the phase gate to a Keras layer with one kernel; the class's
     ``layer_kind`` (qgt_keras.layer_kinds) says which attribute holds the kernel and its channel axes."""
@@ -40,10 +47,7 @@ class QuantizedKernelMixin:
         kind = self.layer_kind
         name = kwargs.get("name", type(self).__name__)
         self.bits = quantizers.check_bits(bits, f"bits of layer {name!r}")
-        if isinstance(scale_interval, bool) or not isinstance(scale_interval, (int, np.integer)) \
-                or scale_interval < 1:
-            raise ValueError(f"scale_interval of layer {name!r} must be an integer >= 1, got {scale_interval!r}")
-        self.scale_interval = int(scale_interval)
+        self.scale_interval = check_scale_interval(scale_interval, f"scale_interval of layer {name!r}")
         regularizer = keras.regularizers.get(kwargs.get(kind.regularizer_argument))
         if isinstance(regularizer, QGTRegularizer) and regularizer.bits != self.bits:
             raise ValueError(
@@ -77,7 +81,7 @@ class QuantizedKernelMixin:
             "quantize_gate", shape=(), initializer="zeros", trainable=False)
         if self.scale_interval > 1:
             kernel = self.layer_kind.kernel(self)
-            channels = quantizers.channels_last_2d(tf.zeros(kernel.shape), self.layer_kind.channel_axes).shape[1]
+            channels = quantizers.channels_last_2d(kernel, self.layer_kind.channel_axes).shape[1]
             # Every replica of a tf.distribute strategy computes the same scales from the same weights.
             self.kernel_scale = self.add_weight("kernel_scale", shape=(channels,), initializer="ones",
                                                 trainable=False, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
@@ -89,8 +93,7 @@ class QuantizedKernelMixin:
     def _training_scale(self, kernel):
         """The kernel's scales for this training step: re-estimated in every ``scale_interval``-th step (the
         first included), else the cached ones."""
-        scale = tf.cond(self.scale_age % self.scale_interval == 0,
-                        lambda: self.kernel_quantizer.estimate_scale(tf.stop_gradient(kernel)),
+        scale = tf.cond(self.scale_age % self.scale_interval == 0, lambda: self._fresh_scale(kernel),
                         lambda: tf.identity(self.kernel_scale))
         # Assigned outside the cond: a tf.distribute strategy cannot synchronize an assignment inside one.
         with tf.control_dependencies([self.kernel_scale.assign(scale), self.scale_age.assign_add(1)]):
@@ -103,8 +106,10 @@ class QuantizedKernelMixin:
 
     def _cached_scale_or_estimate(self, kernel):
         """The cached scales once a training step has set them, else fresh ones (a loss asked for before fit)."""
-        return tf.cond(self.scale_age > 0, lambda: tf.identity(self.kernel_scale),
-                       lambda: self.kernel_quantizer.estimate_scale(tf.stop_gradient(kernel)))
+        return tf.cond(self.scale_age > 0, lambda: tf.identity(self.kernel_scale), lambda: self._fresh_scale(kernel))
+
+    def _fresh_scale(self, kernel):
+        return self.kernel_quantizer.estimate_scale(tf.stop_gradient(kernel))
 
     def call(self, inputs, training=None):
         attribute = self.layer_kind.kernel_attribute
