@@ -140,6 +140,7 @@ BASELINE_ROWS = (
     Row("qgt", 8), Row("qgt", 4), Row("qgt", 2), Row("qgt_mixed", _MIXED),
 )
 # Rows per data set, in table order. The variants show what distillation and frozen BatchNormalization do.
+# New rows go last: a run seeds once per seed, so a row's random draws depend on the rows run before it.
 TEACHER = Row("teacher", _FLOAT, label="teacher (MLPerf float, not fine-tuned)")
 SCALE_INTERVAL_ROW = Row("qgt", 2, SCALE_INTERVAL, label=f"qgt ({SCALE_INTERVAL_NOTE})")
 GRIDS = {
@@ -158,6 +159,7 @@ GRIDS = {
         Row("float", _FLOAT, variant=distilled(), label="float (distilled)"),
         Row("float", _FLOAT, variant={**distilled(), **WITH_TRANSFER}, label="float (distilled + data/transfer)"),
         Row("float", _FLOAT, variant={**distilled(), **FROZEN_BATCHNORM}, label="float (distilled, BN frozen)"),
+        Row("qgt_mixed", _MIXED),
     ),
     "person96": (TEACHER, Row("float", _FLOAT), Row("qat_ste", 2), Row("qgt", 2)),
     "fashion_mnist": BASELINE_ROWS + (SCALE_INTERVAL_ROW,),
