@@ -159,7 +159,6 @@ GRIDS = {
         Row("float", _FLOAT, variant=distilled(), label="float (distilled)"),
         Row("float", _FLOAT, variant={**distilled(), **WITH_TRANSFER}, label="float (distilled + data/transfer)"),
         Row("float", _FLOAT, variant={**distilled(), **FROZEN_BATCHNORM}, label="float (distilled, BN frozen)"),
-        Row("qgt_mixed", _MIXED),
     ),
     "person96": (TEACHER, Row("float", _FLOAT), Row("qat_ste", 2), Row("qgt", 2)),
     "fashion_mnist": BASELINE_ROWS + (SCALE_INTERVAL_ROW,),
