@@ -129,6 +129,14 @@ LONGER_LABEL = "qgt (distilled + data/transfer + 40% person; 8 epochs)"
 # The recipe with each layer's grid scales re-estimated every 16 training steps instead of every step.
 SCALE_INTERVAL = {"schedule": recipes.QGTSchedule(scale_interval=16)}
 SCALE_INTERVAL_NOTE = "scales every 16 steps"
+# Two stages: the student starts from the data set's float row (the float start fine-tuned on the labels for
+# the same epochs) and learns from it as its teacher, so it trains twice the epochs of the other rows.
+FROM_FLOAT = {"from_float": True}
+FROM_FLOAT_LABEL = "qgt (from the fine-tuned float, distilled from it)"
+FROM_FLOAT_STE_LABEL = FROM_FLOAT_LABEL.replace("qgt", "qat_ste")
+# The float model fine-tuned for twice the epochs: the two-stage rows' budget, to compare them at equal cost.
+TWICE_THE_EPOCHS = {"twice_the_epochs": True}
+TWICE_THE_EPOCHS_LABEL = "float (twice the epochs)"
 _FLOAT, _MIXED = layer_kinds.FLOAT_BITS, None
 BASELINE_ROWS = (
     Row("float", _FLOAT),
@@ -159,6 +167,9 @@ GRIDS = {
         Row("float", _FLOAT, variant=distilled(), label="float (distilled)"),
         Row("float", _FLOAT, variant={**distilled(), **WITH_TRANSFER}, label="float (distilled + data/transfer)"),
         Row("float", _FLOAT, variant={**distilled(), **FROZEN_BATCHNORM}, label="float (distilled, BN frozen)"),
+        Row("qgt", 2, variant={**distilled(), **FROM_FLOAT}, label=FROM_FLOAT_LABEL),
+        Row("qat_ste", 2, variant={**distilled(), **FROM_FLOAT}, label=FROM_FLOAT_STE_LABEL),
+        Row("float", _FLOAT, variant=TWICE_THE_EPOCHS, label=TWICE_THE_EPOCHS_LABEL),
     ),
     "person96": (TEACHER, Row("float", _FLOAT), Row("qat_ste", 2), Row("qgt", 2)),
     "fashion_mnist": BASELINE_ROWS + (SCALE_INTERVAL_ROW,),
@@ -332,6 +343,13 @@ def run_dataset(name, partial, progress):
                     changes["distillation"] = distillation(name, changes["distillation"])
                 if FLAGS.quick:  # the smoke run's one-epoch teacher calls no transfer crop "person"
                     changes.pop("unlabeled_oversample", None)
+                if changes.pop("twice_the_epochs", False):
+                    changes["finetune_epochs"] = 2 * setup.finetune_epochs
+                if changes.pop("from_float", False):
+                    fine_tuned = recipes.float_training(setup)
+                    changes["_pretrained"] = (fine_tuned.model.get_weights(), fine_tuned.train_seconds, {})
+                    changes["_teacher"] = None  # Distillation(teacher=None): the start, i.e. the fine-tuned float
+                    changes["distillation"] = dataclasses.replace(changes["distillation"], teacher=None)
                 if changes.pop("unlabeled", False):
                     unlabeled = datasets.UnlabeledImages.at(
                         datasets.bundled_transfer_dir(), image_size=(options["image_size"],) * 2,
@@ -423,6 +441,20 @@ def goals(rows):
             lines.append(f"- person96 spatial split: {label} 2-bit drop {student['drop_pts']:.2f} pts vs float "
                          f"(mean of {student['seeds']} seeds; goal <= 1.0): "
                          f"{'reached' if student['drop_pts'] <= 1.0 else 'NOT reached'}.")
+    # The two-stage rows learn from the fine-tuned float, not from the MLPerf teacher the out-of-scene figures
+    # are measured against, and train twice the epochs: their goal is the drop, at equal training budget too.
+    twice = _find(rows, "person96_spatial", TWICE_THE_EPOCHS_LABEL, _FLOAT)
+    for label in (FROM_FLOAT_LABEL, FROM_FLOAT_STE_LABEL):
+        student = _find(rows, "person96_spatial", label, 2)
+        if student is None or student.get("drop_pts") is None:
+            continue
+        line = (f"- person96 spatial split: {label} 2-bit drop {student['drop_pts']:.2f} pts vs the float model it "
+                f"starts from (mean of {student['seeds']} seeds)")
+        if twice is not None:
+            drop = 100 * (twice["accuracy_mean"] - student["accuracy_mean"])
+            line += (f", {drop:.2f} pts vs the float model fine-tuned for twice the epochs, the same training budget "
+                     f"({_pct(twice['accuracy_mean'])}%; goal <= 1.0): {'reached' if drop <= 1.0 else 'NOT reached'}")
+        lines.append(line + ".")
     fashion = _find(rows, "fashion_mnist", "qgt", 2)
     if fashion is not None:
         lines.append(f"- Fashion-MNIST: float {_pct(fashion['float_accuracy'])}%, QGT 2-bit drop "
