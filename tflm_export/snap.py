@@ -50,6 +50,17 @@ def dequantized_weights(model, op):
     return tflite_model.channels_last(codes, axis).astype(np.float64) * scales, scales
 
 
+def unresolved_channels(weights, scales):
+    """Channels of (elements, channels) int8-dequantized ``weights`` that lie within one step of zero.
+
+    TFLite's converter raises a channel's scale until its int32 bias fits, so a channel whose weights are
+    negligible next to its bias (a kernel driven to zero in training) is left with int8 weights of at most one
+    step: no finer scale can hold its bias, and codes -1, 0 and +1 at this scale are on every grid of two or
+    more bits.
+    """
+    return np.max(np.abs(weights), axis=0) <= scales * (1 + 1e-6)
+
+
 def rewrite_weights(model, op, codes2d, new_scales, old_scales):
     """Stores per-channel ``codes2d`` (elements, channels) and scales as ``op``'s weights; rescales its bias."""
     graph = model.subgraphs[0]
@@ -147,7 +158,12 @@ def snap_tflite(tflite_bytes, bits=None, default_bits=8, method="mse"):
         if op_bits == 8:
             continue
         codes, scales = quantizers.quantize(weights, op_bits, method)
-        rewrite_weights(model, op, codes.numpy().astype(np.int8), scales.numpy().astype(np.float64), old_scales)
+        codes, scales = codes.numpy().astype(np.int8), scales.numpy().astype(np.float64)
+        if op_bits > 1:  # an unresolved channel keeps its int8 codes and scale: already on the grid
+            kept = unresolved_channels(weights, old_scales)
+            codes[:, kept] = np.round(weights[:, kept] / old_scales[kept])
+            scales[kept] = old_scales[kept]
+        rewrite_weights(model, op, codes, scales, old_scales)
     out = tflite_model.write(model)
     check_grid(out, tensor_bits)
     return out
