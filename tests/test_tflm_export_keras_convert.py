@@ -7,7 +7,7 @@ import pytest
 from qgt_keras import quantizers
 from test_tflm_export_common import (TINY_BITS, calibration_images, converted_tiny, read_reference,
                                      reference_model, tiny_model)
-from tflm_export import keras_convert, snap, tflite_model, verify
+from tflm_export import keras_convert, pack, snap, tflite_model, verify
 from tflm_export.snap import OffGridError
 from tflm_export.tflite_model import ExportError
 
@@ -85,6 +85,60 @@ def test_negative_batchnorm_gamma_negates_codes_or_resnaps_the_channel():
     assert result.resnapped[result.layer_tensors["conv1"]] == uses_lowest.sum() > 0
     assert result.layer_tensors["pw1"] not in result.resnapped  # binary codes always negate onto the grid
     snap.check_grid(result.tflite, result.bits)
+
+
+def _pw1(model_bytes):
+    """(model, the weight op of layer pw1) of .tflite ``model_bytes``."""
+    model = tflite_model.read(model_bytes)
+    return model, next(op for op in tflite_model.weight_ops(model) if "pw1" in tflite_model.tensor_name(model, op.weights))
+
+
+def _channel0(model_bytes):
+    """(int8 weights, scale) of pw1's output channel 0 in ``model_bytes``."""
+    model, op = _pw1(model_bytes)
+    return tflite_model.tensor_array(model, op.weights)[0].ravel(), tflite_model.tensor_scales(model, op.weights)[0][0]
+
+
+def _model_with_a_negligible_channel():
+    """(tiny_model, its plain int8 conversion) where pw1's kernel is on its 2-bit grid and channel 0 has a kernel (codes -2, 1, 1, 1, 0)
+    so small next to its bias of 1 that TFLite raises the channel's scale until the bias fits int32 (to 2^30
+    steps), which rounds its largest weight to one int8 step and the rest to zero. A kernel trained to zero
+    ends like this; the grid scale fitted to such codes would overflow the bias."""
+    model, images = tiny_model(), calibration_images()
+    int8, op = _pw1(keras_convert.to_int8_tflite(model, images))
+    input_scale = tflite_model.tensor_scales(int8, op.input)[0][0]
+    layer, bn = model.get_layer("pw1"), model.get_layer("bn3")
+    kernel, bias = layer.get_weights()
+    kernel = quantizers.dequantize(*quantizers.quantize(kernel, 2)).numpy()  # on the grid: the export keeps it
+    gamma, beta, mean, var = bn.get_weights()
+    fold = gamma / np.sqrt(var + bn.epsilon)
+    beta[0] = 1.0 - (bias[0] - mean[0]) * fold[0]  # the folded bias of channel 0 is 1
+    bn.set_weights([gamma, beta, mean, var])
+    raised_scale = 1.0 / (input_scale * 2.0 ** 30)
+    kernel[0, 0, :, 0] = np.array([-2, 1, 1, 1, 0]) * 0.35 * raised_scale / fold[0]
+    layer.set_weights([kernel, bias])
+    return model, keras_convert.to_int8_tflite(model, images)
+
+
+def test_a_kernel_negligible_next_to_its_bias_keeps_the_converters_scale():
+    model, plain_int8 = _model_with_a_negligible_channel()
+    converter_codes, converter_scale = _channel0(plain_int8)
+    assert sorted(set(converter_codes.tolist())) == [-1, 0]  # the case this test is about: TFLite raised the scale
+    images = calibration_images()
+    result = keras_convert.convert_keras(model, images, {"pw1": 2})
+    codes, scale = _channel0(result.tflite)
+    np.testing.assert_array_equal(codes, 0)  # the Keras codes times a negligible scale: zero
+    assert scale == pytest.approx(converter_scale)
+    inputs = verify.quantize_inputs(result.tflite, images[:4])
+    assert np.abs(verify.run_tflite(result.tflite, inputs).astype(int)
+                  - verify.run_tflite(plain_int8, inputs).astype(int)).max() <= 1
+    assert pack.pack_model(pack.round_parameters(result.tflite))  # and the packed format holds its scale
+    # Post-training snapping of the int8 model keeps such a channel's int8 codes, already on the 2-bit grid.
+    int8, op = _pw1(plain_int8)
+    snapped = snap.snap_tflite(plain_int8, bits={tflite_model.tensor_name(int8, op.weights): 2})
+    snapped_codes, snapped_scale = _channel0(snapped)
+    np.testing.assert_array_equal(snapped_codes, converter_codes)
+    assert snapped_scale == pytest.approx(converter_scale)
 
 
 @pytest.mark.parametrize("bits, message", [({"nope": 2}, "unknown"), ({"conv1": 9}, "1..8")])
