@@ -10,8 +10,10 @@ The harness is the same for every method of a data set: per seed one float start
 weights for person96, float pre-training for Fashion-MNIST) that every method fine-tunes from for the same
 epochs with the same loss (distillation from the float teacher when configured) and the same post-processing
 (BatchNormalization re-estimated after snapping for every weight-quantized method, unless the recipe keeps
-the teacher's statistics); PTQ quantizes the float model fine-tuned for those epochs. Rows at 2 and 4 bits
-run every seed; 8-bit and mixed-precision rows run --seeds_8bit.
+the teacher's statistics); PTQ quantizes the float model fine-tuned for those epochs. Variants of a recipe
+are shown beside the methods, off their Pareto front; the two-stage ones train twice the epochs and are also
+compared with the float model trained as long. Rows at 2 and 4 bits run every seed; 8-bit and
+mixed-precision rows run --seeds_8bit.
 
 Writes <out>.json ({"provenance", "config", "rows", "runs"}), <out>.md (tables, Pareto fronts, goals),
 <out>.png (accuracy against deployed bytes, Pareto front drawn) and <out>_ood.png (out-of-scene agreement and
