@@ -127,13 +127,14 @@ def test_a_kernel_negligible_next_to_its_bias_keeps_the_converters_scale():
     images = calibration_images()
     result = keras_convert.convert_keras(model, images, {"pw1": 2})
     codes, scale = _channel0(result.tflite)
-    np.testing.assert_array_equal(codes, 0)  # the Keras codes times a negligible scale: zero
+    np.testing.assert_array_equal(codes, converter_codes)  # the finer scale of the Keras codes cannot hold the bias
     assert scale == pytest.approx(converter_scale)
+    snap.check_grid(result.tflite, result.bits)
     inputs = verify.quantize_inputs(result.tflite, images[:4])
     assert np.abs(verify.run_tflite(result.tflite, inputs).astype(int)
                   - verify.run_tflite(plain_int8, inputs).astype(int)).max() <= 1
     assert pack.pack_model(pack.round_parameters(result.tflite))  # and the packed format holds its scale
-    # Post-training snapping of the int8 model keeps such a channel's int8 codes, already on the 2-bit grid.
+    # So does post-training snapping of the int8 model: its int8 codes are on the 2-bit grid already.
     int8, op = _pw1(plain_int8)
     snapped = snap.snap_tflite(plain_int8, bits={tflite_model.tensor_name(int8, op.weights): 2})
     snapped_codes, snapped_scale = _channel0(snapped)

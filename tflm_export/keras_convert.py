@@ -124,9 +124,8 @@ def _fit_scales(name, keras_codes, weights, old_scales, bits, method):
     A negative fit means a negative BatchNorm gamma flipped the channel: its codes are negated, which stays
     on the grid unless the channel uses the lowest code (-2 for 2 bits has no +2). Such channels are
     re-snapped from the folded weights instead (what post-training snapping after folding would do; a QGT
-    model trained on folded kernels has none). A channel the converter holds within one int8 step of zero
-    (``snap.unresolved_channels``: BatchNorm zeroed it, or its kernel is negligible next to its bias) gets
-    zero codes (b >= 2) and keeps the converter's scale: a finer one would overflow its int32 bias.
+    model trained on folded kernels has none). A channel BatchNorm zeroed gets zero codes (b >= 2) and keeps
+    the converter's positive scale.
     """
     codes = keras_codes.astype(np.float64)
     power = np.sum(codes * codes, axis=0)
@@ -134,7 +133,7 @@ def _fit_scales(name, keras_codes, weights, old_scales, bits, method):
     flipped = scales < 0
     codes[:, flipped] *= -1
     scales = np.abs(scales)
-    dead = snap.unresolved_channels(weights, old_scales)
+    dead = scales == 0
     if bits > 1:
         codes[:, dead] = 0
     scales = np.where(dead, old_scales, scales)

@@ -50,23 +50,38 @@ def dequantized_weights(model, op):
     return tflite_model.channels_last(codes, axis).astype(np.float64) * scales, scales
 
 
-def unresolved_channels(weights, scales):
-    """Channels of (elements, channels) int8-dequantized ``weights`` that lie within one step of zero.
+def unresolved_channels(codes2d):
+    """Channels of (elements, channels) int8 ``codes2d`` that lie within one step of zero.
 
     TFLite's converter raises a channel's scale until its int32 bias fits, so a channel whose weights are
-    negligible next to its bias (a kernel driven to zero in training) is left with int8 weights of at most one
-    step: no finer scale can hold its bias, and codes -1, 0 and +1 at this scale are on every grid of two or
-    more bits.
+    negligible next to its bias (a kernel driven to zero in training) is left with int8 codes of at most one
+    step. No finer scale can hold its bias; its codes -1, 0 and +1 are on every grid of two or more bits.
     """
-    return np.max(np.abs(weights), axis=0) <= scales * (1 + 1e-6)
+    return np.max(np.abs(codes2d), axis=0) <= 1
 
 
 def rewrite_weights(model, op, codes2d, new_scales, old_scales):
-    """Stores per-channel ``codes2d`` (elements, channels) and scales as ``op``'s weights; rescales its bias."""
+    """Stores per-channel ``codes2d`` (elements, channels) and scales as ``op``'s weights; rescales its bias.
+
+    A channel whose bias would overflow int32 at its new scale keeps its old codes and scale if they are
+    :func:`unresolved_channels` (the same weights, within one int8 step of zero); any other is an ExportError.
+    """
     graph = model.subgraphs[0]
     tensor = graph.tensors[op.weights]
     axis = tflite_model.channel_axis(op.kind)
     shape = [int(s) for s in tensor.shape]
+    codes2d, new_scales = np.array(codes2d), np.array(new_scales, np.float64)  # copies: kept channels change
+    if op.bias >= 0:
+        bias = tflite_model.tensor_array(model, op.bias).astype(np.float64)
+        rescaled = np.round(bias * old_scales / new_scales.astype(np.float32).astype(np.float64))
+        overflows = np.abs(rescaled) > _INT32.max
+        if overflows.any():
+            old_codes = tflite_model.channels_last(tflite_model.tensor_array(model, op.weights), axis)
+            kept = overflows & unresolved_channels(old_codes)
+            if np.any(overflows & ~kept):
+                raise ExportError(f"bias {tflite_model.tensor_name(model, op.bias)!r} overflows int32 at the new "
+                                  f"scale (channels {np.flatnonzero(overflows & ~kept)[:8].tolist()})")
+            codes2d[:, kept], new_scales[kept], rescaled[kept] = old_codes[:, kept], old_scales[kept], bias[kept]
     tflite_model.set_tensor_data(model, op.weights,
                                  tflite_model.from_channels_last(codes2d, shape, axis).astype(np.int8))
     tensor.quantization.scale = new_scales.astype(np.float32)
@@ -75,10 +90,6 @@ def rewrite_weights(model, op, codes2d, new_scales, old_scales):
     if op.bias < 0:
         return
     input_scale = tflite_model.tensor_scales(model, op.input)[0][0]
-    bias = tflite_model.tensor_array(model, op.bias).astype(np.float64)
-    rescaled = np.round(bias * old_scales / new_scales.astype(np.float32).astype(np.float64))
-    if np.any(np.abs(rescaled) > _INT32.max):
-        raise ExportError(f"bias {tflite_model.tensor_name(model, op.bias)!r} overflows int32 at the new scale")
     tflite_model.set_tensor_data(model, op.bias, rescaled.astype(np.int32))
     bias_q = graph.tensors[op.bias].quantization
     bias_q.scale = (input_scale * new_scales).astype(np.float32)
@@ -158,12 +169,7 @@ def snap_tflite(tflite_bytes, bits=None, default_bits=8, method="mse"):
         if op_bits == 8:
             continue
         codes, scales = quantizers.quantize(weights, op_bits, method)
-        codes, scales = codes.numpy().astype(np.int8), scales.numpy().astype(np.float64)
-        if op_bits > 1:  # an unresolved channel keeps its int8 codes and scale: already on the grid
-            kept = unresolved_channels(weights, old_scales)
-            codes[:, kept] = np.round(weights[:, kept] / old_scales[kept])
-            scales[kept] = old_scales[kept]
-        rewrite_weights(model, op, codes, scales, old_scales)
+        rewrite_weights(model, op, codes.numpy().astype(np.int8), scales.numpy().astype(np.float64), old_scales)
     out = tflite_model.write(model)
     check_grid(out, tensor_bits)
     return out
