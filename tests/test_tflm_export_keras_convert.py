@@ -142,6 +142,11 @@ def test_a_kernel_negligible_next_to_its_bias_keeps_the_converters_scale():
     assert snapped_scale == pytest.approx(converter_scale)
 
 
+def test_unresolved_channels_are_those_within_one_int8_step():
+    codes = np.array([[-128, 1, 0, 2], [0, -1, 0, 0]], np.int8)
+    np.testing.assert_array_equal(snap.unresolved_channels(codes), [False, True, True, False])
+
+
 @pytest.mark.parametrize("bits, message", [({"nope": 2}, "unknown"), ({"conv1": 9}, "1..8")])
 def test_bad_bits_are_refused(bits, message):
     with pytest.raises(ValueError, match=message):

@@ -57,7 +57,7 @@ def unresolved_channels(codes2d):
     negligible next to its bias (a kernel driven to zero in training) is left with int8 codes of at most one
     step. No finer scale can hold its bias; its codes -1, 0 and +1 are on every grid of two or more bits.
     """
-    return np.max(np.abs(codes2d), axis=0) <= 1
+    return np.max(np.abs(np.asarray(codes2d, np.int32)), axis=0) <= 1  # int32: abs(int8 -128) wraps
 
 
 def rewrite_weights(model, op, codes2d, new_scales, old_scales):
