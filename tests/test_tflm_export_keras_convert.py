@@ -90,7 +90,8 @@ def test_negative_batchnorm_gamma_negates_codes_or_resnaps_the_channel():
 def _pw1(model_bytes):
     """(model, the weight op of layer pw1) of .tflite ``model_bytes``."""
     model = tflite_model.read(model_bytes)
-    return model, next(op for op in tflite_model.weight_ops(model) if "pw1" in tflite_model.tensor_name(model, op.weights))
+    ops = tflite_model.weight_ops(model)
+    return model, next(op for op in ops if "pw1" in tflite_model.tensor_name(model, op.weights))
 
 
 def _channel0(model_bytes):
@@ -100,10 +101,10 @@ def _channel0(model_bytes):
 
 
 def _model_with_a_negligible_channel():
-    """(tiny_model, its plain int8 conversion) where pw1's kernel is on its 2-bit grid and channel 0 has a kernel (codes -2, 1, 1, 1, 0)
-    so small next to its bias of 1 that TFLite raises the channel's scale until the bias fits int32 (to 2^30
-    steps), which rounds its largest weight to one int8 step and the rest to zero. A kernel trained to zero
-    ends like this; the grid scale fitted to such codes would overflow the bias."""
+    """(tiny_model, its plain int8 conversion) where pw1's kernel is on its 2-bit grid and channel 0's (codes
+    -2, 1, 1, 1, 0) is so small next to its bias of 1 that TFLite raises the channel's scale until the bias fits
+    int32 (to 2^30 steps), which rounds its largest weight to one int8 step and the rest to zero. A kernel
+    trained to zero ends like this; the grid scale fitted to such codes would overflow the bias."""
     model, images = tiny_model(), calibration_images()
     int8, op = _pw1(keras_convert.to_int8_tflite(model, images))
     input_scale = tflite_model.tensor_scales(int8, op.input)[0][0]
@@ -133,7 +134,7 @@ def test_a_kernel_negligible_next_to_its_bias_keeps_the_converters_scale():
     inputs = verify.quantize_inputs(result.tflite, images[:4])
     assert np.abs(verify.run_tflite(result.tflite, inputs).astype(int)
                   - verify.run_tflite(plain_int8, inputs).astype(int)).max() <= 1
-    assert pack.pack_model(pack.round_parameters(result.tflite))  # and the packed format holds its scale
+    pack.pack_model(pack.round_parameters(result.tflite))  # the packed format holds its scale (raises if not)
     # So does post-training snapping of the int8 model: its int8 codes are on the 2-bit grid already.
     int8, op = _pw1(plain_int8)
     snapped = snap.snap_tflite(plain_int8, bits={tflite_model.tensor_name(int8, op.weights): 2})
