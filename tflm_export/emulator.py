@@ -15,7 +15,7 @@ import os
 import shutil
 import subprocess
 
-from tflm_export import toolchain
+from tflm_export import termination, toolchain
 
 QEMU = "qemu-system-arm"
 MACHINE = "mps2-an386"
@@ -67,7 +67,7 @@ def run(elf, cwd, timeout_s=120, count=False, mark=None, plugin_dir=None):
             arguments.append(f"mark={addresses[0]:x}")
         command += ["-plugin", ",".join([plugin, *arguments])]
     try:
-        done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout_s)
+        done = termination.run(command, cwd=cwd, timeout=timeout_s)
     except subprocess.TimeoutExpired as error:
         raise EmulatorError(f"qemu timed out after {timeout_s} s running {elf}") from error
     output = done.stdout + done.stderr

@@ -9,11 +9,10 @@ the runner's header comment), :func:`mismatches` compares.
 import dataclasses
 import os
 import struct
-import subprocess
 
 import numpy as np
 
-from tflm_export import emulator, kernel_abi, requant, toolchain
+from tflm_export import emulator, kernel_abi, requant, termination, toolchain
 
 RUNNER_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernel_runner.c")
 MARK = "qgt_runner_mark"
@@ -111,7 +110,7 @@ def run_host(program, cases, folder):
     cases_path, results_path = os.path.join(folder, "cases.bin"), os.path.join(folder, "results.bin")
     with open(cases_path, "wb") as f:
         f.write(encode(cases))
-    done = subprocess.run([program, cases_path, results_path], capture_output=True, text=True, timeout=600)
+    done = termination.run([program, cases_path, results_path], timeout=600)
     with open(results_path, "rb") as f:
         return done.returncode, done.stderr, decode(f.read(), len(cases))
 

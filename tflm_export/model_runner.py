@@ -9,11 +9,10 @@ import dataclasses
 import os
 import re
 import struct
-import subprocess
 
 import numpy as np
 
-from tflm_export import emulator, toolchain
+from tflm_export import emulator, termination, toolchain
 
 RUNNER_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "model_runner.c")
 HOOK = "qgt_runner_layer"  # the model's layer hook and the instruction counter's region marker
@@ -134,7 +133,7 @@ def run_host(program, generated, inputs, folder):
     inputs_path, results_path = os.path.join(folder, "inputs.bin"), os.path.join(folder, "results.bin")
     with open(inputs_path, "wb") as f:
         f.write(_encode(generated, inputs))
-    done = subprocess.run([program, inputs_path, results_path], capture_output=True, text=True, timeout=600)
+    done = termination.run([program, inputs_path, results_path], timeout=600)
     if done.returncode != 0:
         raise RuntimeError(f"{program} exited with {done.returncode}: {done.stderr[-2000:]}")
     with open(results_path, "rb") as f:

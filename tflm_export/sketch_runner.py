@@ -7,11 +7,10 @@ the preprocessing and of the invoke of each frame.
 import dataclasses
 import os
 import struct
-import subprocess
 
 import numpy as np
 
-from tflm_export import camera, emulator, toolchain
+from tflm_export import camera, emulator, termination, toolchain
 
 RUNNER_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sketch_runner.c")
 MARK = "qgt_runner_mark"
@@ -84,7 +83,7 @@ def run_host(program, folder, frames, width, height, fmt, input_bytes, output_by
     frames_path, results_path = os.path.join(folder, "frames.bin"), os.path.join(folder, "results.bin")
     with open(frames_path, "wb") as f:
         f.write(encode(frames, width, height, fmt, on_permille, off_permille))
-    done = subprocess.run([program, frames_path, results_path], capture_output=True, text=True, timeout=600)
+    done = termination.run([program, frames_path, results_path], timeout=600)
     if done.returncode != 0:
         raise RuntimeError(f"{program} exited with {done.returncode}: {done.stderr[-2000:]}")
     with open(results_path, "rb") as f:

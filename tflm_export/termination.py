@@ -3,12 +3,34 @@
 Python's default SIGTERM action kills the process on the spot: no ``finally`` block runs, so the
 TFLite-Micro child process (``verify.run_tflm``) would be orphaned and its temporary folder, like the
 export's staging folder, left behind. Inside :func:`sigterm_raises` the signal raises ``SystemExit(143)``
-instead; ``subprocess.run`` then kills and waits for the child, and every temporary folder is removed.
+instead, and :func:`run` (the package's one way to start a child) then kills and waits for its child, so
+every temporary folder is removed.
+
+A SIGTERM that comes while a child is being started (after the fork, before ``Popen`` returns) would raise
+where nothing knows the child's pid yet and orphan it; :func:`run` holds such a signal back until the child
+can be killed.
 """
 
 import contextlib
 import signal
+import subprocess
 import threading
+
+
+class _ChildStart(threading.local):
+    """Per thread: whether a child is being started, and a SIGTERM held back meanwhile. Signal handlers run
+    in the main thread, so the handler only ever reads the main thread's values."""
+    starting = False
+    held_signal = None
+
+
+_child_start = _ChildStart()
+
+
+def _raise_held_signal():
+    signum, _child_start.held_signal = _child_start.held_signal, None
+    if signum is not None:
+        raise SystemExit(128 + signum)
 
 
 @contextlib.contextmanager
@@ -21,6 +43,9 @@ def sigterm_raises():
         return
 
     def raise_exit(signum, frame):
+        if _child_start.starting:
+            _child_start.held_signal = signum
+            return
         raise SystemExit(128 + signum)
 
     previous = signal.signal(signal.SIGTERM, raise_exit)
@@ -28,3 +53,32 @@ def sigterm_raises():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def run(command, timeout=None, check=False, cwd=None, env=None):
+    """``subprocess.run(command, capture_output=True, text=True, ...)`` that no SIGTERM orphans the child of.
+
+    Returns a ``subprocess.CompletedProcess``; raises ``subprocess.TimeoutExpired`` after ``timeout`` seconds
+    and, with ``check``, ``subprocess.CalledProcessError`` on a non-zero exit, like ``subprocess.run``. On
+    any exception once the child exists (a SIGTERM held back while it started included) the child is killed
+    and waited for.
+    """
+    _child_start.starting = True
+    try:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   cwd=cwd, env=env)
+    except BaseException:
+        _child_start.starting = False
+        _raise_held_signal()  # no child to kill: the SIGTERM ends the process rather than the start's error
+        raise
+    _child_start.starting = False
+    with process:  # its exit waits for the child
+        try:
+            _raise_held_signal()
+            stdout, stderr = process.communicate(timeout=timeout)
+        except BaseException:
+            process.kill()
+            raise
+    if check and process.returncode != 0:
+        raise subprocess.CalledProcessError(process.returncode, command, stdout, stderr)
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)

@@ -10,7 +10,8 @@ Flags: C99, ``-Wall -Wextra -Werror -pedantic``; Cortex-M4: ``-mcpu=cortex-m4 -m
 
 import os
 import shutil
-import subprocess
+
+from tflm_export import termination
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 CORTEX_M4_DIR = os.path.join(PACKAGE_DIR, "cortex_m4")
@@ -57,7 +58,7 @@ def require(tool):
 
 
 def _compile(command, cwd):
-    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    done = termination.run(command, cwd=cwd)
     if done.returncode != 0:
         raise BuildError(f"{' '.join(command)}\n{done.stdout}{done.stderr}")
 
@@ -117,8 +118,7 @@ def build_qemu_plugin(source, out_dir, name):
 
 def function_symbols(elf):
     """[(start address, size, name)] of the functions of a Cortex-M ELF, sorted (Thumb bit cleared)."""
-    done = subprocess.run([require(ARM_NM), "--print-size", "--numeric-sort", "--defined-only", elf],
-                          capture_output=True, text=True, check=True)
+    done = termination.run([require(ARM_NM), "--print-size", "--numeric-sort", "--defined-only", elf], check=True)
     symbols = []
     for line in done.stdout.splitlines():
         parts = line.split()
@@ -129,7 +129,7 @@ def function_symbols(elf):
 
 def section_sizes(elf):
     """{section name: bytes} of an ELF's allocated sections (``arm-none-eabi-size -A``)."""
-    done = subprocess.run([require(ARM_SIZE), "-A", elf], capture_output=True, text=True, check=True)
+    done = termination.run([require(ARM_SIZE), "-A", elf], check=True)
     sizes = {}
     for line in done.stdout.splitlines():
         parts = line.split()

@@ -1,7 +1,6 @@
 """Bit-exactness between TFLite and TFLite-Micro, the TFLM arena size, and where a model's bytes go."""
 
 import os
-import subprocess
 import sys
 import tempfile
 
@@ -69,8 +68,7 @@ def run_tflm(model_bytes, inputs, tensors=(), timeout_s=600):
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [_PACKAGE_ROOT, os.environ.get("PYTHONPATH")])))
         command = [sys.executable, "-m", "tflm_export.tflm_runner", model_path, inputs_path, outputs_path,
                    ",".join(str(int(t)) for t in tensors)]
-        done = subprocess.run(command,
-                              capture_output=True, text=True, env=env, timeout=timeout_s)
+        done = termination.run(command, env=env, timeout=timeout_s)
         if done.returncode != 0 or not os.path.exists(outputs_path):
             raise ExportError(f"TFLite-Micro runtime failed (exit code {done.returncode}; a negative code is a "
                               f"crash, e.g. degenerate activation ranges from calibration on no real data): "
