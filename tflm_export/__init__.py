@@ -5,5 +5,6 @@ weights on b-bit grids), keras_convert (Keras -> int8 .tflite with exact b-bit g
 QGT custom ops, docs/FORMAT.md), lut (TFLM's own LUT compression), reference (numpy arithmetic of the
 packed ops), verify (TFLite vs TFLite-Micro, arena, size breakdown), c_source (model_data.h/.cc), export
 (the whole export, qgt-export's work) and layout (its output folder), files (whole-or-nothing output),
-termination (SIGTERM as an exception; the one way to start a child process). The qgt-export command line is qgt.export.
+termination (SIGTERM as an exception; the one way to start a child process). The qgt-export command line
+is qgt.export.
 """

@@ -71,9 +71,9 @@ def run(command, timeout=None, check=False, cwd=None, env=None):
         _child_start.starting = False
         _raise_held_signal()  # no child to kill: the SIGTERM ends the process rather than the start's error
         raise
-    _child_start.starting = False
     with process:  # its exit waits for the child
         try:
+            _child_start.starting = False  # from here on a SIGTERM raises where the child is killed
             _raise_held_signal()
             stdout, stderr = process.communicate(timeout=timeout)
         except BaseException:
