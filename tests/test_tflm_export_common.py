@@ -23,6 +23,15 @@ def repo_root():
     return folder
 
 
+def live_parent(pid):
+    """The parent pid of process ``pid`` while it runs (not a zombie), else None (reads Linux /proc)."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[1]) if fields[0] != "Z" else None
+
+
 def reference_model(file_name):
     """Bytes or path of ../shared/reference_models/<file_name> (relative to the repo root); skips when absent."""
     path = os.path.join(repo_root(), "..", "shared", "reference_models", file_name)

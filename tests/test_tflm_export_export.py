@@ -10,7 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from test_tflm_export_common import TINY_BITS, calibration_images, converted_tiny, repo_root, tiny_model
+from test_tflm_export_common import (TINY_BITS, calibration_images, converted_tiny, live_parent, repo_root,
+                                     tiny_model)
 from tflm_export import export, files, layout, lut
 from tflm_export.tflite_model import ExportError
 
@@ -179,16 +180,7 @@ print("finished", flush=True)
 
 def _children(pid):
     """Pids of the live child processes of ``pid`` (Linux /proc)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid and fields[0] != "Z":
-                found.append(int(entry))
-    return found
+    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit() and live_parent(entry) == pid]
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads child processes from /proc")

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from test_tflm_export_common import repo_root
+from test_tflm_export_common import live_parent, repo_root
 from tflm_export import termination
 
 # Runs termination.run under sigterm_raises in a fresh process (main thread, default SIGTERM handler) with a
@@ -31,19 +31,12 @@ class SignalledPopen(subprocess.Popen):
         sum(range(1000))  # bytecodes for the handler to run at: still inside the start
 
 subprocess.Popen = SignalledPopen
-program = [sys.executable, "-c", "import time; time.sleep(60)"] if WHEN == "after_fork" else ["/nonexistent/program"]
+sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+program = sleeper if WHEN == "after_fork" else ["/nonexistent/program"]
 with termination.sigterm_raises():
     termination.run(program)
 print("not interrupted", flush=True)
 """
-
-
-def _alive(pid):
-    try:
-        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def _sigterm_during_start(when):
@@ -59,9 +52,9 @@ def test_a_sigterm_while_the_child_starts_kills_and_reaps_it():
     try:
         assert done.returncode == 128 + signal.SIGTERM, done.stderr
         assert "not interrupted" not in done.stdout
-        assert not _alive(child), "the child outlived its parent"
+        assert live_parent(child) is None, "the child outlived its parent"
     finally:
-        if _alive(child):
+        if live_parent(child) is not None:
             os.kill(child, signal.SIGKILL)
 
 
