@@ -172,6 +172,11 @@ GRIDS = {
         Row("qgt", 2, variant={**distilled(), **FROM_FLOAT}, label=FROM_FLOAT_LABEL),
         Row("qat_ste", 2, variant={**distilled(), **FROM_FLOAT}, label=FROM_FLOAT_STE_LABEL),
         Row("float", _FLOAT, variant=TWICE_THE_EPOCHS, label=TWICE_THE_EPOCHS_LABEL),
+        # The teacher's BatchNormalization statistics kept through the transfer recipe (float and mixed bits).
+        Row("float", _FLOAT, variant={**distilled(), **WITH_TRANSFER, **FROZEN_BATCHNORM},
+            label="float (distilled + data/transfer, BN frozen)"),
+        Row("qgt_mixed", _MIXED, variant={**BALANCED, **FROZEN_BATCHNORM},
+            label=BALANCED_LABEL.replace("qgt", "qgt_mixed").replace(")", "; BN frozen)")),
     ),
     "person96": (TEACHER, Row("float", _FLOAT), Row("qat_ste", 2), Row("qgt", 2)),
     "fashion_mnist": BASELINE_ROWS + (SCALE_INTERVAL_ROW,),
