@@ -463,7 +463,7 @@ def goals(rows):
                      f"({_pct(twice['accuracy_mean'])}%; goal <= 1.0): {'reached' if drop <= 1.0 else 'NOT reached'}")
         lines.append(line + ".")
     fashion = _find(rows, "fashion_mnist", "qgt", 2)
-    if fashion is not None:
+    if fashion is not None and fashion["drop_pts"] is not None:
         lines.append(f"- Fashion-MNIST: float {_pct(fashion['float_accuracy'])}%, QGT 2-bit drop "
                      f"{fashion['drop_pts']:.2f} pts (goal <= 1.5): "
                      f"{'reached' if fashion['drop_pts'] <= 1.5 else 'NOT reached'}.")
@@ -502,8 +502,9 @@ def markdown(rows, configs, run):
         for r in (r for r in rows if r["dataset"] == dataset):
             deployed_bytes = f"{r['deployed_bytes']:,}" if r["deployed_bytes"] is not None else "n/a"
             accuracy = _pct(r["accuracy_mean"], r["accuracy_std"])
+            drop = f"{r['drop_pts']:+.2f}" if r["drop_pts"] is not None else "n/a"  # a run without float@32
             lines.append(f"| {r['label']} | {r['bits']:g} | {r['seeds']} | {accuracy}"
-                         f" | {r['drop_pts']:+.2f} | {r['weight_bytes']:,} | {deployed_bytes} | "
+                         f" | {drop} | {r['weight_bytes']:,} | {deployed_bytes} | "
                          f"{'yes' if r.get('pareto') else ''} | {r['train_seconds']:.0f} |")
         ood_rows = [r for r in rows if r["dataset"] == dataset and "ood_agreement" in r]
         if ood_rows:
