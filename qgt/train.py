@@ -97,6 +97,10 @@ def build_parser():
     parser.add_argument("--unlabeled_person_share", type=float, default=0.4,
                         help="With --unlabeled_dir: the images the teacher calls person are drawn for this share "
                              "of the unlabeled ones (0: as they come; photos of other scenes rarely show people).")
+    parser.add_argument("--freeze_batchnorm", action="store_true",
+                        help="Train the method with BatchNormalization frozen (inference mode: the start's statistics, "
+                             "gamma and beta) and do not re-estimate it after snapping. With --distill_from it keeps "
+                             "a float student's function out of scene; it costs quantized students (docs/RECIPE.md).")
     parser.add_argument("--init_from",
                         help="Start from these float weights: a .h5/.keras file, or 'mlperf' for the MLPerf Tiny "
                              "VWW reference (see above).")
@@ -225,7 +229,7 @@ def _run(args):
         init_from=init_from, seed=args.seed, bn_momentum=args.bn_momentum, augment=args.augment,
         pretrain_epochs=args.float_epochs, finetune_epochs=args.epochs, learning_rate=args.float_learning_rate,
         finetune_learning_rate=args.learning_rate, lr_schedule=args.lr_schedule, edge_bits=parse_edge_bits(
-            args.edge_bits), distillation=distillation, verbose=args.verbose)
+            args.edge_bits), distillation=distillation, freeze_batchnorm=args.freeze_batchnorm, verbose=args.verbose)
     sizes = layer_kinds.kernel_sizes(setup.build_model())
     unknown = sorted(set(args.layer_bits) - set(sizes))
     if unknown:

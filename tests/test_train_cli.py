@@ -55,6 +55,20 @@ def test_distill_from_trains_against_the_teacher(tmp_path):
     assert flags["distill_weight"] == 0.5 and flags["unlabeled_dir"] == "transfer"
 
 
+def test_freeze_batchnorm_keeps_the_starts_statistics(tmp_path):
+    from qgt_keras import models
+    start = models.small_cnn((16, 16, 3))
+    start.get_layer("conv1_bn").moving_mean.assign(np.full(start.get_layer("conv1_bn").moving_mean.shape, 0.25))
+    start.save(tmp_path / "start.keras")
+    assert train.main([*QUICK, "--method=float", f"--init_from={tmp_path / 'start.keras'}", "--freeze_batchnorm",
+                       f"--out_dir={tmp_path / 'out'}"]) == 0
+    trained = keras.models.load_model(tmp_path / "out" / "model.keras")
+    for name in ("conv1_bn", "dw1_bn", "pw1_bn"):  # statistics, gamma and beta as they started
+        for kept, now in zip(start.get_layer(name).get_weights(), trained.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(kept, now)
+    assert not np.array_equal(start.get_layer("pw1").kernel.numpy(), trained.get_layer("pw1").kernel.numpy())
+
+
 @pytest.fixture
 def no_training(monkeypatch):
     """Makes any training an error: the checks under test must come first."""
