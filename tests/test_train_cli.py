@@ -58,6 +58,7 @@ def test_distill_from_trains_against_the_teacher(tmp_path):
 def test_freeze_batchnorm_keeps_the_starts_statistics(tmp_path):
     from qgt_keras import models
     start = models.small_cnn((16, 16, 3))
+    # Statistics that training on the data would move and a fresh model does not have: --init_from must copy them.
     start.get_layer("conv1_bn").moving_mean.assign(np.full(start.get_layer("conv1_bn").moving_mean.shape, 0.25))
     start.save(tmp_path / "start.keras")
     assert train.main([*QUICK, "--method=float", f"--init_from={tmp_path / 'start.keras'}", "--freeze_batchnorm",
