@@ -100,8 +100,8 @@ def build_parser():
     parser.add_argument("--freeze_batchnorm", action="store_true",
                         help="Train the method with BatchNormalization frozen (inference mode: the start's statistics, "
                              "gamma and beta) and do not re-estimate it after snapping. With --distill_from and "
-                             "--unlabeled_dir it keeps a float student's function out of scene; it costs quantized "
-                             "students (docs/RECIPE.md).")
+                             "--unlabeled_dir it keeps a float student's function out of scene; quantized "
+                             "students gain nothing by it (docs/RECIPE.md).")
     parser.add_argument("--init_from",
                         help="Start from these float weights: a .h5/.keras file, or 'mlperf' for the MLPerf Tiny "
                              "VWW reference (see above).")
