@@ -493,8 +493,9 @@ def markdown(rows, configs, run):
              "activations to 8 bits in training too; ours do so only in the deployed int8 model. *data/transfer* "
              "rows: each training batch also holds as many unlabeled crops of data/transfer (photos of other scenes "
              "from other packages than data/ood's), which teach through the teacher's soft targets alone; their "
-             "BatchNormalization statistics are re-estimated on the same mix; *40% person*: the crops the teacher "
-             "calls person (6.5% of data/transfer) are drawn for 40% of them.", ""]
+             "BatchNormalization statistics are re-estimated on the same mix, except in *BN frozen* rows, which "
+             "keep the start's; *40% person*: the crops the teacher calls person (6.5% of data/transfer) are drawn "
+             "for 40% of them.", ""]
     header = ("| method | bits | seeds | accuracy % | drop (pts) | kernel B | deployed B | Pareto | train s |\n"
               "|---|---:|---:|---:|---:|---:|---:|:-:|---:|")
     for dataset in dict.fromkeys(row["dataset"] for row in rows):
