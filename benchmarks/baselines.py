@@ -7,6 +7,11 @@ import numpy as np
 from qgt_keras import layer_kinds, recipes
 
 
+def _check_batchnorm_handling(setup, method):
+    if setup.anchor_batchnorm:  # tfmot's wrapped and folded layers do not pair up with the teacher's
+        raise ValueError(f"{method} does not support Setup.anchor_batchnorm")
+
+
 def tfmot_qat(setup, bits):
     """tfmot quantization-aware training: ``quantize_model`` for 8 bits, ``DefaultNBitQuantizeScheme``
     (8-bit activations) below; every layer at ``bits``. Measured on the fake-quantized tfmot model, its
@@ -14,6 +19,7 @@ def tfmot_qat(setup, bits):
     activation ranges see the same 20 batches)."""
     import tensorflow_model_optimization as tfmot
 
+    _check_batchnorm_handling(setup, "tfmot_qat")
     model, pre_seconds, pre_history = setup.pretrained()
     if bits == 8:
         quantized = tfmot.quantization.keras.quantize_model(model)
@@ -41,6 +47,7 @@ def tfmot_cluster(setup, bits):
     """
     import tensorflow_model_optimization as tfmot
 
+    _check_batchnorm_handling(setup, "tfmot_cluster")
     clustering = tfmot.clustering.keras
     model, pre_seconds, pre_history = setup.pretrained()
     sizes = layer_kinds.kernel_sizes(model)  # before clustering: cluster_weights takes the layers' weights over

@@ -1,5 +1,6 @@
-"""Training callbacks: the QGT strength schedule with the hand-over to hard quantization, and the monitor
-that puts the QGT term (total and per layer) into the fit logs."""
+"""Training callbacks: the QGT strength schedule with the hand-over to hard quantization, the monitor
+that puts the QGT term (total and per layer) into the fit logs, and the anchoring of BatchNormalization
+statistics to a teacher."""
 
 import math
 
@@ -126,3 +127,22 @@ class QGTMonitor(keras.callbacks.Callback):
             shares = ", ".join(f"{name} {term / total:.0%}" for name, term in largest) if total > 0 else "-"
             print(f"epoch {epoch + 1}: qgt_loss {total:.4g}, qgt_error {logs['qgt_error']:.3g} "
                   f"(largest: {shares})")
+
+
+class BatchNormAnchor(keras.callbacks.Callback):
+    """Anchors the model's BatchNormalization statistics to ``reference`` (``conversion.anchor_batchnorm`` on
+    ``batches``) before training and after every epoch, for a fit that leaves the statistics alone in between
+    (``Distiller(..., student_inference_mode=True)``): the weights move, and the statistics follow them."""
+
+    def __init__(self, reference, batches):
+        super().__init__()
+        self.reference, self.batches = reference, list(batches)
+
+    def _anchor(self):
+        conversion.anchor_batchnorm(student_of(self.model), self.reference, self.batches)
+
+    def on_train_begin(self, logs=None):
+        self._anchor()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._anchor()

@@ -307,3 +307,92 @@ def recalibrate_batchnorm(model, dataset, max_batches=None):
     if seen == 0:
         raise ValueError(f"recalibrate_batchnorm: the dataset for model {model.name!r} yielded no batch")
     return seen
+
+
+def _batchnorm_input_moments(model, norms):
+    """A compiled function from a batch of inputs to the per-channel (mean, mean square) of the input of
+    each of ``norms`` (BatchNormalization layers of ``model``), computed in inference mode."""
+    for layer in norms:
+        if list(layer.axis) != [len(layer.input_shape) - 1]:
+            raise ValueError(f"layer {layer.name!r} of model {model.name!r} normalizes axis {layer.axis}: "
+                             "anchoring handles channels-last BatchNormalization only")
+    probe = keras.Model(model.inputs, [layer.input for layer in norms])
+
+    @tf.function
+    def moments(inputs):
+        outputs = probe(inputs, training=False)
+        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        return [(tf.reduce_mean(z, axis=list(range(z.shape.rank - 1))),
+                 tf.reduce_mean(tf.square(z), axis=list(range(z.shape.rank - 1)))) for z in outputs]
+
+    def averaged(batches):  # (mean, variance) per layer over all the batches' examples and positions
+        sums = None
+        for batch in batches:
+            values = [(m.numpy().astype(np.float64), s.numpy().astype(np.float64)) for m, s in moments(batch)]
+            sums = values if sums is None else [(a + m, b + s) for (a, b), (m, s) in zip(sums, values)]
+        return [(a / len(batches), np.maximum(b / len(batches) - np.square(a / len(batches)), 0.0))
+                for a, b in sums]
+
+    return averaged
+
+
+def anchor_batchnorm(model, reference, dataset, max_batches=None, tolerance=1e-4):
+    """Sets ``model``'s BatchNormalization statistics so that, on the batches of ``dataset``, every one of its
+    BatchNormalization layers normalizes its input to the per-channel mean and spread that the matching layer
+    of ``reference`` (in model order) produces from its own input; returns the number of passes it took.
+
+    For a student quantized from a float ``reference`` (its teacher) this re-normalizes toward the reference
+    instead of toward the data: re-estimating on the data (:func:`recalibrate_batchnorm`) replaces the
+    statistics the reference collected on its own training set by those of ``dataset``, which is part of the
+    reference's function (docs/RECIPE.md), while anchoring keeps the reference's offset between the two.
+    With data mean m and variance v of a layer's input and stored mean mu and variance var,
+
+        (var' + eps) = (var_r + eps_r) * (v + eps) / (v_r + eps_r),
+        mu' = m - (m_r - mu_r) * sqrt((v + eps) / (v_r + eps_r)),
+
+    ``_r`` the reference's; a model identical to ``reference`` keeps its statistics. Each layer's input depends
+    on the statistics of the layers before it, so pass k settles layer k: passes repeat until no statistic
+    moves by more than ``tolerance`` (relative to the channel's spread), at most once per layer. Both models
+    compute in inference mode; gamma, beta and every other weight are left alone.
+
+    Raises ValueError when the models' BatchNormalization layers do not pair up or ``dataset`` is empty.
+    """
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    reference_norms = [layer for layer in reference.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    if len(norms) != len(reference_norms):
+        raise ValueError(f"anchor_batchnorm: model {model.name!r} has {len(norms)} BatchNormalization layers, the "
+                         f"reference {reference.name!r} {len(reference_norms)}")
+    for layer, anchor in zip(norms, reference_norms):
+        if layer.moving_mean.shape != anchor.moving_mean.shape:
+            raise ValueError(f"anchor_batchnorm: layer {layer.name!r} of model {model.name!r} has "
+                             f"{layer.moving_mean.shape[0]} channels, layer {anchor.name!r} of the reference "
+                             f"{reference.name!r} {anchor.moving_mean.shape[0]}")
+    batches = []
+    for batch in dataset:
+        if max_batches is not None and len(batches) >= max_batches:
+            break
+        batches.append(batch[0] if isinstance(batch, (tuple, list)) else batch)
+    if not batches:
+        raise ValueError(f"anchor_batchnorm: the dataset for model {model.name!r} yielded no batch")
+    if not norms:
+        return 0
+    targets = []  # per layer: the reference's normalized mean and the spread ratio it applies to its input
+    for anchor, (mean, variance) in zip(reference_norms, _batchnorm_input_moments(reference, reference_norms)(batches)):
+        stored_spread = np.sqrt(anchor.moving_variance.numpy().astype(np.float64) + anchor.epsilon)
+        targets.append(((mean - anchor.moving_mean.numpy()) / np.sqrt(variance + anchor.epsilon),
+                        stored_spread / np.sqrt(variance + anchor.epsilon)))
+    measure = _batchnorm_input_moments(model, norms)
+    for passes in range(1, len(norms) + 1):
+        moved = 0.0
+        for layer, (offset, ratio), (mean, variance) in zip(norms, targets, measure(batches)):
+            spread = np.sqrt(variance + layer.epsilon) * ratio  # sqrt(var' + eps)
+            new_mean = mean - offset * np.sqrt(variance + layer.epsilon)
+            new_variance = np.maximum(np.square(spread) - layer.epsilon, 0.0)
+            old_mean, old_variance = layer.moving_mean.numpy(), layer.moving_variance.numpy()
+            moved = max(moved, float(np.max(np.abs(new_mean - old_mean) / spread)),
+                        float(np.max(np.abs(np.sqrt(old_variance + layer.epsilon) - spread) / spread)))
+            layer.moving_mean.assign(new_mean.astype(np.float32))
+            layer.moving_variance.assign(new_variance.astype(np.float32))
+        if moved <= tolerance:
+            break
+    return passes

@@ -24,6 +24,11 @@ strategy's scope like any model: the loss is reduced over the global batch as Ke
     qgt_model.save(...)                                             # the student is trained in place
 
 Evaluation (``distiller.evaluate``) reports the same loss on held-out data; accuracy is the student's.
+
+``student_inference_mode=True`` calls the student in inference mode in training too: its BatchNormalization
+layers normalize with their moving statistics and leave them alone, while all its weights (gamma and beta
+included) train; statistics set from outside then hold for the whole fit (``conversion.anchor_batchnorm``,
+``callbacks.BatchNormAnchor``).
 """
 
 import tensorflow as tf
@@ -75,9 +80,11 @@ class Distiller(keras.Model):
       teacher: a float tf_keras model with the same inputs and classes; frozen here.
       temperature: T > 0 of the soft targets.
       weight: 0..1, the share of the soft term (1: the teacher's targets only, labels unused).
+      student_inference_mode: call the student in inference mode in training too (see the module docstring).
     """
 
-    def __init__(self, student, teacher, temperature=DEFAULT_TEMPERATURE, weight=DEFAULT_WEIGHT, **kwargs):
+    def __init__(self, student, teacher, temperature=DEFAULT_TEMPERATURE, weight=DEFAULT_WEIGHT,
+                 student_inference_mode=False, **kwargs):
         super().__init__(name=kwargs.pop("name", f"{student.name}_distilled"), **kwargs)
         if not 0.0 <= weight <= 1.0:
             raise ValueError(f"distillation weight must be in [0, 1], got {weight!r}")
@@ -96,10 +103,11 @@ class Distiller(keras.Model):
         self.teacher = teacher
         self.temperature = float(temperature)
         self.weight = float(weight)
+        self.student_inference_mode = bool(student_inference_mode)
         self._trackers = {name: keras.metrics.Mean(name) for name in ("loss", "hard_loss", "distillation_loss")}
 
     def call(self, inputs, training=None):
-        return self.student(inputs, training=training)
+        return self.student(inputs, training=False if self.student_inference_mode else training)
 
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
         """Like Model.compile; the loss is the distillation loss (passing ``loss`` is an error)."""

@@ -12,7 +12,8 @@ budget instead of bits) and the same training budget:
 
 Accuracy is always measured on the quantized model: kernels snapped to their grid (a plain tf_keras model,
 what the exporter converts), with BatchNormalization statistics re-estimated after snapping for every method
-whose weights were quantized (their moving averages were collected on other weights).
+whose weights were quantized (their moving averages were collected on other weights), or anchored to the
+teacher's (``Setup.anchor_batchnorm``).
 
 Distillation (``Setup.distillation``, a :class:`Distillation`): every method's training, float included,
 then learns from a frozen float teacher (``qgt_keras.distillation``) instead of the labels alone, so that
@@ -73,6 +74,10 @@ class Setup:
         statistics, gamma and beta kept) and do not re-estimate it after snapping, so that no statistic comes
         from the training data alone (docs/RECIPE.md: it keeps a float student's function out of scene, and
         costs a 2-bit one dearly).
+      anchor_batchnorm: the methods train with BatchNormalization normalizing by its moving statistics, which
+        are anchored to the teacher's (``conversion.anchor_batchnorm`` on the methods' training batches)
+        before training, after every epoch and after snapping instead of being re-estimated; gamma and beta
+        train. Needs a ``distillation``; not with ``freeze_batchnorm``.
     """
 
     data: datasets.Data
@@ -85,6 +90,7 @@ class Setup:
     edge_bits: object = 8
     distillation: Distillation = None
     freeze_batchnorm: bool = False
+    anchor_batchnorm: bool = False
     unlabeled_oversample: tuple = None
     verbose: int = 1
     _pretrained: tuple = dataclasses.field(default=None, repr=False)
@@ -100,6 +106,9 @@ class Setup:
         if self.data.unlabeled is not None and self.distillation is None:
             raise ValueError("unlabeled images teach only through a teacher's soft targets: give the setup a "
                              "distillation")
+        if self.anchor_batchnorm and (self.distillation is None or self.freeze_batchnorm):
+            raise ValueError("anchor_batchnorm anchors BatchNormalization to a teacher: it needs a distillation "
+                             "and excludes freeze_batchnorm")
         if self.unlabeled_oversample is not None and self.data.unlabeled is None:
             raise ValueError("unlabeled_oversample needs unlabeled images in the data (unlabeled_dir)")
 
@@ -180,21 +189,24 @@ def compile_model(model, learning_rate, decay_steps=None):
 
 def fit(model, setup, epochs, learning_rate, extra_callbacks=(), pretraining=False):
     """Compiles (Adam, the setup's schedule) and fits ``model``; returns (seconds, history dict). A method's
-    fit (not ``pretraining``) learns from the setup's teacher if it has one, with BatchNormalization frozen if
-    the setup says so."""
+    fit (not ``pretraining``) learns from the setup's teacher if it has one, with BatchNormalization frozen or
+    anchored to the teacher if the setup says so."""
     decay_steps = epochs * setup.data.steps_per_epoch if setup.lr_schedule == "cosine" else None
     trained = model
     if setup.freeze_batchnorm and not pretraining:
         for layer in model.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.trainable = False
+    extra_callbacks = list(extra_callbacks)
     if setup.distillation is not None and not pretraining:
         trained = distillation.Distiller(model, setup.teacher(), setup.distillation.temperature,
-                                         setup.distillation.weight)
+                                         setup.distillation.weight, student_inference_mode=setup.anchor_batchnorm)
+        if setup.anchor_batchnorm:
+            extra_callbacks.append(callbacks.BatchNormAnchor(setup.teacher(), _batchnorm_batches(setup)))
     compile_model(trained, learning_rate, decay_steps)
     start = time.perf_counter()
     data = setup.data.train if pretraining else setup.method_data()
-    history = trained.fit(data, epochs=epochs, callbacks=list(extra_callbacks), verbose=setup.verbose)
+    history = trained.fit(data, epochs=epochs, callbacks=extra_callbacks, verbose=setup.verbose)
     return time.perf_counter() - start, history.history
 
 
@@ -221,17 +233,27 @@ def _policy(setup, bits, strength=None, overrides=None, scale="mse", scale_inter
                                          strength=strength, scale=scale, scale_interval=scale_interval)
 
 
+def _batchnorm_batches(setup):
+    """The methods' first training batches (``Setup.method_data``), those BatchNormalization is set on."""
+    return [batch for batch, _ in zip(setup.method_data(), range(BN_REESTIMATION_BATCHES))]
+
+
 def reestimate_batchnorm(model, setup):
     """Re-estimates ``model``'s BatchNormalization statistics on the methods' training data (weights frozen;
-    ``Setup.method_data``); returns the seconds it took."""
+    ``Setup.method_data``), or anchors them to the teacher's on it if the setup says so; returns the seconds
+    it took."""
     start = time.perf_counter()
-    conversion.recalibrate_batchnorm(model, setup.method_data(), BN_REESTIMATION_BATCHES)
+    if setup.anchor_batchnorm:
+        conversion.anchor_batchnorm(model, setup.teacher(), _batchnorm_batches(setup))
+    else:
+        conversion.recalibrate_batchnorm(model, setup.method_data(), BN_REESTIMATION_BATCHES)
     return time.perf_counter() - start
 
 
 def _snapped_result(method, setup, quantized, sizes, seconds, history, nominal_bits, reestimate_bn=True):
     """Strips ``quantized`` into a plain model with snapped kernels, re-estimates its BatchNormalization
-    statistics (copied back into ``quantized``) unless told not to, and measures it. ``quantized`` is left in
+    statistics (or anchors them: ``Setup.anchor_batchnorm``; copied back into ``quantized``) unless told not
+    to, and measures it. ``quantized`` is left in
     the hard-quantization phase: it then computes what the plain model computes."""
     conversion.set_hard_quantization(quantized, True)
     plain = conversion.strip_quantization(quantized, snap=True)
