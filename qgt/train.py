@@ -102,6 +102,11 @@ def build_parser():
                              "gamma and beta) and do not re-estimate it after snapping. With --distill_from and "
                              "--unlabeled_dir it keeps a float student's function out of scene; quantized "
                              "students gain nothing by it (docs/RECIPE.md).")
+    parser.add_argument("--anchor_batchnorm", action="store_true",
+                        help="With --distill_from: train the method with BatchNormalization normalizing by statistics "
+                             "anchored to the teacher's (set on the training batches before training, after every "
+                             "epoch and after snapping, instead of re-estimated on them; gamma and beta train). "
+                             "docs/RECIPE.md has what it does out of scene.")
     parser.add_argument("--init_from",
                         help="Start from these float weights: a .h5/.keras file, or 'mlperf' for the MLPerf Tiny "
                              "VWW reference (see above).")
@@ -146,6 +151,9 @@ def check_flags(args):
         raise ValueError("need 0 <= --distill_weight <= 1 and --distill_temperature > 0")
     if args.unlabeled_dir and not args.distill_from:
         raise ValueError("--unlabeled_dir teaches through the teacher's soft targets: also pass --distill_from")
+    if args.anchor_batchnorm and (not args.distill_from or args.freeze_batchnorm):
+        raise ValueError("--anchor_batchnorm anchors BatchNormalization to the teacher: it needs --distill_from and "
+                         "excludes --freeze_batchnorm")
     if not 0 <= args.unlabeled_person_share < 1:
         raise ValueError(f"--unlabeled_person_share must be in [0, 1), got {args.unlabeled_person_share}")
     if args.unlabeled_person_share and args.unlabeled_dir and args.dataset == "fashion_mnist":
@@ -230,7 +238,8 @@ def _run(args):
         init_from=init_from, seed=args.seed, bn_momentum=args.bn_momentum, augment=args.augment,
         pretrain_epochs=args.float_epochs, finetune_epochs=args.epochs, learning_rate=args.float_learning_rate,
         finetune_learning_rate=args.learning_rate, lr_schedule=args.lr_schedule, edge_bits=parse_edge_bits(
-            args.edge_bits), distillation=distillation, freeze_batchnorm=args.freeze_batchnorm, verbose=args.verbose)
+            args.edge_bits), distillation=distillation, freeze_batchnorm=args.freeze_batchnorm,
+        anchor_batchnorm=args.anchor_batchnorm, verbose=args.verbose)
     sizes = layer_kinds.kernel_sizes(setup.build_model())
     unknown = sorted(set(args.layer_bits) - set(sizes))
     if unknown:

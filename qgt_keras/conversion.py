@@ -309,37 +309,41 @@ def recalibrate_batchnorm(model, dataset, max_batches=None):
     return seen
 
 
-def _batchnorm_input_moments(model, norms):
-    """A compiled function from a batch of inputs to the per-channel (mean, mean square) of the input of
-    each of ``norms`` (BatchNormalization layers of ``model``), computed in inference mode."""
+
+def _chain_segments(model, norms):
+    """Per BatchNormalization layer of ``norms`` (in model order): a model from the previous one's output (the
+    model's input for the first) to its input. Raises ValueError naming the layer whose input needs more."""
+    segments, start = [], model.inputs
     for layer in norms:
         if list(layer.axis) != [len(layer.input_shape) - 1]:
-            raise ValueError(f"layer {layer.name!r} of model {model.name!r} normalizes axis {layer.axis}: "
-                             "anchoring handles channels-last BatchNormalization only")
-    probe = keras.Model(model.inputs, [layer.input for layer in norms])
-
-    @tf.function
-    def moments(inputs):
-        outputs = probe(inputs, training=False)
-        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-        return [(tf.reduce_mean(z, axis=list(range(z.shape.rank - 1))),
-                 tf.reduce_mean(tf.square(z), axis=list(range(z.shape.rank - 1)))) for z in outputs]
-
-    def averaged(batches):  # (mean, variance) per layer over all the batches' examples and positions
-        sums = None
-        for batch in batches:
-            values = [(m.numpy().astype(np.float64), s.numpy().astype(np.float64)) for m, s in moments(batch)]
-            sums = values if sums is None else [(a + m, b + s) for (a, b), (m, s) in zip(sums, values)]
-        return [(a / len(batches), np.maximum(b / len(batches) - np.square(a / len(batches)), 0.0))
-                for a, b in sums]
-
-    return averaged
+            raise ValueError(f"layer {layer.name!r} of model {model.name!r} normalizes axis {layer.axis}: anchoring "
+                             "handles channels-last BatchNormalization only")
+        try:
+            segments.append(keras.Model(start, layer.input))
+        except ValueError as error:
+            raise ValueError(f"anchoring needs a model whose BatchNormalization layers form a chain (as in "
+                             f"MobileNet): the input of layer {layer.name!r} of model {model.name!r} is not computed "
+                             f"from the previous one's output alone") from error
+        start = layer.output
+    return segments
 
 
-def anchor_batchnorm(model, reference, dataset, max_batches=None, tolerance=1e-4):
+def _moments(tensors):
+    """Per-channel (mean, variance) over every example and position of a list of channels-last tensors."""
+    count, total, squares = 0, 0.0, 0.0
+    for tensor in tensors:
+        axes = list(range(tensor.shape.rank - 1))
+        count += int(np.prod(tensor.shape[:-1]))
+        total += tf.reduce_sum(tensor, axis=axes).numpy().astype(np.float64)
+        squares += tf.reduce_sum(tf.square(tensor), axis=axes).numpy().astype(np.float64)
+    mean = total / count
+    return mean, np.maximum(squares / count - np.square(mean), 0.0)
+
+
+def anchor_batchnorm(model, reference, dataset, max_batches=None):
     """Sets ``model``'s BatchNormalization statistics so that, on the batches of ``dataset``, every one of its
     BatchNormalization layers normalizes its input to the per-channel mean and spread that the matching layer
-    of ``reference`` (in model order) produces from its own input; returns the number of passes it took.
+    of ``reference`` (in model order) produces from its own input; returns the number of layers set.
 
     For a student quantized from a float ``reference`` (its teacher) this re-normalizes toward the reference
     instead of toward the data: re-estimating on the data (:func:`recalibrate_batchnorm`) replaces the
@@ -351,11 +355,13 @@ def anchor_batchnorm(model, reference, dataset, max_batches=None, tolerance=1e-4
         mu' = m - (m_r - mu_r) * sqrt((v + eps) / (v_r + eps_r)),
 
     ``_r`` the reference's; a model identical to ``reference`` keeps its statistics. Each layer's input depends
-    on the statistics of the layers before it, so pass k settles layer k: passes repeat until no statistic
-    moves by more than ``tolerance`` (relative to the channel's spread), at most once per layer. Both models
-    compute in inference mode; gamma, beta and every other weight are left alone.
+    on the statistics of the layers before it, so the layers are set in order, in one pass over the batches
+    (held in memory); both models compute in inference mode, and gamma, beta and every other weight are left
+    alone. The BatchNormalization layers must form a chain (each one's input computed from the previous one's
+    output alone, as in MobileNet).
 
-    Raises ValueError when the models' BatchNormalization layers do not pair up or ``dataset`` is empty.
+    Raises ValueError when the models' BatchNormalization layers do not pair up or form no chain, or
+    ``dataset`` is empty.
     """
     norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     reference_norms = [layer for layer in reference.layers if isinstance(layer, keras.layers.BatchNormalization)]
@@ -374,25 +380,19 @@ def anchor_batchnorm(model, reference, dataset, max_batches=None, tolerance=1e-4
         batches.append(batch[0] if isinstance(batch, (tuple, list)) else batch)
     if not batches:
         raise ValueError(f"anchor_batchnorm: the dataset for model {model.name!r} yielded no batch")
-    if not norms:
-        return 0
-    targets = []  # per layer: the reference's normalized mean and the spread ratio it applies to its input
-    for anchor, (mean, variance) in zip(reference_norms, _batchnorm_input_moments(reference, reference_norms)(batches)):
-        stored_spread = np.sqrt(anchor.moving_variance.numpy().astype(np.float64) + anchor.epsilon)
-        targets.append(((mean - anchor.moving_mean.numpy()) / np.sqrt(variance + anchor.epsilon),
-                        stored_spread / np.sqrt(variance + anchor.epsilon)))
-    measure = _batchnorm_input_moments(model, norms)
-    for passes in range(1, len(norms) + 1):
-        moved = 0.0
-        for layer, (offset, ratio), (mean, variance) in zip(norms, targets, measure(batches)):
-            spread = np.sqrt(variance + layer.epsilon) * ratio  # sqrt(var' + eps)
-            new_mean = mean - offset * np.sqrt(variance + layer.epsilon)
-            new_variance = np.maximum(np.square(spread) - layer.epsilon, 0.0)
-            old_mean, old_variance = layer.moving_mean.numpy(), layer.moving_variance.numpy()
-            moved = max(moved, float(np.max(np.abs(new_mean - old_mean) / spread)),
-                        float(np.max(np.abs(np.sqrt(old_variance + layer.epsilon) - spread) / spread)))
-            layer.moving_mean.assign(new_mean.astype(np.float32))
-            layer.moving_variance.assign(new_variance.astype(np.float32))
-        if moved <= tolerance:
-            break
-    return passes
+    student_activations = reference_activations = [tf.convert_to_tensor(batch) for batch in batches]
+    for segment, reference_segment, layer, anchor in zip(_chain_segments(model, norms),
+                                                         _chain_segments(reference, reference_norms), norms,
+                                                         reference_norms):
+        inputs = [segment(a, training=False) for a in student_activations]
+        reference_inputs = [reference_segment(a, training=False) for a in reference_activations]
+        (mean, variance), (reference_mean, reference_variance) = _moments(inputs), _moments(reference_inputs)
+        ratio = np.sqrt((variance + layer.epsilon) / (reference_variance + anchor.epsilon))
+        stored_mean = anchor.moving_mean.numpy().astype(np.float64)
+        stored_variance = anchor.moving_variance.numpy().astype(np.float64)
+        layer.moving_mean.assign((mean - (reference_mean - stored_mean) * ratio).astype(np.float32))
+        layer.moving_variance.assign(np.maximum((stored_variance + anchor.epsilon) * np.square(ratio) - layer.epsilon,
+                                                0.0).astype(np.float32))
+        student_activations = [layer(z, training=False) for z in inputs]
+        reference_activations = [anchor(z, training=False) for z in reference_inputs]
+    return len(norms)

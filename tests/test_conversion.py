@@ -3,7 +3,7 @@ import pytest
 import tf_keras as keras
 
 from conftest import run_on_two_logical_cpus, small_cnn
-from qgt_keras import conversion, quantizers
+from qgt_keras import conversion, models, quantizers
 from qgt_keras.conversion import QuantizationPolicy, quantize_model
 from qgt_keras.layers import QConv2D, QDense, QDepthwiseConv2D, quantized_kernels
 from qgt_keras.regularizers import QGTRegularizer
@@ -223,6 +223,64 @@ def test_recalibrate_batchnorm_of_a_scale_interval_model_uses_the_current_scales
 def test_recalibrate_batchnorm_needs_data():
     with pytest.raises(ValueError, match="yielded no batch"):
         conversion.recalibrate_batchnorm(small_cnn(), [])
+
+
+def _reference_with_statistics_of_other_data(x):
+    """small_cnn whose stored statistics come from brighter images than ``x``: data and statistics disagree."""
+    reference = small_cnn()
+    conversion.recalibrate_batchnorm(reference, [x[:64] + 0.5, x[64:] + 0.5])
+    return reference
+
+
+def test_anchor_batchnorm_keeps_a_model_equal_to_its_reference(toy_images):
+    x, _ = toy_images
+    reference = _reference_with_statistics_of_other_data(x)
+    model = small_cnn()
+    model.set_weights(reference.get_weights())
+    assert conversion.anchor_batchnorm(model, reference, [x[:64], x[64:]]) == 3
+    for got, expected in zip(model.get_weights(), reference.get_weights()):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_anchor_batchnorm_normalizes_toward_the_reference_not_the_data(toy_images):
+    x, _ = toy_images
+    reference = _reference_with_statistics_of_other_data(x)
+    model = small_cnn()
+    model.set_weights(reference.get_weights())
+    # Channels rescaled in two layers (what snapping does to a kernel, writ large): normalization can undo it.
+    model.get_layer("conv1").kernel.assign(3.0 * model.get_layer("conv1").kernel)
+    pw1 = model.get_layer("pw1").kernel
+    pw1.assign(pw1 * np.linspace(0.5, 2.0, pw1.shape[-1]).astype(np.float32))
+    batches = [x[:64], x[64:]]
+    re_estimated = keras.models.clone_model(model)
+    re_estimated.set_weights(model.get_weights())
+    conversion.recalibrate_batchnorm(re_estimated, batches)
+    conversion.anchor_batchnorm(model, reference, batches)
+    expected = reference.predict(x, verbose=0)
+    np.testing.assert_allclose(model.predict(x, verbose=0), expected, atol=5e-3)
+    # Re-estimated on the data, the statistics are the data's and the outputs move away from the reference.
+    assert np.max(np.abs(re_estimated.predict(x, verbose=0) - expected)) > 0.05
+
+
+def test_anchor_batchnorm_names_models_that_do_not_pair_up(toy_images):
+    x, _ = toy_images
+    with pytest.raises(ValueError, match=r"layer 'conv1_bn' of model 'small_cnn' has 8 channels, layer 'conv1_bn' "
+                                         r"of the reference 'wide' 4"):
+        conversion.anchor_batchnorm(small_cnn(), models.small_cnn((16, 16, 3), filters=4, name="wide"), [x])
+    plain = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Conv2D(2, 3)], name="plain")
+    with pytest.raises(ValueError, match="model 'small_cnn' has 3 BatchNormalization layers, the reference "
+                                         "'plain' 0"):
+        conversion.anchor_batchnorm(small_cnn(), plain, [x])
+    with pytest.raises(ValueError, match="yielded no batch"):
+        conversion.anchor_batchnorm(small_cnn(), small_cnn(), [])
+    inputs = keras.Input((16, 16, 3))
+    normalized = keras.layers.BatchNormalization(name="first_bn")(keras.layers.Conv2D(4, 3, padding="same")(inputs))
+    skip = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+    joined = keras.layers.BatchNormalization(name="joined_bn")(keras.layers.Add()([normalized, skip]))
+    branched = keras.Model(inputs, joined, name="branched")
+    with pytest.raises(ValueError, match="form a chain .* the input of layer 'joined_bn' of model 'branched' is not "
+                                         "computed from the previous one's output alone"):
+        conversion.anchor_batchnorm(branched, branched, [x])
 
 
 def test_negative_batchnorm_gammas_become_flipped_channels(toy_images):

@@ -111,6 +111,26 @@ def test_callbacks_act_on_the_student(teacher, toy_images):
     assert distillation.student_of(distiller) is student and distillation.student_of(student) is student
 
 
+def test_student_inference_mode_trains_gamma_and_leaves_the_statistics(teacher, toy_images):
+    x, y = toy_images
+    student = small_cnn()
+    norms = [layer for layer in student.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    statistics = [(layer.moving_mean.numpy(), layer.moving_variance.numpy()) for layer in norms]
+    gammas = [layer.gamma.numpy() for layer in norms]
+    distiller = distillation.Distiller(student, teacher, student_inference_mode=True)
+    distiller.compile(keras.optimizers.Adam(1e-2))
+    distiller.fit(x, y, epochs=1, verbose=0)
+    for layer, (mean, variance), gamma in zip(norms, statistics, gammas):
+        np.testing.assert_array_equal(layer.moving_mean.numpy(), mean)
+        np.testing.assert_array_equal(layer.moving_variance.numpy(), variance)
+        assert not np.array_equal(layer.gamma.numpy(), gamma)
+    # The same fit in the default training mode moves the statistics.
+    default = distillation.Distiller(student, teacher)
+    default.compile(keras.optimizers.Adam(1e-2))
+    default.fit(x, y, epochs=1, verbose=0)
+    assert not np.array_equal(norms[0].moving_mean.numpy(), statistics[0][0])
+
+
 def test_bad_arguments_are_named(teacher):
     inputs = keras.Input((16, 16, 3))
     logits = keras.Model(inputs, keras.layers.Dense(2, name="logits")(keras.layers.Flatten()(inputs)), name="raw")

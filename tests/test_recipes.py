@@ -3,6 +3,7 @@ bytes that match the bits, the exported model computing what was trained), not a
 
 import numpy as np
 import pytest
+import tf_keras as keras
 
 from qgt_keras import conversion, datasets, layer_kinds, quantizers, recipes
 from qgt_keras.layers import quantized_kernels
@@ -190,3 +191,38 @@ def test_frozen_batchnorm_keeps_the_statistics_of_the_start(setup):
     for name, weights in start.items():  # gamma, beta and both moving statistics: not re-estimated either
         for kept, now in zip(weights, result.model.get_layer(name).get_weights()):
             np.testing.assert_array_equal(kept, now)
+
+
+def test_anchored_batchnorm_anchors_before_after_every_epoch_and_after_snapping(setup, monkeypatch):
+    import dataclasses
+    from qgt_keras import conversion
+
+    anchored = dataclasses.replace(setup, distillation=recipes.Distillation(), anchor_batchnorm=True,
+                                   finetune_epochs=2, _float_result=None)
+    models_anchored = []
+    anchor = conversion.anchor_batchnorm
+
+    def recording(model, reference, dataset, *args, **kwargs):
+        assert reference is anchored.teacher()
+        assert len(dataset) == min(recipes.BN_REESTIMATION_BATCHES, anchored.data.steps_per_epoch)
+        models_anchored.append(model)
+        return anchor(model, reference, dataset, *args, **kwargs)
+
+    monkeypatch.setattr(conversion, "anchor_batchnorm", recording)
+    monkeypatch.setattr(conversion, "recalibrate_batchnorm", lambda *args, **kwargs: pytest.fail("re-estimated"))
+    result = recipes.qat_ste(anchored, 2)
+    # Before training and after each of the 2 epochs (the quantized model), then the snapped plain model.
+    assert len(models_anchored) == 4 and all(model is result.qgt_model for model in models_anchored[:3])
+    assert models_anchored[3] is result.model
+    for layer in result.model.layers:  # the anchored statistics are the quantized model's too
+        if isinstance(layer, keras.layers.BatchNormalization):
+            for expected, got in zip(layer.get_weights(), result.qgt_model.get_layer(layer.name).get_weights()):
+                np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("changes", [{}, {"freeze_batchnorm": True, "distillation": recipes.Distillation()}])
+def test_anchored_batchnorm_needs_a_teacher_and_excludes_freezing(setup, changes):
+    import dataclasses
+
+    with pytest.raises(ValueError, match="anchor_batchnorm anchors BatchNormalization to a teacher"):
+        dataclasses.replace(setup, anchor_batchnorm=True, **changes)

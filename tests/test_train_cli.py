@@ -11,7 +11,7 @@ import pytest
 import tf_keras as keras
 
 from qgt import train
-from qgt_keras import datasets, quantizers, recipes
+from qgt_keras import conversion, datasets, quantizers, recipes
 
 QUICK = ["--architecture=small_cnn", "--image_size=16", "--limit=64", "--test_limit=64", "--epochs=1", "--verbose=0"]
 
@@ -70,6 +70,24 @@ def test_freeze_batchnorm_keeps_the_starts_statistics(tmp_path):
     assert not np.array_equal(start.get_layer("pw1").kernel.numpy(), trained.get_layer("pw1").kernel.numpy())
 
 
+def test_anchor_batchnorm_reaches_the_setup(tmp_path, monkeypatch):
+    from qgt_keras import models
+    teacher = tmp_path / "teacher.keras"
+    models.small_cnn((16, 16, 3)).save(teacher)
+    anchored = []
+    anchor = conversion.anchor_batchnorm
+
+    def recording(model, reference, *args, **kwargs):
+        anchored.append(model)
+        return anchor(model, reference, *args, **kwargs)
+
+    monkeypatch.setattr(conversion, "anchor_batchnorm", recording)
+    assert train.main([*QUICK, "--method=qgt", "--bits=2", f"--distill_from={teacher}", "--anchor_batchnorm",
+                       f"--out_dir={tmp_path / 'out'}"]) == 0
+    assert len(anchored) == 3  # before training, after its one epoch, after snapping
+    assert json.loads((tmp_path / "out" / "result.json").read_text())["flags"]["anchor_batchnorm"] is True
+
+
 @pytest.fixture
 def no_training(monkeypatch):
     """Makes any training an error: the checks under test must come first."""
@@ -93,6 +111,8 @@ def no_training(monkeypatch):
                                    "--distill_from"),
     (["--distill_from=mlperf", "--unlabeled_dir=no/such"], "--unlabeled_dir no/such is not a folder"),
     (["--unlabeled_person_share=1"], "--unlabeled_person_share must be in [0, 1)"),
+    (["--anchor_batchnorm"], "--anchor_batchnorm anchors BatchNormalization to the teacher: it needs --distill_from"),
+    (["--distill_from=mlperf", "--anchor_batchnorm", "--freeze_batchnorm"], "excludes --freeze_batchnorm"),
     (["--architecture=resnet"], "--architecture must be one of mobilenet_v1, mobilenet_28, small_cnn"),
     (["--dataset=imagenet"], "dataset must be one of"),
     (["--ptq_scale=median"], "--ptq_scale must be one of"),
