@@ -105,8 +105,8 @@ def build_parser():
     parser.add_argument("--anchor_batchnorm", action="store_true",
                         help="With --distill_from: train the method with BatchNormalization normalizing by statistics "
                              "anchored to the teacher's (set on the training batches before training, after every "
-                             "epoch and after snapping, instead of re-estimated on them; gamma and beta train). "
-                             "docs/RECIPE.md has what it does out of scene.")
+                             "epoch and after snapping, instead of re-estimated on them; gamma and beta train). Out "
+                             "of scene it helps 4-bit students, not all-2-bit ones (docs/RECIPE.md).")
     parser.add_argument("--init_from",
                         help="Start from these float weights: a .h5/.keras file, or 'mlperf' for the MLPerf Tiny "
                              "VWW reference (see above).")

@@ -309,7 +309,6 @@ def recalibrate_batchnorm(model, dataset, max_batches=None):
     return seen
 
 
-
 def _chain_segments(model, norms):
     """Per BatchNormalization layer of ``norms`` (in model order): a model from the previous one's output (the
     model's input for the first) to its input. Raises ValueError naming the layer whose input needs more."""

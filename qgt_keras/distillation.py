@@ -28,7 +28,8 @@ Evaluation (``distiller.evaluate``) reports the same loss on held-out data; accu
 ``student_inference_mode=True`` calls the student in inference mode in training too: its BatchNormalization
 layers normalize with their moving statistics and leave them alone, while all its weights (gamma and beta
 included) train; statistics set from outside then hold for the whole fit (``conversion.anchor_batchnorm``,
-``callbacks.BatchNormAnchor``).
+``callbacks.BatchNormAnchor``). Quantized layers with a ``scale_interval`` then estimate their scales at
+every step, as they do in inference.
 """
 
 import tensorflow as tf

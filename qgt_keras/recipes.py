@@ -253,8 +253,8 @@ def reestimate_batchnorm(model, setup):
 def _snapped_result(method, setup, quantized, sizes, seconds, history, nominal_bits, reestimate_bn=True):
     """Strips ``quantized`` into a plain model with snapped kernels, re-estimates its BatchNormalization
     statistics (or anchors them: ``Setup.anchor_batchnorm``; copied back into ``quantized``) unless told not
-    to, and measures it. ``quantized`` is left in
-    the hard-quantization phase: it then computes what the plain model computes."""
+    to, and measures it. ``quantized`` is left in the hard-quantization phase: it then computes what the plain
+    model computes."""
     conversion.set_hard_quantization(quantized, True)
     plain = conversion.strip_quantization(quantized, snap=True)
     if reestimate_bn and not setup.freeze_batchnorm:
