@@ -3,7 +3,8 @@ import pytest
 import tf_keras as keras
 
 from conftest import small_cnn
-from qgt_keras.callbacks import QGTMonitor, QGTScheduler
+from qgt_keras import conversion, distillation
+from qgt_keras.callbacks import BatchNormAnchor, QGTMonitor, QGTScheduler
 from qgt_keras.conversion import quantize_model
 
 
@@ -120,3 +121,27 @@ def test_qgt_pulls_weights_onto_the_grid_under_the_schedule(toy_images):
         QGTScheduler(start_strength=1e-2, end_strength=10, ramp_steps=12), QGTMonitor()]).history["qgt_error"]
     assert after[-1] < before / 10, (before, after)
     assert np.isfinite(after).all()
+
+
+def test_batchnorm_anchor_leaves_the_statistics_anchored_to_the_final_weights(toy_images):
+    x, y = toy_images
+    teacher = small_cnn()
+    conversion.recalibrate_batchnorm(teacher, [x[:64] + 0.5])  # statistics that the training images do not give
+    student = quantize_model(teacher, bits=2)  # the teacher's weights and statistics, on the grid
+    conversion.set_hard_quantization(student)
+    distiller = distillation.Distiller(student, teacher, student_inference_mode=True)
+    distiller.compile(keras.optimizers.Adam(1e-2))
+    batches = [x[:64], x[64:]]
+    anchors = []
+
+    class Recorder(BatchNormAnchor):
+        def _anchor(self):
+            super()._anchor()
+            anchors.append(student.get_layer("pw1_bn").moving_mean.numpy())
+
+    distiller.fit(x, y, epochs=2, verbose=0, callbacks=[Recorder(teacher, batches)])
+    assert len(anchors) == 3 and not np.allclose(anchors[1], anchors[2])  # before, after epoch 1, after epoch 2
+    final = [w.numpy() for w in student.weights if "moving" in w.name]
+    conversion.anchor_batchnorm(student, teacher, batches)  # the weights have not moved since: a fixed point
+    for kept, again in zip(final, [w.numpy() for w in student.weights if "moving" in w.name]):
+        np.testing.assert_allclose(again, kept, rtol=1e-5, atol=1e-6)
