@@ -195,7 +195,6 @@ def test_frozen_batchnorm_keeps_the_statistics_of_the_start(setup):
 
 def test_anchored_batchnorm_anchors_before_after_every_epoch_and_after_snapping(setup, monkeypatch):
     import dataclasses
-    from qgt_keras import conversion
 
     anchored = dataclasses.replace(setup, distillation=recipes.Distillation(), anchor_batchnorm=True,
                                    finetune_epochs=2, _float_result=None)
