@@ -268,6 +268,15 @@ def snap_weights(model):
         entry.kernel.assign(tf.cast(entry.snapped(), entry.kernel.dtype))
 
 
+def _input_batches(dataset, max_batches=None):
+    """The inputs of ``dataset``'s batches (of inputs, or of (inputs, labels)), the first ``max_batches`` only
+    if given."""
+    for seen, batch in enumerate(dataset):
+        if max_batches is not None and seen >= max_batches:
+            return
+        yield batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
 def recalibrate_batchnorm(model, dataset, max_batches=None):
     """Re-estimates every BatchNormalization layer's moving mean and variance as the average of the batch
     statistics of ``dataset`` (batches of inputs, or of (inputs, labels)), with all weights frozen.
@@ -289,10 +298,7 @@ def recalibrate_batchnorm(model, dataset, max_batches=None):
     trainable = [layer.trainable for layer in norms]
     seen = 0
     try:
-        for batch in dataset:
-            if max_batches is not None and seen >= max_batches:
-                break
-            inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
+        for inputs in _input_batches(dataset, max_batches):
             for layer in norms:
                 # moving = momentum * moving + (1 - momentum) * batch: with momentum k / (k + 1) at batch k
                 # the moving value is the plain average of the batch statistics seen so far.
@@ -372,11 +378,7 @@ def anchor_batchnorm(model, reference, dataset, max_batches=None):
             raise ValueError(f"anchor_batchnorm: layer {layer.name!r} of model {model.name!r} has "
                              f"{layer.moving_mean.shape[0]} channels, layer {anchor.name!r} of the reference "
                              f"{reference.name!r} {anchor.moving_mean.shape[0]}")
-    batches = []
-    for batch in dataset:
-        if max_batches is not None and len(batches) >= max_batches:
-            break
-        batches.append(batch[0] if isinstance(batch, (tuple, list)) else batch)
+    batches = list(_input_batches(dataset, max_batches))
     if not batches:
         raise ValueError(f"anchor_batchnorm: the dataset for model {model.name!r} yielded no batch")
     student_activations = reference_activations = [tf.convert_to_tensor(batch) for batch in batches]
