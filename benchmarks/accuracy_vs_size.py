@@ -85,7 +85,8 @@ _QUICK = dict(model_name="small_cnn", limit=64, test_limit=64, pretrain_epochs=1
 @dataclasses.dataclass(frozen=True)
 class Row:
     """One row of a data set's table: ``method`` of baselines.METHODS at ``bits`` with its ``options``, on the
-    data set's setup changed by ``variant`` (setup fields, e.g. {"distillation": None}) under ``label``."""
+    data set's setup changed by ``variant`` (setup fields, e.g. {"distillation": None}) under ``label``. For
+    qgt_mixed ``bits`` is the budget in mean bits per kernel weight (None: --mixed_bits)."""
 
     method: str
     bits: object
@@ -183,6 +184,10 @@ GRIDS = {
             label=BALANCED_LABEL.replace("qgt", "qgt_mixed").replace(")", "; BN anchored)")),
         *(Row("qgt", bits, variant={**BALANCED, **ANCHORED_BATCHNORM},
               label=BALANCED_LABEL.replace(")", "; BN anchored)")) for bits in (4, 2)),
+        # The transfer recipe's bits per weight against its out-of-scene agreement, around --mixed_bits.
+        *(Row("qgt_mixed", budget, variant=BALANCED,
+              label=BALANCED_LABEL.replace("qgt", "qgt_mixed").replace(")", f"; under {budget} bits)"))
+          for budget in (2.2, 3.0)),
     ),
     "person96": (TEACHER, Row("float", _FLOAT), Row("qat_ste", 2), Row("qgt", 2)),
     "fashion_mnist": BASELINE_ROWS + (SCALE_INTERVAL_ROW,),
@@ -286,7 +291,8 @@ def run_row(setup, row):
                                     recipes.evaluate(teacher, setup.data), {})
     if row.method == "qgt_mixed":
         sizes = layer_kinds.kernel_sizes(setup.pretrained()[0])
-        return recipes.qgt_mixed(setup, math.ceil(FLAGS.mixed_bits * sum(sizes.values()) / 8), **row.options)
+        budget_bits = FLAGS.mixed_bits if row.bits is _MIXED else row.bits
+        return recipes.qgt_mixed(setup, math.ceil(budget_bits * sum(sizes.values()) / 8), **row.options)
     return baselines.METHODS[row.method](setup, row.bits, **row.options)
 
 
@@ -495,7 +501,8 @@ def markdown(rows, configs, run):
              "tf.lite's INT4/int8 file for tfmot QAT; TFLM's LUT compression of the int8 clustered model; the "
              "float .tflite). *Pareto*: no other row of the data set is as accurate with fewer deployed bytes. "
              "ptq, qat_ste and qgt keep the first conv and the dense layer at 8 bits; qgt_mixed picks 8/4/2 bits "
-             f"per layer with `allocate_bits` under {FLAGS.mixed_bits} bits per weight. tfmot rows quantize "
+             f"per layer with `allocate_bits` under {FLAGS.mixed_bits} bits per weight (or the budget its label "
+             "names). tfmot rows quantize "
              "activations to 8 bits in training too; ours do so only in the deployed int8 model. *data/transfer* "
              "rows: each training batch also holds as many unlabeled crops of data/transfer (photos of other scenes "
              "from other packages than data/ood's), which teach through the teacher's soft targets alone; their "
