@@ -2,6 +2,8 @@
 built with AddressSanitizer and UndefinedBehaviorSanitizer on the host (portable path), and as a Cortex-M4F
 image with the DSP path on qemu's mps2-an386. 0 mismatches, 0 sanitizer reports, bad input refused."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -49,6 +51,8 @@ def test_the_cases_cover_the_space(cases):
     assert {c.expected_status for c in layers} == {"QGT_OK", "QGT_ERR_ARGUMENT", "QGT_ERR_SCRATCH"}
     assert any(c.layout == 1 and c.expected is not None for c in layers)  # in place / overlapped outputs
     assert any(c.dims[1] % 2 and c.dims[3] % 2 for c in layers)  # odd sizes and channel counts
+    first_convs = [c for c in layers if re.search(r"-bit \[\d+, 3, 3, 1\] stride", c.label)]
+    assert {c.label.split('-bit')[0] for c in first_convs} == {'1', '2', '4', '8'}  # the DSP path's own loop
 
 
 def test_a_wrong_expectation_is_reported(cases):
