@@ -654,27 +654,31 @@ static int32_t copy_field(const fields *f, const int8_t *image, int32_t oy, int3
 }
 
 #if QGT_DSP
-/* A conv over one input channel with 3-wide, undilated filter rows (a first conv on a grayscale image) goes
- * channel pair by channel pair over every pixel instead: the pair's filter is widened once into the pair copy,
- * per filter row the words (w0, w1) and (0, w2) of each channel, and per window row one word load at the
- * window's first column gives the taps: (x0, x1) for one SMLAD and x2, in the top lane of the even bytes, for a
- * second, where the general path gathers and widens every field (MobileNetV1-0.25's 3 x 3 first conv at 96 x 96 x 1:
- * a quarter fewer instructions, docs/KERNELS.md). The word loads stay inside the window's rows: windows that
- * leave the input, or whose 4 bytes would pass the row's end, are summed tap by tap. */
-static int single_channel_fits(const qgt_conv_params *params, const qgt_filter *filter) {
-  return filter->in_channels == 1 && filter->kernel_w == 3 && params->dilation.w == 1 &&
-         (size_t)16 * (size_t)filter->kernel_h <= (size_t)20 * (size_t)quads_of(filter->row_length);
+/* A 3 x 3 conv over one input channel (a first conv on a grayscale image) whose channels all take the fast
+ * requantization goes channel pair by channel pair over every pixel instead: the pair's filter is widened once
+ * into the pair copy (48 of its 60 bytes), per filter row the words (w0, w1) and (0, w2) of each channel, and per
+ * window row one word load at the window's first column gives the taps: (x0, x1) for one SMLAD and x2, in the
+ * top lane of the even bytes, for a second, where the general path gathers and widens every field
+ * (MobileNetV1-0.25's first conv at 96 x 96 x 1: a quarter fewer instructions, docs/KERNELS.md). An odd last
+ * channel is the second of a pair with the channel before it, computed twice. The word loads stay inside the
+ * window's rows: windows that leave the input, or whose 4 bytes would pass the row's end, are summed tap by tap. */
+enum { SINGLE_CHANNEL_ROWS = 3 };
+
+static int single_channel_fits(const qgt_conv_params *params, const qgt_filter *filter, int form) {
+  return filter->in_channels == 1 && filter->kernel_h == SINGLE_CHANNEL_ROWS && filter->kernel_w == 3 &&
+         params->dilation.w == 1 && filter->out_channels >= 2 && form != QGT_GENERIC;
 }
 
-/* The widened filter of channels c and c + 1 (channel c twice when c is the last): per filter row ky, words
- * 4 ky + 2 s and 4 ky + 2 s + 1 of channel c + s. */
-static void widen_single_channel_pair(const qgt_filter *filter, int32_t c, uint32_t *w) {
-  const int32_t bits = filter->weight_bits;
+/* The widened filter of channels c and c + 1: per filter row ky, words 4 ky + 2 s and 4 ky + 2 s + 1 of channel
+ * c + s. */
+static __attribute__((noinline)) void widen_single_channel_pair(const qgt_filter *filter, int32_t c, uint32_t *w) {
+  for (int32_t i = 0; i < 4 * SINGLE_CHANNEL_ROWS; ++i) w[i] = 0;
   for (int32_t s = 0; s < 2; ++s) {
-    const uint8_t *row = filter->weights + (size_t)(c + s < filter->out_channels ? c + s : c) * filter->row_bytes;
-    for (int32_t ky = 0; ky < filter->kernel_h; ++ky) {
-      w[4 * ky + 2 * s] = (uint16_t)qgt__code(row, 3 * ky, bits) | (uint32_t)qgt__code(row, 3 * ky + 1, bits) << 16;
-      w[4 * ky + 2 * s + 1] = (uint32_t)qgt__code(row, 3 * ky + 2, bits) << 16;
+    const uint8_t *row = filter->weights + (size_t)(c + s) * filter->row_bytes;
+    for (int32_t k = 0; k < 3 * SINGLE_CHANNEL_ROWS; ++k) {
+      const int32_t kx = k % 3;
+      const uint32_t code = (uint16_t)qgt__code(row, k, filter->weight_bits);
+      w[4 * (k / 3) + 2 * s + (kx == 2)] |= kx == 0 ? code : code << 16;
     }
   }
 }
@@ -688,30 +692,33 @@ static inline __attribute__((always_inline)) void row_taps(const int8_t *at, int
   __asm__("pkhbt %0, %1, %2, lsl #16" : "=r"(*taps01) : "r"(*even), "r"(odd));
 }
 
-/* Both channels' accumulators of a window inside the input whose rows (`step` bytes apart) can be read as one
- * word each from `at`. */
-static inline __attribute__((always_inline)) void inner_window(const int8_t *at, size_t step, int32_t kh,
-                                                               const uint32_t *w, int32_t offset2, int32_t acc[2]) {
-  int32_t taps01, even;
-  row_taps(at, offset2, &taps01, &even);
-  int32_t a0 = __smlad(even, (int32_t)w[1], __smuad(taps01, (int32_t)w[0]));
-  int32_t a1 = __smlad(even, (int32_t)w[3], __smuad(taps01, (int32_t)w[2]));
-  for (int32_t ky = 1; ky < kh; ++ky) { /* unrolled where kh is a constant */
-    row_taps(at + (size_t)ky * step, offset2, &taps01, &even);
-    a0 = __smlad(even, (int32_t)w[4 * ky + 1], __smlad(taps01, (int32_t)w[4 * ky], a0));
-    a1 = __smlad(even, (int32_t)w[4 * ky + 3], __smlad(taps01, (int32_t)w[4 * ky + 2], a1));
+/* `count` output pixels of one output row from `out` on (channels c and c + 1 of channel[0..1]), whose windows
+ * are inside the input with their word loads and start at `at`, `stride` bytes apart; window rows `step` bytes
+ * apart. */
+static void inner_columns(const int8_t *at, size_t step, size_t stride, int32_t count, const uint32_t *w,
+                          int32_t offset2, const qgt_channel *channel, int8_t *out, int32_t out_c) {
+  for (const int8_t *const end = at + (size_t)count * stride; at != end; at += stride, out += out_c) {
+    int32_t taps01, even;
+    row_taps(at, offset2, &taps01, &even);
+    int32_t a0 = __smlad(even, (int32_t)w[1], __smuad(taps01, (int32_t)w[0]));
+    int32_t a1 = __smlad(even, (int32_t)w[3], __smuad(taps01, (int32_t)w[2]));
+    for (int32_t ky = 1; ky < SINGLE_CHANNEL_ROWS; ++ky) {
+      row_taps(at + (size_t)ky * step, offset2, &taps01, &even);
+      a0 = __smlad(even, (int32_t)w[4 * ky + 1], __smlad(taps01, (int32_t)w[4 * ky], a0));
+      a1 = __smlad(even, (int32_t)w[4 * ky + 3], __smlad(taps01, (int32_t)w[4 * ky + 2], a1));
+    }
+    out[0] = (int8_t)qgt__fast_output(a0, &channel[0]);
+    out[1] = (int8_t)qgt__fast_output(a1, &channel[1]);
   }
-  acc[0] = a0;
-  acc[1] = a1;
 }
 
-/* Both channels' accumulators of a window starting at input row y0, column x0 of `image`, tap by tap: the taps
+/* Both channels' outputs of the window starting at input row y0, column x0 of `image`, tap by tap: the taps
  * outside the input add nothing. */
 static __attribute__((noinline)) void edge_window(const int8_t *image, const qgt_dims *in, int32_t y0, int32_t x0,
-                                                  int32_t dilation_h, int32_t kh, const uint32_t *w,
-                                                  int32_t input_offset, int32_t acc[2]) {
-  acc[0] = acc[1] = 0;
-  for (int32_t ky = 0; ky < kh; ++ky, w += 4) {
+                                                  int32_t dilation_h, const uint32_t *w, int32_t input_offset,
+                                                  const qgt_channel *channel, int8_t *out) {
+  int32_t acc[2] = {0, 0};
+  for (int32_t ky = 0; ky < SINGLE_CHANNEL_ROWS; ++ky, w += 4) {
     const int32_t y = y0 + ky * dilation_h;
     if (y < 0 || y >= in->h) continue;
     for (int32_t kx = 0; kx < 3; ++kx) {
@@ -724,49 +731,27 @@ static __attribute__((noinline)) void edge_window(const int8_t *image, const qgt
       }
     }
   }
-}
-
-static inline __attribute__((always_inline)) int8_t single_channel_output(int full_range_fast, int32_t acc,
-                                                                          const qgt_channel *channel,
-                                                                          const qgt_conv_params *params) {
-  if (full_range_fast) return (int8_t)qgt__fast_output(acc, channel);
-  return qgt__output(acc, channel, params->output_offset, params->activation);
-}
-
-/* `count` output pixels of one output row from `out` on, whose windows are inside the input (word loads included)
- * and start at `at`; `both`: channel c + 1 exists. */
-static inline __attribute__((always_inline)) void inner_columns(const conv_job *job, int full_range_fast,
-                                                                int32_t kh, int both, const int8_t *at, int32_t count,
-                                                                const uint32_t *w, const qgt_channel *channel,
-                                                                int8_t *out) {
-  const qgt_conv_params *params = job->params;
-  const size_t step = (size_t)params->dilation.h * (size_t)job->input_dims->w, stride = (size_t)params->stride.w;
-  const int32_t out_c = job->filter->out_channels;
-  const int32_t offset2 = (int32_t)((uint32_t)(params->input_offset & 0xFFFF) * kOnes);
-  for (const int8_t *const end = at + (size_t)count * stride; at != end; at += stride, out += out_c) {
-    int32_t acc[2];
-    inner_window(at, step, kh, w, offset2, acc);
-    out[0] = single_channel_output(full_range_fast, acc[0], &channel[0], params);
-    if (both) out[1] = single_channel_output(full_range_fast, acc[1], &channel[1], params);
-  }
+  out[0] = (int8_t)qgt__fast_output(acc[0], &channel[0]);
+  out[1] = (int8_t)qgt__fast_output(acc[1], &channel[1]);
 }
 
 static void single_channel_conv(const conv_job *job) {
   const qgt_conv_params *params = job->params;
   const qgt_dims *in = job->input_dims, *out = job->output_dims;
-  const int32_t out_c = job->filter->out_channels, kh = job->filter->kernel_h, dilation_h = params->dilation.h;
+  const int32_t out_c = job->filter->out_channels, dilation_h = params->dilation.h;
   const int32_t sh = params->stride.h, sw = params->stride.w, ph = params->padding.h, pw = params->padding.w;
-  const int full_range_fast = job->form != QGT_GENERIC;
-  /* The columns and rows whose windows lie inside the input, the last row's word load (4 bytes from the
-   * window's first column) included. */
+  const size_t step = (size_t)dilation_h * (size_t)in->w, image_bytes = (size_t)in->h * (size_t)in->w;
+  const int32_t offset2 = (int32_t)((uint32_t)(params->input_offset & 0xFFFF) * kOnes);
+  /* The columns and rows whose windows lie inside the input, the word loads (4 bytes from the window's first
+   * column) included. */
   const int32_t x_first = (pw + sw - 1) / sw, y_first = (ph + sh - 1) / sh;
   const int32_t x_end = in->w >= 4 ? qgt__min(out->w, (in->w - 4 + pw) / sw + 1) : 0;
-  const int32_t y_reach = (kh - 1) * dilation_h;
+  const int32_t y_reach = (SINGLE_CHANNEL_ROWS - 1) * dilation_h;
   const int32_t y_end = in->h > y_reach ? qgt__min(out->h, (in->h - 1 - y_reach + ph) / sh + 1) : 0;
   uint32_t *w = (uint32_t *)(void *)job->copy;
-  const size_t image_bytes = (size_t)in->h * (size_t)in->w;
   for (int32_t c = 0; c < out_c; c += 2) {
-    const int both = c + 1 < out_c;
+    if (c + 1 == out_c) c = out_c - 2; /* an odd last channel: the pair before it again */
+    const qgt_channel *channel = &job->channels[c];
     widen_single_channel_pair(job->filter, c, w);
     int8_t *o = job->output + c;
     for (int32_t b = 0; b < out->n; ++b) {
@@ -776,20 +761,13 @@ static void single_channel_conv(const conv_job *job) {
         const int inner_row = oy >= y_first && oy < y_end && x_first < x_end;
         for (int32_t ox = 0; ox < out->w; ++ox, o += out_c) {
           if (inner_row && ox == x_first) {
-            const int8_t *at = image + (size_t)y0 * (size_t)in->w + (size_t)(ox * sw - pw);
-            if (full_range_fast && kh == 3 && both) { /* MobileNet's first conv: its own copy of the loop */
-              inner_columns(job, 1, 3, 1, at, x_end - x_first, w, &job->channels[c], o);
-            } else {
-              inner_columns(job, full_range_fast, kh, both, at, x_end - x_first, w, &job->channels[c], o);
-            }
+            inner_columns(image + (size_t)y0 * (size_t)in->w + (size_t)(ox * sw - pw), step, (size_t)sw,
+                          x_end - x_first, w, offset2, channel, o, out_c);
             o += (size_t)(x_end - x_first - 1) * (size_t)out_c;
             ox = x_end - 1;
             continue;
           }
-          int32_t acc[2];
-          edge_window(image, in, y0, ox * sw - pw, dilation_h, kh, w, params->input_offset, acc);
-          o[0] = single_channel_output(full_range_fast, acc[0], &job->channels[c], params);
-          if (both) o[1] = single_channel_output(full_range_fast, acc[1], &job->channels[c + 1], params);
+          edge_window(image, in, y0, ox * sw - pw, dilation_h, w, params->input_offset, channel, o);
         }
       }
     }
@@ -950,7 +928,7 @@ qgt_status qgt_conv2d(const qgt_conv_params *params, const qgt_quant_params *qua
   job.pointwise = pointwise;
   job.form = full_range ? form : QGT_GENERIC;
 #if QGT_DSP
-  if (!pointwise && single_channel_fits(params, filter)) {
+  if (!pointwise && single_channel_fits(params, filter, job.form)) {
     single_channel_conv(&job);
     return QGT_OK;
   }
