@@ -179,14 +179,15 @@ def mobilenet_like_case(rng, kind):
     return layer_case(rng, "conv", bits, (1, h, w, in_c), [out_c, 1, 1, in_c], activation=0, multipliers=multipliers)
 
 
-def single_channel_case(rng):
-    """A conv over one input channel with 3-wide filter rows, which the DSP path runs channel pair by channel pair
-    with one word load per window row (MobileNet's first conv on a grayscale image is 3 x 3, stride 2, SAME):
-    filter heights 1 to 5 (4 does not fit the pair copy and takes the general path), strides 1 to 3, dilated
-    rows, both paddings, inputs from narrower than a word to 13 wide, odd channel counts, mostly the whole int8
-    clamp range (the fast requantization) and sometimes a clamped one."""
+def first_conv_case(rng):
+    """A conv over a gray or RGB image (1 or 3 input channels) with 3-wide filter rows, which the DSP path runs
+    channel pair by channel pair with whole-word loads per window row when the filter is 3 x 3 and the
+    requantization fast (MobileNet's first conv: stride 2, SAME): filter heights 1 to 5 (the others take the
+    general path), strides 1 to 3, dilated rows, both paddings, inputs from narrower than the loaded words to 13
+    wide, odd channel counts, mostly the whole int8 clamp range and sometimes a clamped one."""
     bits = int(rng.choice([1, 2, 4, 8]))
-    kh = int(rng.choice([1, 2, 3, 3, 3, 4, 5]))
+    kh = int(rng.choice([1, 2, 3, 3, 3, 3, 4, 5]))
+    in_c = int(rng.choice([1, 3]))
     stride = tuple(int(v) for v in rng.integers(1, 4, 2))
     dilation = (1, int(rng.choice([1, 1, 2])))
     padding = int(rng.integers(0, 2))
@@ -194,19 +195,20 @@ def single_channel_case(rng):
     w = int(rng.integers(3, 14))
     activation = int(rng.choice([0, 0, 0, 1, 3]))
     multipliers = str(rng.choice(["normal"] * 4 + ["large", "ties"]))
-    return layer_case(rng, "conv", bits, (int(rng.choice([1, 1, 2])), h, w, 1), [int(rng.integers(1, 13)), kh, 3, 1],
-                      stride, dilation, padding, activation=activation, multipliers=multipliers)
+    return layer_case(rng, "conv", bits, (int(rng.choice([1, 1, 2])), h, w, in_c),
+                      [int(rng.integers(1, 13)), kh, 3, in_c], stride, dilation, padding, activation=activation,
+                      multipliers=multipliers)
 
 
-def property_cases(seed, layers=1050, others=150, mobilenet_like=150, single_channel=60):
-    """``layers`` random conv / depthwise / fully connected cases, ``mobilenet_like`` and ``single_channel`` cases
+def property_cases(seed, layers=1050, others=150, mobilenet_like=150, first_conv=80):
+    """``layers`` random conv / depthwise / fully connected cases, ``mobilenet_like`` and ``first_conv`` cases
     of the DSP path's fast loops and ``others`` pool, softmax, argmax ones."""
     rng = np.random.default_rng(seed)
     cases = [random_layer_case(rng, KINDS[i % 3]) for i in range(layers)]
     cases += [mobilenet_like_case(rng, ("depthwise", "conv")[i % 2]) for i in range(mobilenet_like)]
     makers = (random_pool_case, random_softmax_case, random_argmax_case)
     cases += [makers[i % 3](rng) for i in range(others)]
-    return cases + [single_channel_case(rng) for _ in range(single_channel)]
+    return cases + [first_conv_case(rng) for _ in range(first_conv)]
 
 
 # --- bad input --------------------------------------------------------------------------------------------

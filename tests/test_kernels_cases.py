@@ -51,8 +51,9 @@ def test_the_cases_cover_the_space(cases):
     assert {c.expected_status for c in layers} == {"QGT_OK", "QGT_ERR_ARGUMENT", "QGT_ERR_SCRATCH"}
     assert any(c.layout == 1 and c.expected is not None for c in layers)  # in place / overlapped outputs
     assert any(c.dims[1] % 2 and c.dims[3] % 2 for c in layers)  # odd sizes and channel counts
-    first_convs = [c for c in layers if re.search(r"-bit \[\d+, 3, 3, 1\] stride", c.label)]
-    assert {c.label.split('-bit')[0] for c in first_convs} == {'1', '2', '4', '8'}  # the DSP path's own loop
+    for in_c in (1, 3):  # first convs over a gray and an RGB image: the DSP path's own loops
+        first_convs = [c for c in layers if re.search(rf"-bit \[\d+, 3, 3, {in_c}\] stride", c.label)]
+        assert {c.label.split('-bit')[0] for c in first_convs} == {'1', '2', '4', '8'}
 
 
 def test_a_wrong_expectation_is_reported(cases):

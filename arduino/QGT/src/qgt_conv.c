@@ -654,80 +654,111 @@ static int32_t copy_field(const fields *f, const int8_t *image, int32_t oy, int3
 }
 
 #if QGT_DSP
-/* A 3 x 3 conv over one input channel (a first conv on a grayscale image) whose channels all take the fast
- * requantization goes channel pair by channel pair over every pixel instead: the pair's filter is widened once
- * into the pair copy (48 of its 60 bytes), per filter row the words (w0, w1) and (0, w2) of each channel, and per
- * window row one word load at the window's first column gives the taps: (x0, x1) for one SMLAD and x2, in the
- * top lane of the even bytes, for a second, where the general path gathers and widens every field
- * (MobileNetV1-0.25's first conv at 96 x 96 x 1: a quarter fewer instructions, docs/KERNELS.md). An odd last
- * channel is the second of a pair with the channel before it, computed twice. The word loads stay inside the
- * window's rows: windows that leave the input, or whose 4 bytes would pass the row's end, are summed tap by tap. */
-enum { SINGLE_CHANNEL_ROWS = 3 };
+/* A first conv: 3 x 3 over a gray or RGB image (1 or 3 input channels), every channel at the fast requantization.
+ * It goes channel pair by channel pair over every pixel instead of gathering and widening every field: a window
+ * row is 3 * in_c contiguous input bytes, read as 1 or 3 words whose SXTAB16 lanes (even bytes, odd bytes) meet
+ * the pair's filter widened once into the pair copy in the same lane order, so a window row of an RGB image is 3
+ * loads, 5 SXTAB16 and 5 SMLAD per channel (MobileNetV1-0.25's first conv at 96 x 96: 35% fewer instructions
+ * for RGB, a quarter fewer for gray; docs/KERNELS.md). An odd last channel is the second of a pair with the
+ * channel before it, computed twice. The word loads stay inside the window's rows: windows that leave the input,
+ * or whose words would pass the row's end, are summed tap by tap. */
+enum { FIRST_CONV_ROWS = 3 };
 
-static int single_channel_fits(const qgt_conv_params *params, const qgt_filter *filter, int form) {
-  return filter->in_channels == 1 && filter->kernel_h == SINGLE_CHANNEL_ROWS && filter->kernel_w == 3 &&
-         params->dilation.w == 1 && filter->out_channels >= 2 && form != QGT_GENERIC;
+/* Weight words of a window row per channel: one per SXTAB16 result that holds a tap. */
+static inline int32_t first_conv_lanes(int32_t run) { return quads_of(run) + quads_of(run - 1); }
+
+static int first_conv_fits(const qgt_conv_params *params, const qgt_filter *filter, int form) {
+  const int32_t run = 3 * filter->in_channels;
+  return (filter->in_channels == 1 || filter->in_channels == 3) && filter->kernel_h == FIRST_CONV_ROWS &&
+         filter->kernel_w == 3 && params->dilation.w == 1 && filter->out_channels >= 2 && form != QGT_GENERIC &&
+         (size_t)8 * FIRST_CONV_ROWS * (size_t)first_conv_lanes(run) <= (size_t)20 * (size_t)quads_of(filter->row_length);
 }
 
-/* The widened filter of channels c and c + 1: per filter row ky, words 4 ky + 2 s and 4 ky + 2 s + 1 of channel
- * c + s. */
-static __attribute__((noinline)) void widen_single_channel_pair(const qgt_filter *filter, int32_t c, uint32_t *w) {
-  for (int32_t i = 0; i < 4 * SINGLE_CHANNEL_ROWS; ++i) w[i] = 0;
+/* Value k of a window row is lane (k >> 1) & 1 of word 2 (k >> 2) + (k & 1) of its weight words (SXTAB16's
+ * order). */
+static inline int32_t first_conv_word(int32_t k) { return 2 * (k >> 2) + (k & 1); }
+static inline int32_t first_conv_shift(int32_t k) { return 16 * ((k >> 1) & 1); }
+
+/* The widened filter of channels c and c + 1: row ky of channel c + s in words (2 ky + s) * lanes onwards. */
+static __attribute__((noinline)) void widen_first_conv_pair(const qgt_filter *filter, int32_t c, int32_t lanes,
+                                                            uint32_t *w) {
+  const int32_t run = 3 * filter->in_channels;
+  for (int32_t i = 0; i < 2 * FIRST_CONV_ROWS * lanes; ++i) w[i] = 0;
   for (int32_t s = 0; s < 2; ++s) {
     const uint8_t *row = filter->weights + (size_t)(c + s) * filter->row_bytes;
-    for (int32_t k = 0; k < 3 * SINGLE_CHANNEL_ROWS; ++k) {
-      const int32_t kx = k % 3;
+    for (int32_t k = 0; k < FIRST_CONV_ROWS * run; ++k) {
       const uint32_t code = (uint16_t)qgt__code(row, k, filter->weight_bits);
-      w[4 * (k / 3) + 2 * s + (kx == 2)] |= kx == 0 ? code : code << 16;
+      w[(2 * (k / run) + s) * lanes + first_conv_word(k % run)] |= code << first_conv_shift(k % run);
     }
   }
 }
 
-/* One window row's taps, read as one word from `at`: (x0, x1) and (x2 in the top lane) of its even bytes. */
-static inline __attribute__((always_inline)) void row_taps(const int8_t *at, int32_t offset2, int32_t *taps01,
-                                                           int32_t *even) {
-  const int32_t x = (int32_t)qgt__load32(at);
-  *even = __sxtab16(offset2, x);
-  const int32_t odd = qgt__sxtab16_odd(offset2, x);
-  __asm__("pkhbt %0, %1, %2, lsl #16" : "=r"(*taps01) : "r"(*even), "r"(odd));
+/* One window row of `words` words from `at` against both channels' weight words. */
+static inline __attribute__((always_inline)) void first_conv_row(const int8_t *at, int32_t words, int32_t lanes,
+                                                                 const uint32_t *w, int32_t offset2, int32_t *a0,
+                                                                 int32_t *a1) {
+#pragma GCC unroll 3
+  for (int32_t q = 0; q < words; ++q) {
+    const int32_t x = (int32_t)qgt__load32(at + 4 * q);
+    const int32_t even = __sxtab16(offset2, x);
+    *a0 = __smlad(even, (int32_t)w[2 * q], *a0);
+    *a1 = __smlad(even, (int32_t)w[lanes + 2 * q], *a1);
+    if (2 * q + 1 < lanes) {
+      const int32_t odd = qgt__sxtab16_odd(offset2, x);
+      *a0 = __smlad(odd, (int32_t)w[2 * q + 1], *a0);
+      *a1 = __smlad(odd, (int32_t)w[lanes + 2 * q + 1], *a1);
+    }
+  }
 }
 
 /* `count` output pixels of one output row from `out` on (channels c and c + 1 of channel[0..1]), whose windows
  * are inside the input with their word loads and start at `at`, `stride` bytes apart; window rows `step` bytes
- * apart. */
-static void inner_columns(const int8_t *at, size_t step, size_t stride, int32_t count, const uint32_t *w,
-                          int32_t offset2, const qgt_channel *channel, int8_t *out, int32_t out_c) {
+ * apart, `words` words and `lanes` weight words each (constants where this is inlined). */
+static inline __attribute__((always_inline)) void first_conv_columns(const int8_t *at, size_t step, size_t stride,
+                                                                     int32_t count, int32_t words, int32_t lanes,
+                                                                     const uint32_t *w, int32_t offset2,
+                                                                     const qgt_channel *channel, int8_t *out,
+                                                                     int32_t out_c) {
   for (const int8_t *const end = at + (size_t)count * stride; at != end; at += stride, out += out_c) {
-    int32_t taps01, even;
-    row_taps(at, offset2, &taps01, &even);
-    int32_t a0 = __smlad(even, (int32_t)w[1], __smuad(taps01, (int32_t)w[0]));
-    int32_t a1 = __smlad(even, (int32_t)w[3], __smuad(taps01, (int32_t)w[2]));
-    for (int32_t ky = 1; ky < SINGLE_CHANNEL_ROWS; ++ky) {
-      row_taps(at + (size_t)ky * step, offset2, &taps01, &even);
-      a0 = __smlad(even, (int32_t)w[4 * ky + 1], __smlad(taps01, (int32_t)w[4 * ky], a0));
-      a1 = __smlad(even, (int32_t)w[4 * ky + 3], __smlad(taps01, (int32_t)w[4 * ky + 2], a1));
+    int32_t a0 = 0, a1 = 0;
+#pragma GCC unroll 3
+    for (int32_t ky = 0; ky < FIRST_CONV_ROWS; ++ky) {
+      first_conv_row(at + (size_t)ky * step, words, lanes, w + 2 * ky * lanes, offset2, &a0, &a1);
+      __asm__ volatile("" ::: "memory"); /* row by row: interleaved rows spill their taps to the stack */
     }
     out[0] = (int8_t)qgt__fast_output(a0, &channel[0]);
     out[1] = (int8_t)qgt__fast_output(a1, &channel[1]);
   }
 }
 
+static __attribute__((noinline)) void gray_columns(const int8_t *at, size_t step, size_t stride, int32_t count,
+                                                   const uint32_t *w, int32_t offset2, const qgt_channel *channel,
+                                                   int8_t *out, int32_t out_c) {
+  first_conv_columns(at, step, stride, count, 1, first_conv_lanes(3), w, offset2, channel, out, out_c);
+}
+
+static __attribute__((noinline)) void rgb_columns(const int8_t *at, size_t step, size_t stride, int32_t count,
+                                                  const uint32_t *w, int32_t offset2, const qgt_channel *channel,
+                                                  int8_t *out, int32_t out_c) {
+  first_conv_columns(at, step, stride, count, 3, first_conv_lanes(9), w, offset2, channel, out, out_c);
+}
+
 /* Both channels' outputs of the window starting at input row y0, column x0 of `image`, tap by tap: the taps
  * outside the input add nothing. */
-static __attribute__((noinline)) void edge_window(const int8_t *image, const qgt_dims *in, int32_t y0, int32_t x0,
-                                                  int32_t dilation_h, const uint32_t *w, int32_t input_offset,
-                                                  const qgt_channel *channel, int8_t *out) {
+static __attribute__((noinline)) void first_conv_edge(const int8_t *image, const qgt_dims *in, int32_t y0,
+                                                      int32_t x0, int32_t dilation_h, int32_t lanes, const uint32_t *w,
+                                                      int32_t input_offset, const qgt_channel *channel, int8_t *out) {
   int32_t acc[2] = {0, 0};
-  for (int32_t ky = 0; ky < SINGLE_CHANNEL_ROWS; ++ky, w += 4) {
+  for (int32_t ky = 0; ky < FIRST_CONV_ROWS; ++ky) {
     const int32_t y = y0 + ky * dilation_h;
     if (y < 0 || y >= in->h) continue;
-    for (int32_t kx = 0; kx < 3; ++kx) {
-      const int32_t x = x0 + kx;
+    for (int32_t k = 0; k < 3 * in->c; ++k) {
+      const int32_t x = x0 + k / in->c;
       if (x < 0 || x >= in->w) continue;
-      const int32_t value = image[(size_t)y * (size_t)in->w + (size_t)x] + input_offset;
+      const int32_t value =
+          image[((size_t)y * (size_t)in->w + (size_t)x) * (size_t)in->c + (size_t)(k % in->c)] + input_offset;
       for (int32_t s = 0; s < 2; ++s) {
-        const uint32_t word = w[2 * s + (kx == 2)];
-        acc[s] += value * (int16_t)(kx == 0 ? word : word >> 16);
+        acc[s] += value * (int16_t)(w[(2 * ky + s) * lanes + first_conv_word(k)] >> first_conv_shift(k));
       }
     }
   }
@@ -735,24 +766,27 @@ static __attribute__((noinline)) void edge_window(const int8_t *image, const qgt
   out[1] = (int8_t)qgt__fast_output(acc[1], &channel[1]);
 }
 
-static void single_channel_conv(const conv_job *job) {
+static void first_conv(const conv_job *job) {
   const qgt_conv_params *params = job->params;
   const qgt_dims *in = job->input_dims, *out = job->output_dims;
-  const int32_t out_c = job->filter->out_channels, dilation_h = params->dilation.h;
+  const int32_t out_c = job->filter->out_channels, dilation_h = params->dilation.h, in_c = in->c;
   const int32_t sh = params->stride.h, sw = params->stride.w, ph = params->padding.h, pw = params->padding.w;
-  const size_t step = (size_t)dilation_h * (size_t)in->w, image_bytes = (size_t)in->h * (size_t)in->w;
+  const int32_t run = 3 * in_c, words = quads_of(run), lanes = first_conv_lanes(run);
+  const size_t row_bytes = (size_t)in->w * (size_t)in_c, image_bytes = (size_t)in->h * row_bytes;
+  const size_t step = (size_t)dilation_h * row_bytes, stride = (size_t)sw * (size_t)in_c;
   const int32_t offset2 = (int32_t)((uint32_t)(params->input_offset & 0xFFFF) * kOnes);
-  /* The columns and rows whose windows lie inside the input, the word loads (4 bytes from the window's first
-   * column) included. */
+  /* The columns and rows whose windows lie inside the input, the word loads (4 * words bytes from the window's
+   * first column) included. */
+  const int32_t loaded = 4 * words, row = in->w * in_c; /* int32: the input's size was checked */
   const int32_t x_first = (pw + sw - 1) / sw, y_first = (ph + sh - 1) / sh;
-  const int32_t x_end = in->w >= 4 ? qgt__min(out->w, (in->w - 4 + pw) / sw + 1) : 0;
-  const int32_t y_reach = (SINGLE_CHANNEL_ROWS - 1) * dilation_h;
+  const int32_t x_end = row >= loaded ? qgt__min(out->w, ((row - loaded) / in_c + pw) / sw + 1) : 0;
+  const int32_t y_reach = (FIRST_CONV_ROWS - 1) * dilation_h;
   const int32_t y_end = in->h > y_reach ? qgt__min(out->h, (in->h - 1 - y_reach + ph) / sh + 1) : 0;
   uint32_t *w = (uint32_t *)(void *)job->copy;
   for (int32_t c = 0; c < out_c; c += 2) {
     if (c + 1 == out_c) c = out_c - 2; /* an odd last channel: the pair before it again */
     const qgt_channel *channel = &job->channels[c];
-    widen_single_channel_pair(job->filter, c, w);
+    widen_first_conv_pair(job->filter, c, lanes, w);
     int8_t *o = job->output + c;
     for (int32_t b = 0; b < out->n; ++b) {
       const int8_t *image = job->input + (size_t)b * image_bytes;
@@ -761,13 +795,14 @@ static void single_channel_conv(const conv_job *job) {
         const int inner_row = oy >= y_first && oy < y_end && x_first < x_end;
         for (int32_t ox = 0; ox < out->w; ++ox, o += out_c) {
           if (inner_row && ox == x_first) {
-            inner_columns(image + (size_t)y0 * (size_t)in->w + (size_t)(ox * sw - pw), step, (size_t)sw,
-                          x_end - x_first, w, offset2, channel, o, out_c);
+            const int8_t *at = image + (size_t)y0 * row_bytes + (size_t)(ox * sw - pw) * (size_t)in_c;
+            (in_c == 1 ? gray_columns : rgb_columns)(at, step, stride, x_end - x_first, w, offset2, channel, o,
+                                                     out_c);
             o += (size_t)(x_end - x_first - 1) * (size_t)out_c;
             ox = x_end - 1;
             continue;
           }
-          edge_window(image, in, y0, ox * sw - pw, dilation_h, w, params->input_offset, channel, o);
+          first_conv_edge(image, in, y0, ox * sw - pw, dilation_h, lanes, w, params->input_offset, channel, o);
         }
       }
     }
@@ -928,8 +963,8 @@ qgt_status qgt_conv2d(const qgt_conv_params *params, const qgt_quant_params *qua
   job.pointwise = pointwise;
   job.form = full_range ? form : QGT_GENERIC;
 #if QGT_DSP
-  if (!pointwise && single_channel_fits(params, filter, job.form)) {
-    single_channel_conv(&job);
+  if (!pointwise && first_conv_fits(params, filter, job.form)) {
+    first_conv(&job);
     return QGT_OK;
   }
   pairs_job_of(&job);
