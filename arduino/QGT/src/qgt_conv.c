@@ -658,8 +658,8 @@ static int32_t copy_field(const fields *f, const int8_t *image, int32_t oy, int3
  * It goes channel pair by channel pair over every pixel instead of gathering and widening every field: a window
  * row is 3 * in_c contiguous input bytes, read as 1 or 3 words whose SXTAB16 lanes (even bytes, odd bytes) meet
  * the pair's filter widened once into the pair copy in the same lane order, so a window row of an RGB image is 3
- * loads, 5 SXTAB16 and 5 SMLAD per channel (MobileNetV1-0.25's first conv at 96 x 96: 35% fewer instructions
- * for RGB, a quarter fewer for gray; docs/KERNELS.md). An odd last channel is the second of a pair with the
+ * loads, 5 SXTAB16 and 5 SMLAD per channel (MobileNetV1-0.25's first conv at 96 x 96: a third fewer instructions
+ * for RGB, 27% fewer for gray; docs/KERNELS.md). An odd last channel is the second of a pair with the
  * channel before it, computed twice. The word loads stay inside the window's rows: windows that leave the input,
  * or whose words would pass the row's end, are summed tap by tap. */
 enum { FIRST_CONV_ROWS = 3 };
