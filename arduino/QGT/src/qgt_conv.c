@@ -667,6 +667,8 @@ enum { FIRST_CONV_ROWS = 3 };
 /* Weight words of a window row per channel: one per SXTAB16 result that holds a tap. */
 static inline int32_t first_conv_lanes(int32_t run) { return quads_of(run) + quads_of(run - 1); }
 
+/* Whether first_conv takes the layer: the geometry above, two channels or more, and room for a pair's widened
+ * filter in the pair copy and field (always, for these shapes). */
 static int first_conv_fits(const qgt_conv_params *params, const qgt_filter *filter, int form) {
   const int32_t run = 3 * filter->in_channels;
   return (filter->in_channels == 1 || filter->in_channels == 3) && filter->kernel_h == FIRST_CONV_ROWS &&
