@@ -27,11 +27,13 @@ static size_t conv_scratch_size(const qgt_filter *filter) {
          (size_t)4 * (size_t)quads_of(filter->row_length);
 }
 
+/* Value k of a run of int8 values widened in SXTAB16's order (even bytes, then odd bytes, of each word) is
+ * half-word lane_half(k) of 32-bit word lane_word(k). */
+static inline int32_t lane_word(int32_t k) { return 2 * (k >> 2) + (k & 1); }
+static inline int32_t lane_half(int32_t k) { return (k >> 1) & 1; }
+
 /* Halfword of the pair copy holding value k of pixel p. */
-static inline int32_t copy_halfword(int32_t k, int32_t p) {
-  const int32_t word = 2 * (k >> 2) + (k & 1);
-  return 2 * (2 * word + p) + ((k >> 1) & 1);
-}
+static inline int32_t copy_halfword(int32_t k, int32_t p) { return 2 * (2 * lane_word(k) + p) + lane_half(k); }
 
 #if QGT_DSP
 static const uint32_t kOnes = 0x00010001u;
@@ -123,7 +125,7 @@ static QGT_COLD void gather_field(const fields *f, const int8_t *image, int32_t 
  * sum. */
 static inline __attribute__((always_inline)) int32_t widen_quads(const int8_t *values, int32_t quads,
                                                                  int32_t input_offset, int32_t p, int16_t *copy) {
-  const int32_t offset = (int32_t)((uint32_t)(input_offset & 0xFFFF) * kOnes);
+  const int32_t offset = qgt__both_lanes(input_offset);
   uint32_t *words = (uint32_t *)(void *)copy + p;
   int32_t sum = 0;
   for (int32_t q = 0; q < quads; ++q, values += 4, words += 4) {
@@ -158,7 +160,7 @@ static int32_t widen(const int8_t *values, int32_t length, int32_t input_offset,
  * zeros up to the next whole quad; their sums into sums[0], sums[1]. */
 static void widen_pair(const int8_t *pixel0, const int8_t *pixel1, int32_t length, int32_t input_offset,
                        int16_t *copy, int32_t sums[2]) {
-  const int32_t offset = (int32_t)((uint32_t)(input_offset & 0xFFFF) * kOnes);
+  const int32_t offset = qgt__both_lanes(input_offset);
   uint32_t *words = (uint32_t *)(void *)copy;
   int32_t sum0 = 0, sum1 = 0, k = 0;
   for (; k + 4 <= length; k += 4, words += 4) {
@@ -676,11 +678,6 @@ static int first_conv_fits(const qgt_conv_params *params, const qgt_filter *filt
          (size_t)8 * FIRST_CONV_ROWS * (size_t)first_conv_lanes(run) <= (size_t)20 * (size_t)quads_of(filter->row_length);
 }
 
-/* Value k of a window row is lane (k >> 1) & 1 of word 2 (k >> 2) + (k & 1) of its weight words (SXTAB16's
- * order). */
-static inline int32_t first_conv_word(int32_t k) { return 2 * (k >> 2) + (k & 1); }
-static inline int32_t first_conv_shift(int32_t k) { return 16 * ((k >> 1) & 1); }
-
 /* The widened filter of channels c and c + 1: row ky of channel c + s in words (2 ky + s) * lanes onwards. */
 static __attribute__((noinline)) void widen_first_conv_pair(const qgt_filter *filter, int32_t c, int32_t lanes,
                                                             uint32_t *w) {
@@ -690,7 +687,7 @@ static __attribute__((noinline)) void widen_first_conv_pair(const qgt_filter *fi
     const uint8_t *row = filter->weights + (size_t)(c + s) * filter->row_bytes;
     for (int32_t k = 0; k < FIRST_CONV_ROWS * run; ++k) {
       const uint32_t code = (uint16_t)qgt__code(row, k, filter->weight_bits);
-      w[(2 * (k / run) + s) * lanes + first_conv_word(k % run)] |= code << first_conv_shift(k % run);
+      w[(2 * (k / run) + s) * lanes + lane_word(k % run)] |= code << (16 * lane_half(k % run));
     }
   }
 }
@@ -760,7 +757,7 @@ static __attribute__((noinline)) void first_conv_edge(const int8_t *image, const
       const int32_t value =
           image[((size_t)y * (size_t)in->w + (size_t)x) * (size_t)in->c + (size_t)(k % in->c)] + input_offset;
       for (int32_t s = 0; s < 2; ++s) {
-        acc[s] += value * (int16_t)(w[(2 * ky + s) * lanes + first_conv_word(k)] >> first_conv_shift(k));
+        acc[s] += value * (int16_t)(w[(2 * ky + s) * lanes + lane_word(k)] >> (16 * lane_half(k)));
       }
     }
   }
@@ -776,7 +773,7 @@ static void first_conv(const conv_job *job) {
   const int32_t run = 3 * in_c, words = quads_of(run), lanes = first_conv_lanes(run);
   const size_t row_bytes = (size_t)in->w * (size_t)in_c, image_bytes = (size_t)in->h * row_bytes;
   const size_t step = (size_t)dilation_h * row_bytes, stride = (size_t)sw * (size_t)in_c;
-  const int32_t offset2 = (int32_t)((uint32_t)(params->input_offset & 0xFFFF) * kOnes);
+  const int32_t offset2 = qgt__both_lanes(params->input_offset);
   /* The columns and rows whose windows lie inside the input, the word loads (4 * words bytes from the window's
    * first column) included. */
   const int32_t loaded = 4 * words, row = in->w * in_c; /* int32: the input's size was checked */

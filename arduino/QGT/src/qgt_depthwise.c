@@ -426,7 +426,7 @@ QGT_COLD
 static void pair_row_3x3(const depthwise_job *job, int32_t p, const int8_t *const *rows, int8_t *row_out,
                          int32_t first, int32_t last, int both) {
   const int32_t out_c = job->filter->out_channels;
-  const int32_t offset2 = (int32_t)((uint32_t)(job->params->input_offset & 0xFFFF) * 0x00010001u);
+  const int32_t offset2 = qgt__both_lanes(job->params->input_offset);
   const uint32_t *w = job->weights + 9 * (size_t)p;
   const qgt_channel *channel = job->channels + 2 * p;
   const size_t step = 2u * (size_t)job->params->stride.w, at = (size_t)p * job->l->segment_bytes + step * (size_t)first;
@@ -446,7 +446,7 @@ static void pair_row_3x3(const depthwise_job *job, int32_t p, const int8_t *cons
  * pass by the routines, an odd last pixel here. rows[ky] is the ring row of filter row ky. */
 static void pairs_3x3(const depthwise_job *job, const int8_t *const *rows, int8_t *row_out, int32_t out_w) {
   const int32_t out_c = job->filter->out_channels, pairs = out_c / 2, stride = job->params->stride.w;
-  const int32_t offset2 = (int32_t)((uint32_t)(job->params->input_offset & 0xFFFF) * 0x00010001u);
+  const int32_t offset2 = qgt__both_lanes(job->params->input_offset);
   const size_t segment = job->l->segment_bytes;
   if (out_w >= 2) {
     dw_rows_job j = {{rows[0], rows[1], rows[2]}, job->weights, job->channels, row_out, out_c, out_w / 2, pairs,
@@ -480,7 +480,7 @@ static __attribute__((noinline)) void pair_row_taps(const depthwise_job *job, in
                                                     const int32_t *offsets, int8_t *out, int32_t out_w) {
   const int32_t out_c = job->filter->out_channels, taps = job->l->taps;
   const int both = 2 * p + 1 < out_c;
-  const int32_t offset2 = (int32_t)((uint32_t)(job->params->input_offset & 0xFFFF) * 0x00010001u);
+  const int32_t offset2 = qgt__both_lanes(job->params->input_offset);
   const uint32_t *w = job->weights + (size_t)taps * (size_t)p;
   const qgt_channel *channel = job->channels + 2 * p;
   const size_t step = 2u * (size_t)job->params->stride.w;

@@ -136,6 +136,9 @@ static inline int32_t qgt__requantize(int32_t x, int32_t multiplier, int32_t shi
 int32_t qgt__requantized_generic(int32_t acc, const qgt_channel *channel, int32_t output_offset);
 
 #if QGT_DSP
+/* The low 16 bits of v in both half-words: an SXTAB16 operand that adds v to both lanes. */
+static inline int32_t qgt__both_lanes(int32_t v) { return (int32_t)((uint32_t)(v & 0xFFFF) * 0x00010001u); }
+
 /* SXTAB16 of x rotated right by 8: its odd bytes sign-extended into two lanes, offset2's lanes added (the
  * rotation folded into the instruction). */
 static inline int32_t qgt__sxtab16_odd(int32_t offset2, int32_t x) {
