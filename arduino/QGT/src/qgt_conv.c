@@ -198,9 +198,9 @@ static inline int32_t block_start(int32_t bits, int32_t sum) {
  * Per channel pair, the 2 x 2 block of accumulators (rows r, r + row_bytes against the copies of both pixels)
  * starts at `start`, runs over `steps` whole weight words (1, 2, 4 bits; 8 bits: quads) and `tail` quads of a
  * partial last word, then is requantized in the fast form and stored at out[c], out[c + delta], ... for every
- * pair (form QGT_FAST_RIGHT or QGT_FAST; channels, out and pairs move on), or, with form QGT_GENERIC, stored
- * raw in acc for one pair. They are hand-written because the loop needs all 14 registers: the compiler's
- * version spilled and reloaded its state around every block. */
+ * pair (form QGT_FAST_RIGHT or QGT_FAST), or, with form QGT_GENERIC, stored raw in acc for one pair. A routine
+ * reads the job once per call and writes only acc. They are hand-written because the loop needs all 14
+ * registers: the compiler's version spilled and reloaded its state around every block. */
 typedef struct {
   const uint8_t *weights;      /* 0: the first row of the first pair */
   int32_t row_bytes;           /* 4: 0 to take one row twice */
@@ -218,19 +218,99 @@ typedef struct {
 typedef char pairs_job_layout_is_the_assembly_s[offsetof(pairs_job, acc) == 48 && sizeof(qgt_channel) == 24 ? 1 : -1];
 
 /* Registers: r0-r3 the accumulators, r4/r5 the two rows' weight words, r6 a field pair, r7/r8 copy word j of
- * both pixels, r9 the field mask, r10 the copy, r11/r12 the rows, lr the step count; the frame: [sp] the job,
- * [sp, #4] to [sp, #16] what the call's setup computed (QGT_PW_TAIL_SETUP, QGT_PW_FORM_SETUP). */
-#define QGT_PW_BLOCK_START(MASK)                                                                    \
+ * both pixels, r9 the field mask, r10 the copy, r11/r12 the rows, lr the step count. The frame, filled once per
+ * call (QGT_PW_SETUP and the *_SETUP macros after it), so that a block starts with one LDM from sp and ends with
+ * no read of the job: [sp, #0] to [sp, #28] what the LDM puts in r0-r3, r9, r10, r12 and lr (both pixels'
+ * starts for both rows, the mask, the copy, row_bytes, steps); QGT_PW_STATE: the requantization's channels, out
+ * and delta, then where the channels end; then the slots named below. */
+#define QGT_PW_STATE "32"
+#define QGT_PW_JOB "48"
+#define QGT_PW_AFTER_WORDS "52" /* where the whole words go on: the partial word, or past it */
+#define QGT_PW_TAIL_COPY "56"   /* the copy offset of the partial word's last quad */
+#define QGT_PW_TAIL_ENTRY "60"  /* the entry into the backward quads that does the partial word's quads */
+#define QGT_PW_FORM "64"        /* the requantization of the call's form */
+#define QGT_PW_BLOCK_ENTRY "68" /* where a block goes after its start: the whole words, or the partial word */
+#define QGT_PW_FRAME "76"       /* with the 9 registers pushed, sp stays 8-byte aligned */
+/* The frame's first 12 words from the job (at r0), r1-r3 as scratch. */
+#define QGT_PW_SETUP(MASK)                                                                          \
+  "ldrd r2, r3, [r0, #16]\n\t"                    /* the starts */                                 \
+  "strd r2, r3, [sp]\n\t"                                                                           \
+  "strd r2, r3, [sp, #8]\n\t"                                                                       \
+  "mov r2, #" MASK "\n\t"                                                                           \
+  "ldr r3, [r0, #8]\n\t"                          /* copy */                                       \
+  "strd r2, r3, [sp, #16]\n\t"                                                                      \
+  "ldr r2, [r0, #4]\n\t"                          /* row_bytes */                                  \
+  "ldr r3, [r0, #12]\n\t"                         /* steps */                                      \
+  "strd r2, r3, [sp, #24]\n\t"                                                                      \
+  "ldrd r2, r3, [r0, #24]\n\t"                    /* channels, out */                              \
+  "strd r2, r3, [sp, #" QGT_PW_STATE "]\n\t"                                                        \
+  "ldr r1, [r0, #36]\n\t"                         /* pairs: 2 records of 24 bytes each */          \
+  "mov r3, #48\n\t"                                                                                 \
+  "mla r3, r1, r3, r2\n\t"                                                                          \
+  "ldr r2, [r0, #32]\n\t"                         /* delta */                                      \
+  "strd r2, r3, [sp, #40]\n\t"                                                                      \
+  "str r0, [sp, #" QGT_PW_JOB "]\n\t"
+/* The form's requantization: label 7 (QGT_FAST), 6 (QGT_FAST_RIGHT) or 10 (QGT_GENERIC: the raw accumulators of
+ * one block); left in r2 too. */
+#define QGT_PW_FORM_SETUP                                                                           \
+  "ldr r1, [r0, #44]\n\t"                                                                           \
+  "cmp r1, #1\n\t"                                                                                  \
+  "beq 11f\n\t"                                                                                     \
+  "bhi 12f\n\t"                                                                                     \
+  "adr.w r2, 10f\n\t"                                                                               \
+  "b 13f\n\t"                                                                                       \
+  "11:\n\t"                                                                                         \
+  "adr.w r2, 7f\n\t"                                                                                \
+  "b 13f\n\t"                                                                                       \
+  "12:\n\t"                                                                                         \
+  "adr.w r2, 6f\n\t"                                                                                \
+  "13:\n\t"                                                                                         \
+  "orr r2, r2, #1\n\t"                              /* Thumb */                                     \
+  "str r2, [sp, #" QGT_PW_FORM "]\n\t"
+/* For the unsigned widths, after QGT_PW_FORM_SETUP: where the whole words go on (label 4 for a partial word;
+ * otherwise what NO_TAIL leaves in r2: the form's requantization unless it sets another), the partial word's
+ * copy offset and its entry into the backward quads (label 5 less 56 bytes per quad), and where a block goes
+ * after its start: label 2, or with no whole word label 18 (the partial word, the copy offset already in the
+ * frame's copy). */
+#define QGT_PW_TAIL_SETUP(NO_TAIL)                                                                  \
+  "ldr r1, [r0, #40]\n\t"                                                                           \
+  "cbnz r1, 15f\n\t" NO_TAIL                                                                        \
+  "b 0f\n\t"                                                                                        \
+  "15:\n\t"                                                                                         \
+  "adr.w r2, 5f\n\t"                                                                                \
+  "mov r3, #56\n\t"                                                                                 \
+  "mls r3, r1, r3, r2\n\t"                                                                          \
+  "orr r3, r3, #1\n\t"                              /* Thumb */                                     \
+  "str r3, [sp, #" QGT_PW_TAIL_ENTRY "]\n\t"                                                        \
+  "lsl r3, r1, #4\n\t"                                                                              \
+  "sub r3, r3, #8\n\t"                                                                              \
+  "str r3, [sp, #" QGT_PW_TAIL_COPY "]\n\t"                                                         \
+  "adr.w r2, 4f\n\t"                                                                                \
+  "orr r2, r2, #1\n\t"                                                                              \
+  "0:\n\t"                                                                                          \
+  "str r2, [sp, #" QGT_PW_AFTER_WORDS "]\n\t"                                                      \
+  "ldr r3, [sp, #28]\n\t"                         /* steps */                                      \
+  "cbnz r3, 16f\n\t"                                                                                \
+  "cbz r1, 17f\n\t"                               /* no word at all: r2 */                         \
+  "ldr r2, [sp, #20]\n\t"                                                                           \
+  "ldr r3, [sp, #" QGT_PW_TAIL_COPY "]\n\t"                                                         \
+  "add r2, r2, r3\n\t"                                                                              \
+  "str r2, [sp, #20]\n\t"                                                                           \
+  "adr.w r2, 18f\n\t"                                                                               \
+  "b 19f\n\t"                                                                                       \
+  "16:\n\t"                                                                                         \
+  "adr.w r2, 2f\n\t"                                                                                \
+  "19:\n\t"                                                                                         \
+  "orr r2, r2, #1\n\t"                                                                              \
+  "17:\n\t"                                                                                         \
+  "str r2, [sp, #" QGT_PW_BLOCK_ENTRY "]\n\t"
+/* A block's start: accumulators, mask, copy, steps and the second row from the frame. */
+#define QGT_PW_BLOCK_START                                                                          \
   "1:\n\t"                                                                                          \
-  "ldr r10, [sp]\n\t"                                                                               \
-  "ldr r4, [r10, #4]\n\t"                                                                           \
-  "add r12, r11, r4\n\t"                                                                            \
-  "ldrd r0, r1, [r10, #16]\n\t"                                                                     \
-  "mov r2, r0\n\t"                                                                                  \
-  "mov r3, r1\n\t"                                                                                  \
-  "ldr lr, [r10, #12]\n\t"                                                                          \
-  "ldr r10, [r10, #8]\n\t"                                                                          \
-  "mov r9, #" MASK "\n\t"
+  "ldm sp, {r0, r1, r2, r3, r9, r10, r12, lr}\n\t"                                                  \
+  "add r12, r12, r11\n\t"
+/* The unsigned widths' start also goes where QGT_PW_TAIL_SETUP said. */
+#define QGT_PW_UNSIGNED_BLOCK_START QGT_PW_BLOCK_START "ldr pc, [sp, #" QGT_PW_BLOCK_ENTRY "]\n\t"
 /* Fields j = 2q and 2q+1 of both rows' words (the rotations bits * j) against copy words j of both pixels. */
 #define QGT_PW_QUAD(ROT0, ROT1)                                                                     \
   "ldrd r7, r8, [r10], #8\n\t"                                                                      \
@@ -268,44 +348,29 @@ typedef char pairs_job_layout_is_the_assembly_s[offsetof(pairs_job, acc) == 48 &
   "and.w r6, r9, r5" ROT0 "\n\t"                                                                    \
   "smlad r2, r6, r7, r2\n\t"                                                                        \
   "smlad r3, r6, r8, r3\n\t"
-/* Once per call, for the unsigned widths: where a block goes after its whole words ([sp, #4]: label 4, or label
- * 5 when there is no partial word), the copy offset of the partial word's last quad ([sp, #8]) and the entry
- * into the backward quad sequence that does its `tail` quads ([sp, #12]: label 5 less 56 bytes per quad). */
-#define QGT_PW_TAIL_SETUP                                                                           \
-  "ldr r1, [r0, #40]\n\t"                                                                           \
-  "adr.w r2, 5f\n\t"                                                                                \
-  "cbz r1, 0f\n\t"                                                                                  \
-  "mov r3, #56\n\t"                                                                                 \
-  "mls r3, r1, r3, r2\n\t"                                                                          \
-  "orr r3, r3, #1\n\t"                              /* Thumb */                                     \
-  "str r3, [sp, #12]\n\t"                                                                           \
-  "lsl r3, r1, #4\n\t"                                                                              \
-  "sub r3, r3, #8\n\t"                                                                              \
-  "str r3, [sp, #8]\n\t"                                                                            \
-  "adr.w r2, 4f\n\t"                                                                                \
-  "0:\n\t"                                                                                          \
-  "orr r2, r2, #1\n\t"                                                                              \
-  "str r2, [sp, #4]\n\t"
-/* The unsigned widths: whole words, then a partial word's quads from the last down (no count, no rotations). */
-#define QGT_PW_UNSIGNED_DOT(FLIP, WORD, BACK_QUADS, BACK_BYTES)                                     \
-  "cmp lr, #0\n\t"                                                                                  \
-  "beq 3f\n\t"                                                                                      \
+/* The unsigned widths: whole words (entered only when there is one), then a partial word's quads from the last
+ * down (no count, no rotations), then AFTER and the form's requantization. */
+#define QGT_PW_UNSIGNED_DOT(FLIP, WORD, BACK_QUADS, BACK_BYTES, AFTER)                              \
+  QGT_PW_UNSIGNED_BLOCK_START                                                                       \
   "2:\n\t" QGT_PW_LOAD_WORDS(FLIP) WORD                                                             \
   "subs lr, lr, #1\n\t"                                                                             \
   "bne 2b\n\t"                                                                                      \
-  "3:\n\t"                                                                                          \
-  "ldr pc, [sp, #4]\n\t"                                                                            \
-  "4:\n\t" QGT_PW_LOAD_WORDS(FLIP)                                                                  \
-  "ldr r6, [sp, #8]\n\t"                                                                            \
+  "ldr pc, [sp, #" QGT_PW_AFTER_WORDS "]\n\t"                                                       \
+  "4:\n\t"                                                                                          \
+  "ldr r6, [sp, #" QGT_PW_TAIL_COPY "]\n\t"                                                         \
   "add r10, r10, r6\n\t"                                                                            \
-  "ldr pc, [sp, #12]\n\t"                                                                           \
+  "18:\n\t" QGT_PW_LOAD_WORDS(FLIP)                                                                 \
+  "ldr pc, [sp, #" QGT_PW_TAIL_ENTRY "]\n\t"                                                        \
   "14:\n\t" BACK_QUADS                                                                              \
   "5:\n\t"                                                                                          \
   ".if (5b - 14b) != " BACK_BYTES "\n\t"                                                            \
   ".error \"a backward quad is not 56 bytes\"\n\t"                                                  \
-  ".endif\n\t"
-/* 8 bits: one quad per step, SXTB16 of each row's word (even bytes, then odd) against copy words 2q, 2q+1. */
+  ".endif\n\t" AFTER                                                                                \
+  "ldr pc, [sp, #" QGT_PW_FORM "]\n\t"
+/* 8 bits: one quad per step (at least one), SXTB16 of each row's word (even bytes, then odd) against copy words
+ * 2q, 2q+1. */
 #define QGT_PW_8BIT_DOT                                                                             \
+  QGT_PW_BLOCK_START                                                                                \
   "2:\n\t" QGT_PW_LOAD_WORDS("")                                                                    \
   "ldrd r7, r8, [r10], #8\n\t"                                                                      \
   "sxtb16 r6, r4\n\t"                                                                               \
@@ -322,25 +387,24 @@ typedef char pairs_job_layout_is_the_assembly_s[offsetof(pairs_job, acc) == 48 &
   "smlad r2, r6, r7, r2\n\t"                                                                        \
   "smlad r3, r6, r8, r3\n\t"                                                                        \
   "subs lr, lr, #1\n\t"                                                                             \
-  "bne 2b\n\t"
+  "bne 2b\n\t"                                                                                      \
+  "ldr pc, [sp, #" QGT_PW_FORM "]\n\t"
 /* 1 bit: the unsigned products count twice (block_start): acc = 2 acc - start. */
 #define QGT_PW_DOUBLE                                                                               \
-  "ldr r10, [sp]\n\t"                                                                               \
-  "ldrd r4, r5, [r10, #16]\n\t"                                                                     \
+  "ldrd r4, r5, [sp]\n\t"                                                                           \
   "rsb r0, r4, r0, lsl #1\n\t"                                                                      \
   "rsb r1, r5, r1, lsl #1\n\t"                                                                      \
   "rsb r2, r4, r2, lsl #1\n\t"                                                                      \
   "rsb r3, r5, r3, lsl #1\n\t"
-/* The end of both requantization forms below: shift right by r6, saturate to int8, store the pair at [r9]
- * and [r9 + lr], move r9 on by one channel. */
+/* The end of both requantization forms below: shift right by r6, saturate to int8, store the pair at [r9 + lr]
+ * and [r9], move r9 on by one channel. */
 #define QGT_PW_SHIFT_STORE                                                                          \
   "asr r4, r4, r6\n\t"                                                                              \
   "asr r5, r5, r6\n\t"                                                                              \
   "ssat r4, #8, r4\n\t"                                                                             \
   "ssat r5, #8, r5\n\t"                                                                             \
-  "strb r4, [r9]\n\t"                                                                               \
   "strb r5, [r9, lr]\n\t"                                                                           \
-  "add r9, r9, #1\n\t"
+  "strb r4, [r9], #1\n\t"
 /* The requantization of accumulators A0 (pixel 0) and A1 (pixel 1) of the channel record at r8 (the fast forms
  * of qgt_internal.h: scale, bias, multiplier and round in one LDM), stored at [r9] and [r9 + lr]; r8 and r9 move
  * on by one channel. */
@@ -366,62 +430,41 @@ typedef char pairs_job_layout_is_the_assembly_s[offsetof(pairs_job, acc) == 48 &
   "add r4, r4, " A0 ", asr #31\n\t"                                                                 \
   "add r5, r5, " A1 ", asr #31\n\t"                                                                 \
   QGT_PW_SHIFT_STORE
-/* Once per call: where a block goes after its dot products ([sp, #16]), by form: label 7 (QGT_FAST), 6
- * (QGT_FAST_RIGHT) or 10 (QGT_GENERIC: the raw accumulators of one block). */
-#define QGT_PW_FORM_SETUP                                                                           \
-  "ldr r1, [r0, #44]\n\t"                                                                           \
-  "cmp r1, #1\n\t"                                                                                  \
-  "beq 11f\n\t"                                                                                     \
-  "bhi 12f\n\t"                                                                                     \
-  "adr.w r2, 10f\n\t"                                                                               \
-  "b 13f\n\t"                                                                                       \
-  "11:\n\t"                                                                                         \
-  "adr.w r2, 7f\n\t"                                                                                \
-  "b 13f\n\t"                                                                                       \
-  "12:\n\t"                                                                                         \
-  "adr.w r2, 6f\n\t"                                                                                \
-  "13:\n\t"                                                                                         \
-  "orr r2, r2, #1\n\t"                              /* Thumb */                                     \
-  "str r2, [sp, #16]\n\t"
-/* After a block: both channels requantized and stored, then the next pair; or the raw accumulators. */
+/* After a block: both channels requantized and stored, the state saved, then the next pair while the channels
+ * last; or the raw accumulators. */
 #define QGT_PW_BLOCK_END                                                                            \
-  "ldr r10, [sp]\n\t"                                                                               \
-  "ldr pc, [sp, #16]\n\t"                                                                           \
   "10:\n\t"                                                                                         \
+  "ldr r10, [sp, #" QGT_PW_JOB "]\n\t"                                                              \
   "add r10, r10, #48\n\t"                                                                           \
   "stm r10, {r0, r1, r2, r3}\n\t"                                                                   \
   "b 9f\n\t"                                                                                        \
   "6:\n\t"                                                                                          \
-  "add r8, r10, #24\n\t"                          /* channels, out, delta */                      \
-  "ldm r8, {r8, r9, lr}\n\t"                                                                        \
+  "add r10, sp, #" QGT_PW_STATE "\n\t"                                                              \
+  "ldm r10, {r8, r9, lr}\n\t"                     /* channels, out, delta */                      \
   QGT_PW_FAST_RIGHT("r0", "r1") QGT_PW_FAST_RIGHT("r2", "r3")                                      \
   "b 8f\n\t"                                                                                        \
   "7:\n\t"                                                                                          \
-  "add r8, r10, #24\n\t"                                                                            \
-  "ldm r8, {r8, r9, lr}\n\t"                                                                        \
+  "add r10, sp, #" QGT_PW_STATE "\n\t"                                                              \
+  "ldm r10, {r8, r9, lr}\n\t"                                                                       \
   QGT_PW_FAST("r0", "r1") QGT_PW_FAST("r2", "r3")                                                  \
   "8:\n\t"                                                                                          \
+  "stm r10, {r8, r9}\n\t"                                                                           \
   "mov r11, r12\n\t"                            /* the next pair's first row */                     \
-  "str r8, [r10, #24]\n\t"                                                                          \
-  "str r9, [r10, #28]\n\t"                                                                          \
-  "ldr r4, [r10, #36]\n\t"                                                                          \
-  "subs r4, r4, #1\n\t"                                                                             \
-  "str r4, [r10, #36]\n\t"                                                                          \
+  "ldr r4, [r10, #12]\n\t"                      /* where the channels end */                        \
+  "cmp r8, r4\n\t"                                                                                  \
   "bne 1b\n\t"                                                                                      \
   "9:\n\t"
 #define QGT_PW_ROUTINE(SETUP, DOT)                                                                  \
   __asm__("push {r4-r11, lr}\n\t"                                                                   \
-          "sub sp, sp, #20\n\t"                       /* [sp]: the job; sp stays 8-byte aligned */    \
-          "str r0, [sp]\n\t" QGT_PW_FORM_SETUP SETUP                                                \
-          "ldr r11, [r0]\n\t" DOT QGT_PW_BLOCK_END                                                  \
-          "add sp, sp, #20\n\t"                                                                     \
+          "sub sp, sp, #" QGT_PW_FRAME "\n\t" SETUP                                                 \
+          "ldr r11, [r0]\n\t" DOT QGT_PW_BLOCK_END                               \
+          "add sp, sp, #" QGT_PW_FRAME "\n\t"                                                       \
           "pop {r4-r11, pc}\n\t")
 #define QGT_ROR(n) ", ror #" #n
 
 #if (QGT_WEIGHT_BITS_MASK >> 1) & 1u
 QGT_ASM_ROUTINE static void pairs_1bit(pairs_job *job __attribute__((unused))) {
-  QGT_PW_ROUTINE(QGT_PW_TAIL_SETUP,
-                 QGT_PW_BLOCK_START("0x00010001")
+  QGT_PW_ROUTINE(QGT_PW_SETUP("0x00010001") QGT_PW_FORM_SETUP QGT_PW_TAIL_SETUP("adr.w r2, 5f\n\torr r2, r2, #1\n\t"),
                  QGT_PW_UNSIGNED_DOT("",
                                      QGT_PW_QUAD("", QGT_ROR(1)) QGT_PW_QUAD(QGT_ROR(2), QGT_ROR(3))
                                      QGT_PW_QUAD(QGT_ROR(4), QGT_ROR(5)) QGT_PW_QUAD(QGT_ROR(6), QGT_ROR(7))
@@ -431,33 +474,30 @@ QGT_ASM_ROUTINE static void pairs_1bit(pairs_job *job __attribute__((unused))) {
                                      QGT_PW_QUAD_BACK(QGT_ROR(10), QGT_ROR(11))
                                      QGT_PW_QUAD_BACK(QGT_ROR(8), QGT_ROR(9)) QGT_PW_QUAD_BACK(QGT_ROR(6), QGT_ROR(7))
                                      QGT_PW_QUAD_BACK(QGT_ROR(4), QGT_ROR(5)) QGT_PW_QUAD_BACK(QGT_ROR(2), QGT_ROR(3))
-                                     QGT_PW_QUAD_BACK("", QGT_ROR(1)), "392")
-                 QGT_PW_DOUBLE);
+                                     QGT_PW_QUAD_BACK("", QGT_ROR(1)), "392", QGT_PW_DOUBLE));
 }
 #endif
 #if (QGT_WEIGHT_BITS_MASK >> 2) & 1u
 QGT_ASM_ROUTINE static void pairs_2bit(pairs_job *job __attribute__((unused))) {
-  QGT_PW_ROUTINE(QGT_PW_TAIL_SETUP,
-                 QGT_PW_BLOCK_START("0x00030003")
+  QGT_PW_ROUTINE(QGT_PW_SETUP("0x00030003") QGT_PW_FORM_SETUP QGT_PW_TAIL_SETUP(""),
                  QGT_PW_UNSIGNED_DOT(QGT_PW_FLIP("0xAAAAAAAA"),
                                      QGT_PW_QUAD("", QGT_ROR(2)) QGT_PW_QUAD(QGT_ROR(4), QGT_ROR(6))
                                      QGT_PW_QUAD(QGT_ROR(8), QGT_ROR(10)) QGT_PW_QUAD(QGT_ROR(12), QGT_ROR(14)),
                                      QGT_PW_QUAD_BACK(QGT_ROR(8), QGT_ROR(10)) QGT_PW_QUAD_BACK(QGT_ROR(4), QGT_ROR(6))
-                                     QGT_PW_QUAD_BACK("", QGT_ROR(2)), "168"));
+                                     QGT_PW_QUAD_BACK("", QGT_ROR(2)), "168", ""));
 }
 #endif
 #if (QGT_WEIGHT_BITS_MASK >> 4) & 1u
 QGT_ASM_ROUTINE static void pairs_4bit(pairs_job *job __attribute__((unused))) {
-  QGT_PW_ROUTINE(QGT_PW_TAIL_SETUP,
-                 QGT_PW_BLOCK_START("0x000F000F")
+  QGT_PW_ROUTINE(QGT_PW_SETUP("0x000F000F") QGT_PW_FORM_SETUP QGT_PW_TAIL_SETUP(""),
                  QGT_PW_UNSIGNED_DOT(QGT_PW_FLIP("0x88888888"),
                                      QGT_PW_QUAD("", QGT_ROR(4)) QGT_PW_QUAD(QGT_ROR(8), QGT_ROR(12)),
-                                     QGT_PW_QUAD_BACK("", QGT_ROR(4)), "56"));
+                                     QGT_PW_QUAD_BACK("", QGT_ROR(4)), "56", ""));
 }
 #endif
 #if (QGT_WEIGHT_BITS_MASK >> 8) & 1u
 QGT_ASM_ROUTINE static void pairs_8bit(pairs_job *job __attribute__((unused))) {
-  QGT_PW_ROUTINE("", QGT_PW_BLOCK_START("0") QGT_PW_8BIT_DOT);
+  QGT_PW_ROUTINE(QGT_PW_SETUP("0") QGT_PW_FORM_SETUP, QGT_PW_8BIT_DOT);
 }
 #endif
 
@@ -493,7 +533,6 @@ typedef struct {
   const qgt_channel *channels;
   int16_t *copy;
   int8_t *field; /* one receptive field gathered as int8, for non-pointwise layers */
-  int pointwise;
   int form; /* the requantization form (QGT_FAST...) when the clamp is the whole int8 range, else QGT_GENERIC */
 #if QGT_DSP
   pairs_job pairs;        /* the channel-pair routine's job for every pixel pair but starts, out and delta */
@@ -535,9 +574,7 @@ static void channels_of_pair(conv_job *job, const int32_t sums[2], int8_t *out0,
   routine_job->start[1] = block_start(bits, sums[1]);
   routine_job->out = out0;
   routine_job->delta = (int32_t)(out1 - out0);
-  if (job->form != QGT_GENERIC && out_c >= 2) { /* the routine moves channels, out and pairs on: reset them */
-    routine_job->channels = job->channels;
-    routine_job->pairs = out_c / 2;
+  if (job->form != QGT_GENERIC && out_c >= 2) {
     job->routine(routine_job);
     if ((out_c & 1) == 0) return;
   }
@@ -809,39 +846,50 @@ static void first_conv(const conv_job *job) {
 }
 #endif
 
-/* The loop over pixel pairs (raster order over the batch); an odd last pixel is a pair of itself. */
-static void conv_rows(conv_job *job) {
-  const qgt_filter *filter = job->filter;
+/* The pixel pairs of a pointwise layer (raster order over the batch), whose receptive field is the input pixel; an
+ * odd last pixel is a pair of itself. */
+static void pointwise_rows(conv_job *job) {
   const qgt_dims *out = job->output_dims;
-  const int32_t pixels = out->n * out->h * out->w, out_c = filter->out_channels;
-  const int32_t offset = job->params->input_offset, length = filter->row_length;
-  const fields f = fields_of(job->params, job->input_dims, job->input, filter, job->field);
+  const int32_t pixels = out->n * out->h * out->w, out_c = job->filter->out_channels;
+  const int32_t offset = job->params->input_offset, length = job->filter->row_length;
+  const int8_t *in = job->input;
+  int8_t *o = job->output;
+  for (int32_t p = 0; p < pixels; p += 2, in += 2 * (size_t)length, o += 2 * (size_t)out_c) {
+    const int both = p + 1 < pixels;
+    int32_t sums[2];
+#if QGT_DSP
+    widen_pair(in, both ? in + length : in, length, offset, job->copy, sums);
+#else
+    sums[0] = widen(in, length, offset, 0, job->copy);
+    sums[1] = widen(both ? in + length : in, length, offset, 1, job->copy);
+#endif
+    channels_of_pair(job, sums, o, both ? o + out_c : o);
+  }
+}
+
+/* The pixel pairs of any other layer, their receptive fields gathered (raster order over the batch); an odd last
+ * pixel is a pair of itself. */
+static void field_rows(conv_job *job) {
+  const qgt_dims *out = job->output_dims;
+  const int32_t pixels = out->n * out->h * out->w, out_c = job->filter->out_channels;
+  const int32_t offset = job->params->input_offset;
+  const fields f = fields_of(job->params, job->input_dims, job->input, job->filter, job->field);
   const int8_t *image = job->input;
   int32_t oy = 0, ox = 0; /* of pixel p + k */
   for (int32_t p = 0; p < pixels; p += 2) {
     const int32_t second = p + 1 < pixels ? p + 1 : p;
     int32_t sums[2];
-    if (job->pointwise) { /* the receptive field is the input pixel */
-#if QGT_DSP
-      widen_pair(job->input + (size_t)p * length, job->input + (size_t)second * length, length, offset, job->copy,
-                 sums);
-#else
-      sums[0] = widen(job->input + (size_t)p * length, length, offset, 0, job->copy);
-      sums[1] = widen(job->input + (size_t)second * length, length, offset, 1, job->copy);
-#endif
-    } else {
-      for (int32_t k = 0; k < 2; ++k) {
-        if (k == 1 && second == p) {
-          sums[1] = widen(job->field, f.padded, offset, 1, job->copy);
-          break;
-        }
-        sums[k] = copy_field(&f, image, oy, ox, job->copy, k);
-        if (++ox == out->w) {
-          ox = 0;
-          if (++oy == out->h) {
-            oy = 0;
-            image += f.image_bytes;
-          }
+    for (int32_t k = 0; k < 2; ++k) {
+      if (k == 1 && second == p) {
+        sums[1] = widen(job->field, f.padded, offset, 1, job->copy);
+        break;
+      }
+      sums[k] = copy_field(&f, image, oy, ox, job->copy, k);
+      if (++ox == out->w) {
+        ox = 0;
+        if (++oy == out->h) {
+          oy = 0;
+          image += f.image_bytes;
         }
       }
     }
@@ -959,7 +1007,6 @@ qgt_status qgt_conv2d(const qgt_conv_params *params, const qgt_quant_params *qua
   job.channels = channels;
   job.copy = (int16_t *)(void *)copy;
   job.field = (int8_t *)(copy + pair_copy_bytes(filter));
-  job.pointwise = pointwise;
   job.form = full_range ? form : QGT_GENERIC;
 #if QGT_DSP
   if (!pointwise && first_conv_fits(params, filter, job.form)) {
@@ -968,7 +1015,7 @@ qgt_status qgt_conv2d(const qgt_conv_params *params, const qgt_quant_params *qua
   }
   pairs_job_of(&job);
 #endif
-  conv_rows(&job);
+  (pointwise ? pointwise_rows : field_rows)(&job);
   return QGT_OK;
 }
 

@@ -265,8 +265,9 @@ static void filter_for_three_by_three(const layout *l, uint32_t *weights) {
 /* The 3 x 3 layers' loop on the DSP path: assembly routines (one per stride), over all whole channel pairs of
  * an output row, two pixels per pass. Per pair, its 9 weight words and 2 channel records are copied into the
  * routine's stack frame, where they are addressed from sp: so the 13 registers of a pass (4 accumulators, 4
- * temporaries, 3 row pointers, the input offset, the output pointer) and the pass count fit in the 14 there
- * are; the compiler's version spilled and reloaded row pointers around every pass. Filter row k reads the
+ * temporaries, 3 row pointers, the input offset, the output pointer) and out_c fit in the 14 there are, and a
+ * pass ends when the first row pointer reaches the end kept in the frame; the compiler's version spilled and
+ * reloaded row pointers around every pass. Filter row k reads the
  * ring row at its pointer: stride 1, columns 0..3 (words A: columns 0, 1 and B: 2, 3 of both channels); stride
  * 2, columns 0..4 (words A, B, C). Its weights are 12 bytes at [sp, #12k]: (w0, w1) of channel 0, (w0, w1) of
  * channel 1, (w2 of both). r0, r1: channel 0 at pixels 0, 1; r2, r3: channel 1. The first row multiplies, the
@@ -286,7 +287,8 @@ typedef struct {
 typedef char dw_rows_job_layout_is_the_assembly_s[offsetof(dw_rows_job, offset2) == 40 ? 1 : -1];
 
 /* The frame: weights at [sp, #0], records at [sp, #36], the job at [sp, #84], out_c at [sp, #88], offset2 at
- * [sp, #92]. */
+ * [sp, #92], where the pair's passes end (the first row pointer after them) at [sp, #96]. In a pass r11 holds
+ * out_c and r12 offset2. */
 #define QGT_DW_MUL(acc, op) op " " acc ", r6, r7\n\t"
 #define QGT_DW_ACC(acc, op) op " " acc ", r6, r7, " acc "\n\t"
 #define QGT_DW_FIRST(acc, mul, mla) QGT_DW_MUL(acc, mul)
@@ -334,8 +336,8 @@ typedef char dw_rows_job_layout_is_the_assembly_s[offsetof(dw_rows_job, offset2)
   ROW("r8", "0", "4", "8", QGT_DW_FIRST) ROW("r9", "12", "16", "20", QGT_DW_LATER)                        \
   ROW("r10", "24", "28", "32", QGT_DW_LATER)
 /* Accumulators A0 (pixel 0) and A1 (pixel 1) requantized with the record at [sp, #B] (the fast form of
- * qgt_internal.h) and stored at [lr] and [lr + r12]. */
-#define QGT_DW_FAST(A0, A1, B, B8, B16)                                                              \
+ * qgt_internal.h) and stored at [lr] and [lr + r11]; lr then moves by MOVE. */
+#define QGT_DW_FAST(A0, A1, B, B8, B16, MOVE)                                                        \
   "ldrd r4, r5, [sp, #" B "]\n\t"                   /* scale, bias */                               \
   "mla " A0 ", " A0 ", r4, r5\n\t"                                                                  \
   "mla " A1 ", " A1 ", r4, r5\n\t"                                                                  \
@@ -351,15 +353,16 @@ typedef char dw_rows_job_layout_is_the_assembly_s[offsetof(dw_rows_job, offset2)
   "asr r7, r7, r4\n\t"                                                                              \
   "ssat r6, #8, r6\n\t"                                                                             \
   "ssat r7, #8, r7\n\t"                                                                             \
-  "strb r6, [lr]\n\t"                                                                               \
-  "strb r7, [lr, r12]\n\t"
-#define QGT_DW_ROUTINE(ROW)                                                                         \
+  "strb r7, [lr, r11]\n\t"                                                                          \
+  "strb r6, [lr], #" MOVE "\n\t"
+/* ROW_SHIFT: log2 of the bytes a pass moves a row pointer on. */
+#define QGT_DW_ROUTINE(ROW, ROW_SHIFT)                                                              \
   __asm__("push {r4-r11, lr}\n\t"                                                                   \
           "sub sp, sp, #100\n\t"                                                                    \
           "str r0, [sp, #84]\n\t"                                                                   \
           "ldr r1, [r0, #24]\n\t"                                                                   \
-          "ldr r2, [r0, #40]\n\t"                                                                   \
-          "strd r1, r2, [sp, #88]\n\t"                                                              \
+          "ldr r12, [r0, #40]\n\t"                                                                  \
+          "strd r1, r12, [sp, #88]\n\t"                                                             \
           "1:\n\t"                                  /* a channel pair: its weights and records */   \
           "ldr r0, [sp, #84]\n\t"                                                                   \
           "ldr r1, [r0, #12]\n\t"                                                                   \
@@ -383,16 +386,15 @@ typedef char dw_rows_job_layout_is_the_assembly_s[offsetof(dw_rows_job, offset2)
           "add r1, lr, #2\n\t"                                                                      \
           "str r1, [r0, #20]\n\t"                                                                   \
           "ldr r11, [r0, #28]\n\t"                                                                  \
-          "ldr r12, [sp, #92]\n\t"                                                                  \
+          "add r11, r8, r11, lsl #" ROW_SHIFT "\n\t"                                                \
+          "str r11, [sp, #96]\n\t"                                                                  \
+          "ldr r11, [sp, #88]\n\t"                                                                  \
           "2:\n\t" QGT_DW_PASS(ROW)                 /* a pass: two pixels */                        \
-          "ldr r12, [sp, #88]\n\t"                                                                  \
-          QGT_DW_FAST("r0", "r1", "36", "44", "52")                                                 \
-          "add lr, lr, #1\n\t"                                                                      \
-          QGT_DW_FAST("r2", "r3", "60", "68", "76")                                                 \
-          "add lr, lr, r12, lsl #1\n\t"                                                             \
-          "sub lr, lr, #1\n\t"                                                                      \
-          "ldr r12, [sp, #92]\n\t"                                                                  \
-          "subs r11, r11, #1\n\t"                                                                   \
+          QGT_DW_FAST("r0", "r1", "36", "44", "52", "1")                                            \
+          QGT_DW_FAST("r2", "r3", "60", "68", "76", "-1")                                           \
+          "add lr, lr, r11, lsl #1\n\t"                                                             \
+          "ldr r4, [sp, #96]\n\t"                                                                   \
+          "cmp r8, r4\n\t"                                                                          \
           "bne 2b\n\t"                                                                              \
           "ldr r0, [sp, #84]\n\t"                                                                   \
           "ldr r1, [r0, #32]\n\t"                                                                   \
@@ -403,11 +405,11 @@ typedef char dw_rows_job_layout_is_the_assembly_s[offsetof(dw_rows_job, offset2)
           "pop {r4-r11, pc}\n\t")
 
 QGT_ASM_ROUTINE static void rows_3x3_stride1(dw_rows_job *job __attribute__((unused))) {
-  QGT_DW_ROUTINE(QGT_DW_STRIDE1);
+  QGT_DW_ROUTINE(QGT_DW_STRIDE1, "2");
 }
 
 QGT_ASM_ROUTINE static void rows_3x3_stride2(dw_rows_job *job __attribute__((unused))) {
-  QGT_DW_ROUTINE(QGT_DW_STRIDE2);
+  QGT_DW_ROUTINE(QGT_DW_STRIDE2, "3");
 }
 
 /* One filter row of a 3 x 3 channel pair at one pixel: ring columns 0..2 at r; acc = {channel 0, channel 1}. */
