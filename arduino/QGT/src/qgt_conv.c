@@ -162,17 +162,31 @@ static void widen_pair(const int8_t *pixel0, const int8_t *pixel1, int32_t lengt
                        int16_t *copy, int32_t sums[2]) {
   const int32_t offset = qgt__both_lanes(input_offset);
   uint32_t *words = (uint32_t *)(void *)copy;
-  int32_t sum0 = 0, sum1 = 0, k = 0;
-  for (; k + 4 <= length; k += 4, words += 4) {
-    const int32_t a = (int32_t)qgt__load32(pixel0 + k), b = (int32_t)qgt__load32(pixel1 + k);
-    const int32_t even0 = __sxtab16(offset, a), odd0 = qgt__sxtab16_odd(offset, a);
-    const int32_t even1 = __sxtab16(offset, b), odd1 = qgt__sxtab16_odd(offset, b);
-    words[0] = (uint32_t)even0;
-    words[1] = (uint32_t)even1;
-    words[2] = (uint32_t)odd0;
-    words[3] = (uint32_t)odd1;
-    sum0 = __smlad(even0, (int32_t)kOnes, __smlad(odd0, (int32_t)kOnes, sum0));
-    sum1 = __smlad(even1, (int32_t)kOnes, __smlad(odd1, (int32_t)kOnes, sum1));
+  int32_t sum0 = 0, sum1 = 0;
+  const int32_t k = 4 * (length / 4);
+  if (k > 0) {
+    /* per quad: both pixels' even and odd lanes stored in the copy's order by one STM, which stores in register
+     * order: hence the lanes pinned to r8-r11 */
+    register int32_t even0 __asm__("r8"), even1 __asm__("r9"), odd0 __asm__("r10"), odd1 __asm__("r11");
+    const int8_t *at0 = pixel0, *at1 = pixel1;
+    __asm__ volatile("1: ldr %[odd0], [%[at0]], #4\n\t"
+                     "ldr %[odd1], [%[at1]], #4\n\t"
+                     "sxtab16 %[even0], %[offset], %[odd0]\n\t"
+                     "sxtab16 %[odd0], %[offset], %[odd0], ror #8\n\t"
+                     "sxtab16 %[even1], %[offset], %[odd1]\n\t"
+                     "sxtab16 %[odd1], %[offset], %[odd1], ror #8\n\t"
+                     "stmia %[words]!, {r8, r9, r10, r11}\n\t"
+                     "smlad %[sum0], %[even0], %[ones], %[sum0]\n\t"
+                     "smlad %[sum0], %[odd0], %[ones], %[sum0]\n\t"
+                     "smlad %[sum1], %[even1], %[ones], %[sum1]\n\t"
+                     "smlad %[sum1], %[odd1], %[ones], %[sum1]\n\t"
+                     "cmp %[at0], %[end]\n\t"
+                     "bne 1b"
+                     : [even0] "=&r"(even0), [even1] "=&r"(even1), [odd0] "=&r"(odd0), [odd1] "=&r"(odd1),
+                       [at0] "+&r"(at0), [at1] "+&r"(at1), [words] "+&r"(words), [sum0] "+&r"(sum0),
+                       [sum1] "+&r"(sum1)
+                     : [offset] "r"(offset), [ones] "r"(kOnes), [end] "r"(pixel0 + k)
+                     : "cc", "memory");
   }
   if (k < length) {
     sums[0] = sum0 + widen(pixel0 + k, length - k, input_offset, 0, (int16_t *)(void *)words);

@@ -149,9 +149,31 @@ static inline void store16(uint8_t *p, uint32_t v) {
   p[1] = (uint8_t)(v >> 8);
 }
 
-/* Input row y of image `image` into ring slot `slot`, in channel pairs; padding and a missing last channel
- * hold the zero point. Inside the input, whole groups of 4 channels of two columns at a time: two word
- * loads, two half-word packs, two word stores. */
+/* The ring columns inside the input: [first, last). */
+static inline int32_t first_inside(const qgt_conv_params *params, const layout *l) {
+  return qgt__min(qgt__max(params->padding.w, 0), l->width);
+}
+
+static inline int32_t last_inside(const qgt_conv_params *params, const qgt_dims *input_dims, const layout *l) {
+  return qgt__min(params->padding.w + input_dims->w, l->width);
+}
+
+/* The padding columns of every ring row hold the zero point: written once per call, as load_row writes only the
+ * columns inside the input (and a whole row outside it). */
+static void pad_ring(const qgt_conv_params *params, const qgt_dims *input_dims, const layout *l, uint8_t *ring) {
+  const uint32_t zero = (uint8_t)(-params->input_offset) * 0x0101u;
+  const int32_t first = first_inside(params, l), last = last_inside(params, input_dims, l);
+  const int32_t segments = l->rows * ((input_dims->c + 1) / 2);
+  for (int32_t p = 0; p < segments; ++p) { /* padding columns: a few, so no memset call */
+    uint8_t *column = ring + (size_t)p * l->segment_bytes;
+    for (int32_t x = 0; x < first; ++x) store16(column + 2 * x, zero);
+    for (int32_t x = last; x < l->width; ++x) store16(column + 2 * x, zero);
+  }
+}
+
+/* Input row y of image `image` into ring slot `slot`, in channel pairs, its padding columns left as pad_ring wrote
+ * them; a missing last channel holds the zero point, and so does a row outside the input. Inside the input, whole
+ * groups of 4 channels of two columns at a time: two word loads, two half-word packs, two word stores. */
 static void load_row(const qgt_conv_params *params, const qgt_dims *input_dims, const int8_t *image, const layout *l,
                      int32_t y, uint8_t *slot) {
   const uint8_t zero = (uint8_t)(-params->input_offset);
@@ -161,22 +183,16 @@ static void load_row(const qgt_conv_params *params, const qgt_dims *input_dims, 
     memset(slot, zero, l->row_bytes);
     return;
   }
-  const int32_t first = qgt__min(qgt__max(params->padding.w, 0), l->width);   /* first inside column */
-  const int32_t last = qgt__min(params->padding.w + input_dims->w, l->width); /* one past the last */
-  for (int32_t p = 0; p < in_pairs; ++p) { /* padding columns: a few, so no memset call */
-    uint8_t *column = slot + (size_t)p * segment;
-    for (int32_t x = 0; x < first; ++x) store16(column + 2 * x, zero * 0x0101u);
-    for (int32_t x = last; x < l->width; ++x) store16(column + 2 * x, zero * 0x0101u);
-  }
+  const int32_t first = first_inside(params, l), last = last_inside(params, input_dims, l);
   const int8_t *row = image + (size_t)y * (size_t)input_dims->w * (size_t)c;
-  int32_t cx = first;
-  for (; cx + 2 <= last; cx += 2) {
-    const int8_t *x0 = row + (size_t)(cx - params->padding.w) * (size_t)c, *x1 = x0 + c;
-    uint8_t *to = slot + 2u * (size_t)cx;
-    for (int32_t g = 0; g < groups; ++g, to += 2 * segment) {
-      const uint32_t a = qgt__load32(x0 + 4 * g), b = qgt__load32(x1 + 4 * g);
-      qgt__store32(to, low_halves(a, b));
+  const int32_t cx = first + (last - first) / 2 * 2; /* the column pairs end */
+  for (int32_t g = 0; g < groups; ++g) { /* group by group: a column pair is a 4-byte step of the stores */
+    const int8_t *x0 = row + (size_t)(first - params->padding.w) * (size_t)c + 4 * g;
+    uint8_t *to = slot + 2 * (size_t)g * segment + 2u * (size_t)first;
+    for (uint8_t *const end = slot + 2 * (size_t)g * segment + 2u * (size_t)cx; to != end; to += 4, x0 += 2 * c) {
+      const uint32_t a = qgt__load32(x0), b = qgt__load32(x0 + c);
       qgt__store32(to + segment, high_halves(a, b));
+      qgt__store32(to, low_halves(a, b));
     }
   }
   /* the rest: channels past the groups of 4, and a last odd column */
@@ -570,6 +586,7 @@ static void depthwise_rows(const qgt_conv_params *params, const qgt_quant_params
   const int32_t out_c = out->c, in_c = in->c;
   const int form = qgt__expand_channels(filter, quant, params->output_offset, channels);
   widen_filter(filter, &l, weights);
+  pad_ring(params, in, &l, ring);
 #if !QGT_DSP
   (void)form; /* the portable path has one form */
 #else
