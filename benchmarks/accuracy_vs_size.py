@@ -5,6 +5,8 @@ and Fashion-MNIST with its 60k training images.
 
     python benchmarks/accuracy_vs_size.py            # the committed configuration (see --help)
     python benchmarks/accuracy_vs_size.py --quick --out=/tmp/quick   # every row once, in minutes
+    python benchmarks/accuracy_vs_size.py --replot --out=benchmarks/results/accuracy_vs_size_person
+                                                     # draw the figures again from the committed JSON
 
 The harness is the same for every method of a data set: per seed one float start (the MLPerf Tiny VWW
 weights for person96, float pre-training for Fashion-MNIST) that every method fine-tunes from for the same
@@ -19,7 +21,9 @@ Writes <out>.json ({"provenance", "config", "rows", "runs"}), <out>.md (tables, 
 <out>.png (accuracy against deployed bytes, Pareto front drawn) and <out>_ood.png (out-of-scene agreement and
 AUC against the teacher). While it runs, every finished run is appended to <out>.partial.jsonl and each seed's
 float start is kept in <out>.partial/, so an interrupted run resumes where it stopped (same flags); both are
-removed when the results are written.
+removed when the results are written. --replot trains nothing: it reads the "rows" of an existing <out>.json
+and draws <out>.png and <out>_ood.png again from them, leaving the .json and .md as they are (the other flags
+are ignored), e.g. after a change to the figures.
 """
 
 import dataclasses
@@ -28,6 +32,7 @@ import math
 import os
 import pathlib
 import shutil
+import textwrap
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -36,6 +41,8 @@ import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")  # files only, no display
 
+import matplotlib.lines  # noqa: E402
+import matplotlib.patches  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -71,6 +78,8 @@ flags.DEFINE_integer("fmnist_batch", 128, "Fashion-MNIST: batch size.", lower_bo
 flags.DEFINE_float("mixed_bits", 2.5, "qgt_mixed budget in mean bits per kernel weight.")
 flags.DEFINE_bool("deterministic", True, "tf.config.experimental.enable_op_determinism().")
 flags.DEFINE_integer("verbose", 2, "Keras fit verbosity.")
+flags.DEFINE_bool("replot", False, "Train nothing: draw <out>.png and <out>_ood.png again from the rows of an "
+                  "existing <out>.json (the .json and .md are left as they are; the other flags are ignored).")
 flags.DEFINE_bool("quick", False, "A smoke run: small_cnn on 64 images at 16x16 (person96) and 64 Fashion-MNIST "
                   "images, one float and one method epoch, one seed, no MLPerf start; numbers mean nothing.")
 
@@ -575,52 +584,123 @@ def plot(rows, path):
     plt.close(figure)
 
 
+def _ood_label(row, width=52):
+    """A y tick label of plot_ood: the row's label and bits, wrapped (e.g. "qgt (distilled) · 2 bits"; no
+    break inside "· 2 bits": textwrap breaks at ASCII spaces only)."""
+    return textwrap.fill(f"{row['label']} ·\u00a0{row['bits']:.3g}\u00a0bits", width)
+
+
+def _ood_bars(row, metric, scale):
+    """(source, value, error) of each bar plot_ood draws for ``row``: the Keras model's, then the deployed
+    int8 model's where measured (scaled; error the std over seeds, 0 where absent)."""
+    return [(source, scale * row[f"{source}_{metric}"], scale * (row.get(f"{source}_{metric}_std") or 0.0))
+            for source in ("ood", "ood_int8") if row.get(f"{source}_{metric}") is not None]
+
+
+def _ood_range(bars, scale, goal):
+    """plot_ood's x range for the (source, value, error) ``bars``: from a round tenth of ``scale`` below the
+    lowest bar end minus its error bar (never hiding a bar; 0 at the lowest), to the highest end, ``scale``
+    at least, plus room for the value written after it."""
+    low = min([goal] + [value - error for _, value, error in bars]) - scale / 40
+    low = max(0.0, scale / 10 * math.floor(low / (scale / 10)))
+    high = max([scale] + [value + error for _, value, error in bars])
+    return low, high + 0.12 * (high - low)
+
+
+OOD_SOURCES = {"ood": ("Keras model", "tab:blue"), "ood_int8": ("deployed int8 (TFLite-Micro)", "tab:red")}
+
+
 def plot_ood(rows, path):
-    """Out-of-scene agreement and AUC against the teacher per row of the person96 data sets (Keras model, and
-    the deployed int8 model where measured)."""
-    datasets_ = [d for d in dict.fromkeys(r["dataset"] for r in rows) if any(
-        "ood_agreement" in r for r in rows if r["dataset"] == d)]
-    if not datasets_:
+    """Out-of-scene agreement and AUC against the float teacher: per data set with out-of-scene measures (one
+    above the other) a pair of panels, agreement (%) left and AUC right, with one horizontal bar group per row
+    (the Keras model, and the deployed int8 model where measured; error bars the std over seeds, the value
+    written at the bar end), the goals (97%, 0.97) dashed. The figure grows with the number of rows."""
+    shown = {}
+    for row in rows:
+        if "ood_agreement" in row:
+            shown.setdefault(row["dataset"], []).append(row)
+    if not shown:
         return
-    figure, axes = plt.subplots(2, len(datasets_), figsize=(7 * len(datasets_), 8), squeeze=False)
-    for column, dataset in enumerate(datasets_):
-        shown = [r for r in rows if r["dataset"] == dataset and "ood_agreement" in r]
-        names = [f"{r['label']} {r['bits']:g}" for r in shown]
-        positions = np.arange(len(shown))
-        for axis, metric, scale, goal in ((axes[0, column], "agreement", 100, 97), (axes[1, column], "auc_vs_teacher",
-                                                                                    1, 0.97)):
-            for offset, source, color in ((-0.2, "ood", "tab:blue"), (0.2, "ood_int8", "tab:red")):
-                values = [scale * (r.get(f"{source}_{metric}") or np.nan) for r in shown]
-                errors = [scale * (r.get(f"{source}_{metric}_std") or 0) for r in shown]
-                axis.bar(positions + offset, values, 0.4, yerr=errors, color=color, capsize=2,
-                         label="Keras model" if source == "ood" else "deployed int8 (TFLite-Micro)")
-            axis.axhline(goal, color="black", linestyle="--", linewidth=1, label=f"goal {goal:g}")
-            axis.set_xticks(positions, names, rotation=60, ha="right", fontsize=7)
-            axis.set_ylim(0.5 * scale, 1.0 * scale)
-            axis.set_ylabel(f"{'agreement (%)' if metric == 'agreement' else 'AUC'} vs the float teacher")
-            axis.set_title(f"{dataset}: out of scene (data/ood)")
-            axis.grid(alpha=0.3, axis="y")
-            axis.legend(fontsize=7, loc="lower left")
-    figure.tight_layout()
+    counts = [len(group) for group in shown.values()]
+    figure, axes = plt.subplots(len(shown), 2, sharex="col", sharey="row", squeeze=False, layout="constrained",
+                                figsize=(13, 0.8 + sum(1.1 + 0.36 * n for n in counts)),
+                                gridspec_kw={"height_ratios": counts})  # the same bar width in every panel
+    panels = (("agreement", 100, 97, "agreement with the float teacher's decisions (%)", "{:.1f}", "goal 97%"),
+              ("auc_vs_teacher", 1, 0.97, "AUC against the float teacher's decisions", "{:.3f}", "goal 0.97"))
+    for column, (metric, scale, goal, xlabel, form, goal_text) in enumerate(panels):
+        low, high = _ood_range([bar for group in shown.values() for row in group
+                                for bar in _ood_bars(row, metric, scale)], scale, goal)
+        for axis, (dataset, group) in zip(axes[:, column], shown.items()):
+            for position, row in enumerate(group):
+                bars = _ood_bars(row, metric, scale)
+                if not bars:  # a row whose measure is None (every seed failed to give one)
+                    axis.annotate("n/a", (low, position), xytext=(3, 0), textcoords="offset points", va="center",
+                                  fontsize=7)
+                for (source, value, error), offset in zip(bars, (-0.2, 0.2) if len(bars) == 2 else (0.0,)):
+                    axis.barh(position + offset, value, 0.38, xerr=error, color=OOD_SOURCES[source][1], capsize=2,
+                              error_kw={"elinewidth": 1})
+                    axis.annotate(form.format(value), (value + error, position + offset), xytext=(3, 0),
+                                  textcoords="offset points", va="center", fontsize=7,
+                                  bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 0.5})
+            axis.axvline(goal, color="black", linestyle="--", linewidth=1)
+            axis.annotate(goal_text, (goal, 1), xycoords=("data", "axes fraction"), xytext=(0, 2),
+                          textcoords="offset points", ha="center", va="bottom", fontsize=8)
+            axis.set_yticks(range(len(group)), [_ood_label(row) for row in group], fontsize=8)
+            axis.set_ylim(len(group) - 0.5, -0.5)  # the first row on top
+            axis.set_xlim(low, high)
+            axis.set_xticks([tick for tick in axis.get_xticks() if low <= tick <= scale])
+            axis.tick_params(labelbottom=True)  # sharex would keep the labels of the lowest panel only
+            axis.set_xlabel(xlabel, fontsize=9)
+            axis.grid(alpha=0.3, axis="x")
+            axis.set_title(f"{dataset}: out of scene (data/ood), {'agreement' if scale == 100 else 'AUC'}",
+                           fontsize=10, pad=14)
+    measured = {source for group in shown.values() for row in group for source, _, _ in
+                _ood_bars(row, "agreement", 100)}
+    handles = [matplotlib.patches.Patch(color=color, label=name + (", where measured" if source != "ood" else ""))
+               for source, (name, color) in OOD_SOURCES.items() if source in measured]
+    handles.append(matplotlib.lines.Line2D([], [], color="black", linestyle="--", linewidth=1,
+                                           label="goal: agreement 97%, AUC 0.97"))
+    figure.legend(handles=handles, loc="outside upper center", ncol=len(handles), fontsize=9, frameon=False)
     figure.savefig(path, dpi=100)
     plt.close(figure)
 
 
+def outputs(out):
+    """The files a run with --out=``out`` writes: {"json", "md", "png", "ood_png"}: paths."""
+    out = pathlib.Path(out)
+    return {"json": out.with_suffix(".json"), "md": out.with_suffix(".md"), "png": out.with_suffix(".png"),
+            "ood_png": out.parent / f"{out.name}_ood.png"}
+
+
 def write_results(runs, configs, run):
-    out = pathlib.Path(FLAGS.out)
+    paths = outputs(FLAGS.out)
     rows = aggregate(runs)
     record = run.record()
-    out.with_suffix(".json").write_text(json.dumps(
+    paths["json"].write_text(json.dumps(
         {"provenance": record, "config": dict(configs), "rows": rows, "runs": runs}, indent=1))
-    out.with_suffix(".md").write_text(markdown(rows, configs, record))
-    plot(rows, out.with_suffix(".png"))
-    plot_ood(rows, out.parent / f"{out.name}_ood.png")
-    return out.with_suffix(".md")
+    paths["md"].write_text(markdown(rows, configs, record))
+    plot(rows, paths["png"])
+    plot_ood(rows, paths["ood_png"])
+    return paths["md"]
+
+
+def replot(out):
+    """--replot: draws <out>.png and <out>_ood.png again from the rows of <out>.json, which it only reads (the
+    .md stays too); returns the paths written (no _ood.png where no row has out-of-scene measures)."""
+    paths = outputs(out)
+    rows = json.loads(paths["json"].read_text())["rows"]
+    plot(rows, paths["png"])
+    plot_ood(rows, paths["ood_png"])
+    return [paths["png"]] + ([paths["ood_png"]] if any("ood_agreement" in row for row in rows) else [])
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if FLAGS.replot:
+        for path in replot(FLAGS.out):
+            print(f"wrote {path}")
+        return
     if FLAGS.deterministic:
         tf.config.experimental.enable_op_determinism()
     run = provenance.Run()
