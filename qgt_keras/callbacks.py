@@ -132,16 +132,20 @@ class QGTMonitor(keras.callbacks.Callback):
 class BatchNormAnchor(keras.callbacks.Callback):
     """Anchors the model's BatchNormalization statistics to ``reference`` (``conversion.anchor_batchnorm`` on
     ``batches``) before training and after every epoch, for a fit that leaves the statistics alone in between
-    (``Distiller(..., student_inference_mode=True)``): the weights move, and the statistics follow them."""
+    (``Distiller(..., student_inference_mode=True)``): the weights move, and the statistics follow them. The
+    reference does not change, so its moments on ``batches`` are computed once, at the start of training."""
 
     def __init__(self, reference, batches):
         super().__init__()
         self.reference, self.batches = reference, list(batches)
+        self.reference_moments = None
 
     def _anchor(self):
-        conversion.anchor_batchnorm(student_of(self.model), self.reference, self.batches)
+        conversion.anchor_batchnorm(student_of(self.model), self.reference, self.batches,
+                                    reference_moments=self.reference_moments)
 
     def on_train_begin(self, logs=None):
+        self.reference_moments = conversion.batchnorm_input_moments(self.reference, self.batches)
         self._anchor()
 
     def on_epoch_end(self, epoch, logs=None):

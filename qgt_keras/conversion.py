@@ -345,10 +345,39 @@ def _moments(tensors):
     return mean, np.maximum(squares / count - np.square(mean), 0.0)
 
 
-def anchor_batchnorm(model, reference, dataset, max_batches=None):
+def _norms_of(model):
+    return [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+def _batches_of(model, dataset, max_batches, caller):
+    batches = [tf.convert_to_tensor(batch) for batch in _input_batches(dataset, max_batches)]
+    if not batches:
+        raise ValueError(f"{caller}: the dataset for model {model.name!r} yielded no batch")
+    return batches
+
+
+def batchnorm_input_moments(model, dataset, max_batches=None):
+    """Per BatchNormalization layer of ``model`` (in model order): the per-channel (mean, variance) of its input
+    on the batches of ``dataset``, computed in inference mode, and the layer's stored moving mean and variance:
+    what :func:`anchor_batchnorm` anchors to. For a reference that does not change (a frozen teacher) compute
+    them once and pass them as ``reference_moments``. Raises ValueError as :func:`anchor_batchnorm` does."""
+    norms = _norms_of(model)
+    activations = _batches_of(model, dataset, max_batches, "batchnorm_input_moments")
+    moments = []
+    for segment, layer in zip(_chain_segments(model, norms), norms):
+        inputs = [segment(a, training=False) for a in activations]
+        moments.append((*_moments(inputs), layer.moving_mean.numpy().astype(np.float64),
+                        layer.moving_variance.numpy().astype(np.float64), layer.epsilon))
+        activations = [layer(z, training=False) for z in inputs]
+    return moments
+
+
+def anchor_batchnorm(model, reference, dataset, max_batches=None, reference_moments=None):
     """Sets ``model``'s BatchNormalization statistics so that, on the batches of ``dataset``, every one of its
     BatchNormalization layers normalizes its input to the per-channel mean and spread that the matching layer
     of ``reference`` (in model order) produces from its own input; returns the number of layers set.
+    ``reference_moments``: :func:`batchnorm_input_moments` of ``reference`` on the same batches, computed once
+    where the reference does not change (``reference`` is then only named in errors).
 
     For a student quantized from a float ``reference`` (its teacher) this re-normalizes toward the reference
     instead of toward the data: re-estimating on the data (:func:`recalibrate_batchnorm`) replaces the
@@ -368,32 +397,25 @@ def anchor_batchnorm(model, reference, dataset, max_batches=None):
     Raises ValueError when the models' BatchNormalization layers do not pair up or form no chain, or
     ``dataset`` is empty.
     """
-    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    reference_norms = [layer for layer in reference.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    if len(norms) != len(reference_norms):
+    norms = _norms_of(model)
+    if reference_moments is None:
+        reference_moments = batchnorm_input_moments(reference, dataset, max_batches)
+    if len(norms) != len(reference_moments):
         raise ValueError(f"anchor_batchnorm: model {model.name!r} has {len(norms)} BatchNormalization layers, the "
-                         f"reference {reference.name!r} {len(reference_norms)}")
-    for layer, anchor in zip(norms, reference_norms):
-        if layer.moving_mean.shape != anchor.moving_mean.shape:
+                         f"reference {reference.name!r} {len(reference_moments)}")
+    for layer, (_, _, stored_mean, _, _), anchor in zip(norms, reference_moments, _norms_of(reference)):
+        if layer.moving_mean.shape[0] != len(stored_mean):
             raise ValueError(f"anchor_batchnorm: layer {layer.name!r} of model {model.name!r} has "
                              f"{layer.moving_mean.shape[0]} channels, layer {anchor.name!r} of the reference "
-                             f"{reference.name!r} {anchor.moving_mean.shape[0]}")
-    batches = list(_input_batches(dataset, max_batches))
-    if not batches:
-        raise ValueError(f"anchor_batchnorm: the dataset for model {model.name!r} yielded no batch")
-    student_activations = reference_activations = [tf.convert_to_tensor(batch) for batch in batches]
-    for segment, reference_segment, layer, anchor in zip(_chain_segments(model, norms),
-                                                         _chain_segments(reference, reference_norms), norms,
-                                                         reference_norms):
-        inputs = [segment(a, training=False) for a in student_activations]
-        reference_inputs = [reference_segment(a, training=False) for a in reference_activations]
-        (mean, variance), (reference_mean, reference_variance) = _moments(inputs), _moments(reference_inputs)
-        ratio = np.sqrt((variance + layer.epsilon) / (reference_variance + anchor.epsilon))
-        stored_mean = anchor.moving_mean.numpy().astype(np.float64)
-        stored_variance = anchor.moving_variance.numpy().astype(np.float64)
+                             f"{reference.name!r} {len(stored_mean)}")
+    activations = _batches_of(model, dataset, max_batches, "anchor_batchnorm")
+    for segment, layer, (reference_mean, reference_variance, stored_mean, stored_variance, reference_epsilon) in zip(
+            _chain_segments(model, norms), norms, reference_moments):
+        inputs = [segment(a, training=False) for a in activations]
+        mean, variance = _moments(inputs)
+        ratio = np.sqrt((variance + layer.epsilon) / (reference_variance + reference_epsilon))
         layer.moving_mean.assign((mean - (reference_mean - stored_mean) * ratio).astype(np.float32))
-        layer.moving_variance.assign(np.maximum((stored_variance + anchor.epsilon) * np.square(ratio) - layer.epsilon,
-                                                0.0).astype(np.float32))
-        student_activations = [layer(z, training=False) for z in inputs]
-        reference_activations = [anchor(z, training=False) for z in reference_inputs]
+        layer.moving_variance.assign(np.maximum((stored_variance + reference_epsilon) * np.square(ratio) -
+                                                layer.epsilon, 0.0).astype(np.float32))
+        activations = [layer(z, training=False) for z in inputs]
     return len(norms)

@@ -123,8 +123,12 @@ def test_qgt_pulls_weights_onto_the_grid_under_the_schedule(toy_images):
     assert np.isfinite(after).all()
 
 
-def test_batchnorm_anchor_leaves_the_statistics_anchored_to_the_final_weights(toy_images):
+def test_batchnorm_anchor_leaves_the_statistics_anchored_to_the_final_weights(toy_images, monkeypatch):
     x, y = toy_images
+    measured = []  # the models whose moments were computed from scratch
+    moments = conversion.batchnorm_input_moments
+    monkeypatch.setattr(conversion, "batchnorm_input_moments", lambda model, *a, **k: measured.append(model) or
+                        moments(model, *a, **k))
     teacher = small_cnn()
     conversion.recalibrate_batchnorm(teacher, [x[:64] + 0.5])  # statistics that the training images do not give
     student = quantize_model(teacher, bits=2)  # the teacher's weights and statistics, on the grid
@@ -141,6 +145,7 @@ def test_batchnorm_anchor_leaves_the_statistics_anchored_to_the_final_weights(to
 
     distiller.fit(x, y, epochs=2, verbose=0, callbacks=[Recorder(teacher, batches)])
     assert len(anchors) == 3 and not np.allclose(anchors[1], anchors[2])  # before, after epoch 1, after epoch 2
+    assert measured == [teacher]  # the frozen teacher's moments once, not once per anchoring
     final = [w.numpy() for w in student.weights if "moving" in w.name]
     conversion.anchor_batchnorm(student, teacher, batches)  # the weights have not moved since: a fixed point
     for kept, again in zip(final, [w.numpy() for w in student.weights if "moving" in w.name]):
