@@ -1,13 +1,15 @@
-"""The figures of benchmarks/accuracy_vs_size.py: plot_ood's horizontal bars on synthetic rows (every value
-visible, a missing int8 measure, a value far below 0.5) and --replot, which draws the PNGs again from a
-results JSON without training and without touching the JSON or .md."""
+"""benchmarks/accuracy_vs_size.py without training: its figures (plot_ood's horizontal bars on synthetic rows:
+every value visible, a missing int8 measure, a value far below 0.5; --replot, which draws the PNGs again from a
+results JSON without touching the JSON or .md) and its per-row seeding (run_dataset with training stubbed)."""
 
 import json
 import pathlib
 import sys
+import types
 
 import matplotlib.figure
 import matplotlib.image
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "benchmarks"))
@@ -126,3 +128,38 @@ def test_replot_draws_the_pngs_from_the_json_and_leaves_it(tmp_path, monkeypatch
         _assert_png(out.parent / name)
     assert accuracy_vs_size.replot(out) == [out.with_suffix(".png"), out.parent / "accuracy_vs_size_tiny_ood.png"]
     assert {path: path.read_bytes() for path in before} == before
+
+
+def test_each_row_draws_the_same_numbers_whatever_ran_before_it(monkeypatch, tmp_path):
+    """run_dataset seeds every row by its seed and key: a row's draws (here one number each) are the same when
+    it runs alone as after the rows before it, and differ between rows and between seeds."""
+    if not accuracy_vs_size.FLAGS.is_parsed():
+        accuracy_vs_size.FLAGS(["accuracy_vs_size"])
+    rows = accuracy_vs_size.GRIDS["fashion_mnist"][:4]
+    monkeypatch.setattr(accuracy_vs_size, "grid", lambda name: rows)
+    monkeypatch.setattr(accuracy_vs_size.FLAGS, "seeds", 2)
+    monkeypatch.setattr(accuracy_vs_size.FLAGS, "seeds_8bit", 2)
+    monkeypatch.setattr(accuracy_vs_size.FLAGS, "quick", False)
+    monkeypatch.setattr(accuracy_vs_size.recipes, "build_setup", lambda **options: object())
+    monkeypatch.setattr(accuracy_vs_size, "run_row", lambda setup, row: types.SimpleNamespace(
+        bits=1.0, accuracy=float(np.random.random())))
+    monkeypatch.setattr(accuracy_vs_size, "measure_run",
+                        lambda name, seed, row, setup, result, ood: {"dataset": name, "seed": seed, "key": row.key,
+                                                                     "draw": result.accuracy})
+
+    class Partial(accuracy_vs_size.Partial):
+        def float_start(self, dataset, seed, setup):
+            np.random.random()  # the float start draws too, and differently often in a resumed run
+
+    def draws(skip):
+        partial = Partial(tmp_path / f"skip{len(skip)}", {})
+        partial.runs = [{"dataset": "fashion_mnist", "seed": s, "key": k} for s, k in skip]
+        accuracy_vs_size.run_dataset("fashion_mnist", partial, lambda: None)
+        return {(r["seed"], r["key"]): r["draw"] for r in partial.runs if "draw" in r}
+
+    everything = draws([])
+    last_only = draws([(s, row.key) for s in (0, 1) for row in rows[:-1]])
+    assert len(everything) == 2 * len(rows) and set(last_only) == {(0, rows[-1].key), (1, rows[-1].key)}
+    for key, value in last_only.items():
+        assert value == everything[key]
+    assert len(set(everything.values())) == len(everything)
