@@ -100,52 +100,70 @@ def _channel0(model_bytes):
     return tflite_model.tensor_array(model, op.weights)[0].ravel(), tflite_model.tensor_scales(model, op.weights)[0][0]
 
 
-def _model_with_a_negligible_channel():
-    """(tiny_model, its plain int8 conversion) where pw1's kernel is on its 2-bit grid and channel 0's (codes
-    -2, 1, 1, 1, 0) is so small next to its bias of 1 that TFLite raises the channel's scale until the bias fits
-    int32 (to 2^30 steps), which rounds its largest weight to one int8 step and the rest to zero. A kernel
-    trained to zero ends like this; the grid scale fitted to such codes would overflow the bias."""
+def _model_with_a_negligible_channel(bits, codes, size):
+    """(tiny_model, its plain int8 conversion) where pw1's kernel is on its b-bit grid and channel 0's
+    (``codes`` times ``size`` steps of the raised scale below) is so small next to its bias of 1 that TFLite
+    raises the channel's scale until the bias fits int32 (to 2^30 steps). A kernel trained toward zero ends
+    like this; with ``size`` below 1/2 the grid scale fitted to such codes would overflow the bias."""
     model, images = tiny_model(), calibration_images()
     int8, op = _pw1(keras_convert.to_int8_tflite(model, images))
     input_scale = tflite_model.tensor_scales(int8, op.input)[0][0]
     layer, bn = model.get_layer("pw1"), model.get_layer("bn3")
     kernel, bias = layer.get_weights()
-    kernel = quantizers.dequantize(*quantizers.quantize(kernel, 2)).numpy()  # on the grid: the export keeps it
+    kernel = quantizers.dequantize(*quantizers.quantize(kernel, bits)).numpy()  # on the grid: the export keeps it
     gamma, beta, mean, var = bn.get_weights()
     fold = gamma / np.sqrt(var + bn.epsilon)
     beta[0] = 1.0 - (bias[0] - mean[0]) * fold[0]  # the folded bias of channel 0 is 1
     bn.set_weights([gamma, beta, mean, var])
     raised_scale = 1.0 / (input_scale * 2.0 ** 30)
-    kernel[0, 0, :, 0] = np.array([-2, 1, 1, 1, 0]) * 0.35 * raised_scale / fold[0]
+    kernel[0, 0, :, 0] = np.array(codes) * size * raised_scale / fold[0]
     layer.set_weights([kernel, bias])
     return model, keras_convert.to_int8_tflite(model, images)
 
 
-def test_a_kernel_negligible_next_to_its_bias_keeps_the_converters_scale():
-    model, plain_int8 = _model_with_a_negligible_channel()
+# (bits, channel 0's codes, their step in units of the converter's raised scale): within one int8 step of
+# zero at 2 bits; two steps at 4 bits; all zero at the converter's scale, which the 1-bit grid lacks.
+NEGLIGIBLE_CHANNELS = [(2, [-2, 1, 1, 1, 0], 0.35), (4, [7, -4, -4, -4, 0], 0.35), (1, [-1, 1, 1, -1, 1], 0.4)]
+
+
+@pytest.mark.parametrize("bits, codes, size", NEGLIGIBLE_CHANNELS)
+def test_a_kernel_negligible_next_to_its_bias_keeps_the_converters_scale(bits, codes, size):
+    model, plain_int8 = _model_with_a_negligible_channel(bits, codes, size)
     converter_codes, converter_scale = _channel0(plain_int8)
-    assert sorted(set(converter_codes.tolist())) == [-1, 0]  # the case this test is about: TFLite raised the scale
+    assert np.abs(converter_codes).max() == max(round(abs(c) * size) for c in codes)  # TFLite raised the scale
     images = calibration_images()
-    result = keras_convert.convert_keras(model, images, {"pw1": 2})
-    codes, scale = _channel0(result.tflite)
-    np.testing.assert_array_equal(codes, converter_codes)  # the finer scale of the Keras codes cannot hold the bias
-    assert scale == pytest.approx(converter_scale)
+    result = keras_convert.convert_keras(model, images, {"pw1": bits})
+    channel_codes, scale = _channel0(result.tflite)
+    assert scale == pytest.approx(converter_scale)  # the finer scale of the Keras codes cannot hold the bias
+    # Re-snapped at that scale: the converter's codes where they are on the grid, the nearest ones where not.
+    if bits == 1:
+        np.testing.assert_array_equal(channel_codes, codes)
+    else:
+        np.testing.assert_array_equal(channel_codes, converter_codes)
     snap.check_grid(result.tflite, result.bits)
     inputs = verify.quantize_inputs(result.tflite, images[:4])
+    # 1-bit biases are rounded at the step of a +-1 code, twice as coarse as 2-bit ones.
     assert np.abs(verify.run_tflite(result.tflite, inputs).astype(int)
-                  - verify.run_tflite(plain_int8, inputs).astype(int)).max() <= 1
+                  - verify.run_tflite(plain_int8, inputs).astype(int)).max() <= (2 if bits == 1 else 1)
     pack.pack_model(pack.round_parameters(result.tflite))  # the packed format holds its scale (raises if not)
-    # So does post-training snapping of the int8 model: its int8 codes are on the 2-bit grid already.
+    # So does post-training snapping of the int8 model.
     int8, op = _pw1(plain_int8)
-    snapped = snap.snap_tflite(plain_int8, bits={tflite_model.tensor_name(int8, op.weights): 2})
+    snapped = snap.snap_tflite(plain_int8, bits={tflite_model.tensor_name(int8, op.weights): bits})
     snapped_codes, snapped_scale = _channel0(snapped)
-    np.testing.assert_array_equal(snapped_codes, converter_codes)
-    assert snapped_scale == pytest.approx(converter_scale)
+    if bits > 1:  # its int8 codes are on the grid already (1 bit: zeros, which no scale of the grid holds)
+        np.testing.assert_array_equal(snapped_codes, converter_codes)
+        assert snapped_scale == pytest.approx(converter_scale)
+    snap.check_grid(snapped, {tflite_model.tensor_name(int8, op.weights): bits})
 
 
-def test_unresolved_channels_are_those_within_one_int8_step():
-    codes = np.array([[-128, 1, 0, 2], [0, -1, 0, 0]], np.int8)
-    np.testing.assert_array_equal(snap.unresolved_channels(codes), [False, True, True, False])
+def test_a_bias_that_overflows_codes_that_must_stay_is_refused():
+    _, plain_int8 = _model_with_a_negligible_channel(2, [-2, 1, 1, 1, 0], 0.35)
+    model, op = _pw1(plain_int8)
+    codes = tflite_model.channels_last(tflite_model.tensor_array(model, op.weights), tflite_model.channel_axis(op.kind))
+    _, scales = snap.dequantized_weights(model, op)
+    finer = scales / 4  # channel 0's bias takes 2^30 steps of its scale: 2^32 of these
+    with pytest.raises(ExportError, match=r"bias .*pw1.* overflows int32 at the new scale \(channels \[0\]\)"):
+        snap.rewrite_weights(model, op, codes, finer, scales)
 
 
 @pytest.mark.parametrize("bits, message", [({"nope": 2}, "unknown"), ({"conv1": 9}, "1..8")])

@@ -218,7 +218,7 @@ def convert_keras(model, representative_data, bits=None, default_bits=8, method=
         new_codes, scales, resnapped[name] = _fit_scales(
             name, tflite_model.channels_last(codes, tflite_model.channel_axis(op.kind)), weights, old_scales,
             layer_bits[layer_name], method)
-        snap.rewrite_weights(tflite, op, new_codes, scales, old_scales)
+        snap.rewrite_weights(tflite, op, new_codes, scales, old_scales, layer_bits[layer_name])
     out = tflite_model.write(tflite)
     layer_tensors = {name: tflite_model.tensor_name(tflite, op.weights) for name, op in pairs.items()}
     tensor_bits = {layer_tensors[name]: layer_bits[name] for name in pairs}

@@ -50,38 +50,33 @@ def dequantized_weights(model, op):
     return tflite_model.channels_last(codes, axis).astype(np.float64) * scales, scales
 
 
-def unresolved_channels(codes2d):
-    """Channels of (elements, channels) int8 ``codes2d`` that lie within one step of zero.
-
-    TFLite's converter raises a channel's scale until its int32 bias fits, so a channel whose weights are
-    negligible next to its bias (a kernel driven to zero in training) is left with int8 codes of at most one
-    step. No finer scale can hold its bias; its codes -1, 0 and +1 are on every grid of two or more bits.
-    """
-    return np.max(np.abs(np.asarray(codes2d, np.int32)), axis=0) <= 1  # int32: abs(int8 -128) wraps
-
-
-def rewrite_weights(model, op, codes2d, new_scales, old_scales):
+def rewrite_weights(model, op, codes2d, new_scales, old_scales, bits=None):
     """Stores per-channel ``codes2d`` (elements, channels) and scales as ``op``'s weights; rescales its bias.
 
-    A channel whose bias would overflow int32 at its new scale keeps its old codes and scale if they are
-    :func:`unresolved_channels` (the same weights, within one int8 step of zero); any other is an ExportError.
+    TFLite's converter raises a channel's scale until its int32 bias fits (to 2^30 steps), so a channel whose
+    weights are negligible next to its bias (a kernel trained toward zero) may have a grid scale too fine to
+    hold the bias. Given the ``bits`` of the grid, such a channel keeps the converter's scale instead and its
+    weights are re-snapped to the grid at that scale: its bias takes about 2^30 of those steps and its weights
+    a few, which move by at most one, a change negligible next to the bias. Without ``bits`` (codes that must
+    stay), such a channel is an ExportError.
     """
     graph = model.subgraphs[0]
     tensor = graph.tensors[op.weights]
     axis = tflite_model.channel_axis(op.kind)
     shape = [int(s) for s in tensor.shape]
-    codes2d, new_scales = np.array(codes2d), np.array(new_scales, np.float64)  # copies: kept channels change
+    codes2d, new_scales = np.array(codes2d), np.array(new_scales, np.float64)  # copies: raised channels change
     if op.bias >= 0:
         bias = tflite_model.tensor_array(model, op.bias).astype(np.float64)
         rescaled = np.round(bias * old_scales / new_scales.astype(np.float32).astype(np.float64))
         overflows = np.abs(rescaled) > _INT32.max
         if overflows.any():
-            old_codes = tflite_model.channels_last(tflite_model.tensor_array(model, op.weights), axis)
-            kept = overflows & unresolved_channels(old_codes)
-            if np.any(overflows & ~kept):
+            if bits is None:
                 raise ExportError(f"bias {tflite_model.tensor_name(model, op.bias)!r} overflows int32 at the new "
-                                  f"scale (channels {np.flatnonzero(overflows & ~kept)[:8].tolist()})")
-            codes2d[:, kept], new_scales[kept], rescaled[kept] = old_codes[:, kept], old_scales[kept], bias[kept]
+                                  f"scale (channels {np.flatnonzero(overflows)[:8].tolist()})")
+            weights = codes2d[:, overflows] * new_scales[overflows]
+            raised, _ = quantizers.quantize(weights, bits, scale=old_scales[overflows].astype(np.float32))
+            codes2d[:, overflows] = raised.numpy()
+            new_scales[overflows], rescaled[overflows] = old_scales[overflows], bias[overflows]
     tflite_model.set_tensor_data(model, op.weights,
                                  tflite_model.from_channels_last(codes2d, shape, axis).astype(np.int8))
     tensor.quantization.scale = new_scales.astype(np.float32)
@@ -169,7 +164,8 @@ def snap_tflite(tflite_bytes, bits=None, default_bits=8, method="mse"):
         if op_bits == 8:
             continue
         codes, scales = quantizers.quantize(weights, op_bits, method)
-        rewrite_weights(model, op, codes.numpy().astype(np.int8), scales.numpy().astype(np.float64), old_scales)
+        rewrite_weights(model, op, codes.numpy().astype(np.int8), scales.numpy().astype(np.float64), old_scales,
+                        op_bits)
     out = tflite_model.write(model)
     check_grid(out, tensor_bits)
     return out
