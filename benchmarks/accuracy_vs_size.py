@@ -15,7 +15,7 @@ epochs with the same loss (distillation from the float teacher when configured) 
 the teacher's statistics); PTQ quantizes the float model fine-tuned for those epochs. Variants of a recipe
 are shown beside the methods, off their Pareto front; the two-stage ones train twice the epochs and are also
 compared with the float model trained as long. Rows at 2 and 4 bits run every seed; 8-bit and
-mixed-precision rows run --seeds_8bit. Each row is seeded by its seed and key, whatever ran before it.
+mixed-precision rows run --seeds_8bit. Each row is seeded by its seed and key and reads its seed's data afresh, whatever ran before it.
 
 Writes <out>.json ({"provenance", "config", "rows", "runs"}), <out>.md (tables, Pareto fronts, goals),
 <out>.png (accuracy against deployed bytes, Pareto front drawn) and <out>_ood.png (out-of-scene agreement and
@@ -163,7 +163,8 @@ BASELINE_ROWS = (
     Row("qgt", 8), Row("qgt", 4), Row("qgt", 2), Row("qgt_mixed", _MIXED),
 )
 # Rows per data set, in table order. The variants show what distillation and frozen BatchNormalization do.
-# Each row is seeded by its seed and key (row_seed): its draws do not depend on the rows run before it.
+# Each row is seeded by its seed and key (row_seed) and reads fresh pipelines (seed_setup): its draws and its data
+# order do not depend on the rows run before it.
 TEACHER = Row("teacher", _FLOAT, label="teacher (MLPerf float, not fine-tuned)")
 SCALE_INTERVAL_ROW = Row("qgt", 2, SCALE_INTERVAL, label=f"qgt ({SCALE_INTERVAL_NOTE})")
 GRIDS = {
@@ -357,6 +358,14 @@ def row_seed(seed, row):
     return (1_000_003 * seed + zlib.crc32(row.key.encode())) % 2**31
 
 
+def seed_setup(name, seed, options, partial):
+    """Seed ``seed``'s data and float start, built afresh for every row: a tf.data pipeline reshuffles at each
+    pass, so a shared one would give a row a data order that depends on the epochs the rows before it took."""
+    setup = recipes.build_setup(seed=seed, verbose=FLAGS.verbose, **options)
+    partial.float_start(name, seed, setup)
+    return setup
+
+
 def run_dataset(name, partial, progress):
     """Every row of GRIDS[name] over the seeds, resuming from ``partial``; calls ``progress()`` after each seed;
     returns the data set's runs."""
@@ -366,12 +375,12 @@ def run_dataset(name, partial, progress):
         rows = [row for row in grid(name) if row.every_seed or seed < FLAGS.seeds_8bit]
         if all(partial.done(name, seed, row) for row in rows):
             continue
-        setup = recipes.build_setup(seed=seed, verbose=FLAGS.verbose, **options)
-        partial.float_start(name, seed, setup)
+        setup = seed_setup(name, seed, options, partial)
         ood = OutOfScene(setup, options["image_size"]) if name in PERSON_DATASETS else None
         for row in rows:
             if partial.done(name, seed, row):
                 continue
+            setup = seed_setup(name, seed, options, partial)
             keras.utils.set_random_seed(row_seed(seed, row))
             row_setup = setup
             if row.variant:

@@ -2,6 +2,7 @@
 every value visible, a missing int8 measure, a value far below 0.5; --replot, which draws the PNGs again from a
 results JSON without touching the JSON or .md) and its per-row seeding (run_dataset with training stubbed)."""
 
+import itertools
 import json
 import pathlib
 import sys
@@ -131,8 +132,9 @@ def test_replot_draws_the_pngs_from_the_json_and_leaves_it(tmp_path, monkeypatch
 
 
 def test_each_row_draws_the_same_numbers_whatever_ran_before_it(monkeypatch, tmp_path):
-    """run_dataset seeds every row by its seed and key: a row's draws (here one number each) are the same when
-    it runs alone as after the rows before it, and differ between rows and between seeds."""
+    """run_dataset seeds every row by its seed and key and gives it fresh data: a row's draws (here a number and
+    the batches it reads) are the same when it runs alone as after the rows before it, and differ between rows
+    and between seeds."""
     if not accuracy_vs_size.FLAGS.is_parsed():
         accuracy_vs_size.FLAGS(["accuracy_vs_size"])
     rows = accuracy_vs_size.GRIDS["fashion_mnist"][:4]
@@ -140,16 +142,19 @@ def test_each_row_draws_the_same_numbers_whatever_ran_before_it(monkeypatch, tmp
     monkeypatch.setattr(accuracy_vs_size.FLAGS, "seeds", 2)
     monkeypatch.setattr(accuracy_vs_size.FLAGS, "seeds_8bit", 2)
     monkeypatch.setattr(accuracy_vs_size.FLAGS, "quick", False)
-    monkeypatch.setattr(accuracy_vs_size.recipes, "build_setup", lambda **options: object())
+    # A pipeline like tf.data's reshuffling one: what a pass reads depends on the passes read before it.
+    monkeypatch.setattr(accuracy_vs_size.recipes, "build_setup",
+                        lambda seed, **options: types.SimpleNamespace(batches=itertools.count(1000 * seed)))
     monkeypatch.setattr(accuracy_vs_size, "run_row", lambda setup, row: types.SimpleNamespace(
-        bits=1.0, accuracy=float(np.random.random())))
+        bits=1.0, accuracy=float(np.random.random()), batches=(next(setup.batches), next(setup.batches))))
     monkeypatch.setattr(accuracy_vs_size, "measure_run",
                         lambda name, seed, row, setup, result, ood: {"dataset": name, "seed": seed, "key": row.key,
-                                                                     "draw": result.accuracy})
+                                                                     "draw": (result.accuracy, result.batches)})
 
     class Partial(accuracy_vs_size.Partial):
         def float_start(self, dataset, seed, setup):
-            np.random.random()  # the float start draws too, and differently often in a resumed run
+            np.random.random()  # the float start draws and reads too, and differently often in a resumed run
+            next(setup.batches)
 
     def draws(skip):
         partial = Partial(tmp_path / f"skip{len(skip)}", {})
