@@ -15,7 +15,8 @@ epochs with the same loss (distillation from the float teacher when configured) 
 the teacher's statistics); PTQ quantizes the float model fine-tuned for those epochs. Variants of a recipe
 are shown beside the methods, off their Pareto front; the two-stage ones train twice the epochs and are also
 compared with the float model trained as long. Rows at 2 and 4 bits run every seed; 8-bit and
-mixed-precision rows run --seeds_8bit. Each row is seeded by its seed and key and reads its seed's data afresh, whatever ran before it.
+mixed-precision rows run --seeds_8bit. Each row is seeded by its seed and key and reads its seed's data
+afresh, whatever ran before it.
 
 Writes <out>.json ({"provenance", "config", "rows", "runs"}), <out>.md (tables, Pareto fronts, goals),
 <out>.png (accuracy against deployed bytes, Pareto front drawn) and <out>_ood.png (out-of-scene agreement and
