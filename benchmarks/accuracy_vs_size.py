@@ -376,6 +376,7 @@ def run_dataset(name, partial, progress):
         rows = [row for row in grid(name) if row.every_seed or seed < FLAGS.seeds_8bit]
         if all(partial.done(name, seed, row) for row in rows):
             continue
+        # The float start is trained (or loaded) here, on pipelines no row reads after it; rows load it.
         setup = seed_setup(name, seed, options, partial)
         ood = OutOfScene(setup, options["image_size"]) if name in PERSON_DATASETS else None
         for row in rows:
